@@ -1,0 +1,334 @@
+"""An index is a folder that describes itself: descriptors, ids, thumbnails and index.json.
+
+Layout:
+    feature_list.npy        (n, d) float16 or float32 rows, L2-normalised (after whitening, if any)
+    feature_id.npy          (n,) fixed-width unicode ids, loadable with allow_pickle=False
+    thumbnails.bin          every image's JPEG thumbnail, concatenated
+    thumbnails_offsets.npy  (n + 1,) int64 byte offsets into thumbnails.bin
+    whitening_mean.npy, whitening_projection.npy   only when the index is whitened
+    index.json              format version, network, weights, pipeline, dim, dtype, count,
+                            whitening, versions, and the sha256 of every file above
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.features import Pipeline
+from retrieval.search import as_rows
+from retrieval.whitening import Whitening, apply_whitening
+
+FORMAT_VERSION = 1
+META_FILE = "index.json"
+DATA_FILES = ("feature_list.npy", "feature_id.npy", "thumbnails.bin", "thumbnails_offsets.npy")
+WHITENING_FILES = ("whitening_mean.npy", "whitening_projection.npy")
+INDEX_FILES = (META_FILE, *DATA_FILES)
+DTYPES = ("float16", "float32")
+
+
+class IndexFormatError(ValueError):
+    """A folder that is not a usable index, with what is wrong and why."""
+
+
+@dataclass
+class Index:
+    """A loaded index.
+
+    Attributes:
+        path: the folder it came from.
+        features: (n, d) float32 L2-normalised rows.
+        ids: (n,) unicode ids, row i describes ids[i].
+        meta: the parsed index.json.
+        whitening: applied to raw query descriptors before search, or None.
+    """
+
+    path: Path
+    features: np.ndarray
+    ids: np.ndarray
+    meta: dict
+    whitening: Whitening | None = None
+    _thumbnails: bytes = field(default=b"", repr=False)
+    _offsets: np.ndarray | None = field(default=None, repr=False)
+    _rows: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self._rows = {str(i): r for r, i in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return Pipeline.from_meta(self.meta["pipeline"])
+
+    def __contains__(self, image_id) -> bool:
+        return str(image_id) in self._rows
+
+    def row_of(self, image_id: str) -> int:
+        """Returns the row of `image_id`; raises KeyError naming it when it is not indexed."""
+        try:
+            return self._rows[str(image_id)]
+        except KeyError:
+            raise KeyError(f"image id {image_id!r} is not in this index") from None
+
+    def thumbnail(self, image_id: str) -> bytes:
+        """Returns the JPEG thumbnail bytes of `image_id`."""
+        row = self.row_of(image_id)
+        return self._thumbnails[self._offsets[row] : self._offsets[row + 1]]
+
+    def project(self, raw: np.ndarray) -> np.ndarray:
+        """Returns query descriptors in the index's space: whitened if the index is, (m, d) float32."""
+        return apply_whitening(raw, self.whitening) if self.whitening is not None else as_rows(raw)
+
+
+def file_sha256(path: Path) -> str:
+    """Returns the hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for dist in ("numpy", "keras", "tensorflow-cpu", "tensorflow", "scikit-learn", "pillow"):
+        try:
+            versions[dist] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def save_index(
+    out_dir,
+    features: np.ndarray,
+    ids,
+    meta: dict,
+    *,
+    thumbnails: list[bytes],
+    whitening: Whitening | None = None,
+    dtype: str = "float16",
+    keep: tuple[str, ...] = (".cache",),
+) -> Path:
+    """Writes an index folder atomically and returns its path.
+
+    The new index is written beside `out_dir` and swapped in by renames, so a reader or a crash
+    sees either the old index or the new one, never a mix. Entries named in `keep` (the build
+    cache) move over from the old folder.
+
+    Args:
+        out_dir: the index folder to create or replace.
+        features: (n, d) L2-normalised rows, already whitened if `whitening` is given.
+        ids: n unique image ids.
+        meta: at least network, weights and pipeline (a dict from `Pipeline.to_meta`); anything
+            else (source, evaluation) is stored as given.
+        thumbnails: n JPEG byte strings.
+        whitening: the whitening applied to `features`, stored for queries.
+        dtype: "float16" (half the size) or "float32".
+
+    Raises:
+        ValueError: on inconsistent inputs.
+    """
+    features = as_rows(features, name="features")
+    ids = np.asarray([str(i) for i in ids])
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if len(ids) != len(features) or len(thumbnails) != len(features):
+        raise ValueError(f"{len(features)} rows, {len(ids)} ids and {len(thumbnails)} thumbnails must match")
+    if len(set(ids.tolist())) != len(ids):
+        raise ValueError("image ids must be unique")
+    for key in ("network", "weights", "pipeline"):
+        if key not in meta:
+            raise ValueError(f"index metadata needs {key!r}")
+    if whitening is not None and whitening.dim_out != features.shape[1]:
+        raise ValueError("features do not have the whitening's output dimension")
+    Pipeline.from_meta(meta["pipeline"])  # refuse a pipeline we could not rebuild at load time
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
+    try:
+        np.save(tmp / "feature_list.npy", features.astype(dtype))
+        np.save(tmp / "feature_id.npy", ids.astype(f"<U{max(1, max((len(i) for i in ids), default=1))}"))
+        offsets = np.zeros(len(thumbnails) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(t) for t in thumbnails])
+        with open(tmp / "thumbnails.bin", "wb") as f:
+            for t in thumbnails:
+                f.write(t)
+        np.save(tmp / "thumbnails_offsets.npy", offsets)
+        files = list(DATA_FILES)
+        if whitening is not None:
+            np.save(tmp / "whitening_mean.npy", whitening.mean.astype(np.float32))
+            np.save(tmp / "whitening_projection.npy", whitening.projection.astype(np.float32))
+            files += WHITENING_FILES
+        full_meta = {
+            **meta,
+            "format_version": FORMAT_VERSION,
+            "dim": int(features.shape[1]),
+            "dtype": dtype,
+            "count": int(len(ids)),
+            "whitening": whitening.to_meta() if whitening is not None else None,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "files": {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in files},
+        }
+        (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True) + "\n")
+        _fsync_dir(tmp)
+        _swap_in(tmp, out_dir, keep)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _fsync_dir(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _swap_in(new: Path, out_dir: Path, keep: tuple[str, ...]) -> None:
+    if not out_dir.exists():
+        os.rename(new, out_dir)
+        return
+    if out_dir.is_file():
+        raise ValueError(f"{out_dir} is a file, not an index folder")
+    for name in keep:
+        if (out_dir / name).exists():
+            os.rename(out_dir / name, new / name)
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    os.rename(out_dir, old)
+    os.rename(new, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_index_folder(out_dir) -> None:
+    """Finishes a swap that a crash interrupted between its two renames (see `save_index`)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        return
+    for new in sorted(out_dir.parent.glob(f".{out_dir.name}.new-*")):
+        if (new / META_FILE).is_file():
+            os.rename(new, out_dir)
+            return
+    for old in sorted(out_dir.parent.glob(f".{out_dir.name}.old-*")):
+        os.rename(old, out_dir)
+        return
+
+
+def read_meta(path) -> dict:
+    """Returns the parsed index.json of an index folder.
+
+    Raises:
+        IndexFormatError: the folder or its metadata is missing or unreadable.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise IndexFormatError(f"{path} is not an index folder (it does not exist or is not a folder)")
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise IndexFormatError(f"{path} is not an index: {META_FILE} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise IndexFormatError(f"{meta_path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise IndexFormatError(f"{meta_path} must hold a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{path}: unknown index format version {version!r}; this code reads version {FORMAT_VERSION}. "
+            "Rebuild the index with this version of precompute.build_index."
+        )
+    missing = [k for k in ("network", "weights", "pipeline", "dim", "dtype", "count", "files") if k not in meta]
+    if missing:
+        raise IndexFormatError(f"{meta_path} lacks {', '.join(missing)}")
+    return meta
+
+
+def load_index(path, *, network: str | None = None, weights: str | None = None, verify: bool = True) -> Index:
+    """Returns the index in folder `path`, after checking that every part agrees with index.json.
+
+    Args:
+        path: the index folder.
+        network: refuse an index built by another network than this one (e.g. "efficientnet-b7").
+        weights: refuse an index built with other weights.
+        verify: check each file's sha256 against index.json (catches truncated or altered files).
+
+    Raises:
+        IndexFormatError: saying what does not match and why it matters.
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    if network is not None and meta["network"] != network:
+        raise IndexFormatError(
+            f"{path} was built with network {meta['network']!r}, but queries would be embedded with {network!r}: "
+            "descriptors of different networks cannot be compared. Use the index's network or rebuild the index."
+        )
+    if weights is not None and meta["weights"] != weights:
+        raise IndexFormatError(f"{path} was built with weights {meta['weights']!r}, not {weights!r}")
+    expected = list(DATA_FILES) + (list(WHITENING_FILES) if meta.get("whitening") else [])
+    for name in expected:
+        file = path / name
+        if not file.is_file():
+            raise IndexFormatError(f"{path} is incomplete: {name} is missing")
+        record = meta["files"].get(name)
+        if record is None:
+            raise IndexFormatError(f"{META_FILE} in {path} has no record of {name}")
+        if file.stat().st_size != record["bytes"]:
+            raise IndexFormatError(
+                f"{path / name} has {file.stat().st_size} bytes but {META_FILE} says {record['bytes']}: "
+                "the file is truncated or from another build"
+            )
+        if verify and file_sha256(file) != record["sha256"]:
+            raise IndexFormatError(f"{path / name} does not match its sha256 in {META_FILE}: the file is corrupt or altered")
+    try:
+        features = np.load(path / "feature_list.npy", allow_pickle=False)
+        ids = np.load(path / "feature_id.npy", allow_pickle=False)
+        offsets = np.load(path / "thumbnails_offsets.npy", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise IndexFormatError(f"{path}: an array file cannot be read ({e})") from None
+    n, dim = meta["count"], meta["dim"]
+    if features.ndim != 2 or features.shape != (n, dim):
+        raise IndexFormatError(f"{path}: feature_list.npy has shape {features.shape}, {META_FILE} says ({n}, {dim})")
+    if str(features.dtype) != meta["dtype"]:
+        raise IndexFormatError(f"{path}: feature_list.npy is {features.dtype}, {META_FILE} says {meta['dtype']}")
+    if ids.shape != (n,) or ids.dtype.kind != "U":
+        raise IndexFormatError(f"{path}: feature_id.npy holds {ids.shape} {ids.dtype}, expected {n} unicode ids")
+    if len(set(ids.tolist())) != n:
+        raise IndexFormatError(f"{path}: feature_id.npy has duplicate ids")
+    thumbs = (path / "thumbnails.bin").read_bytes()
+    if offsets.shape != (n + 1,) or offsets[0] != 0 or offsets[-1] != len(thumbs) or np.any(np.diff(offsets) < 0):
+        raise IndexFormatError(f"{path}: thumbnails_offsets.npy does not describe thumbnails.bin for {n} images")
+    try:
+        Pipeline.from_meta(meta["pipeline"])
+    except (TypeError, ValueError) as e:
+        raise IndexFormatError(f"{path}: the pipeline in {META_FILE} is not valid ({e})") from None
+    whitening = None
+    if meta.get("whitening"):
+        mean = np.load(path / "whitening_mean.npy", allow_pickle=False)
+        projection = np.load(path / "whitening_projection.npy", allow_pickle=False)
+        if projection.ndim != 2 or projection.shape[1] != dim or mean.shape != (projection.shape[0],):
+            raise IndexFormatError(f"{path}: whitening arrays {mean.shape}, {projection.shape} do not fit dim {dim}")
+        whitening = Whitening(mean, projection, float(meta["whitening"].get("shrinkage", 0.0)))
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    if not np.isfinite(features).all():
+        raise IndexFormatError(f"{path}: feature_list.npy holds NaN or infinite values")
+    return Index(path, features, ids, meta, whitening, thumbs, offsets)

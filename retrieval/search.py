@@ -1,0 +1,106 @@
+"""Nearest-neighbour search over L2-normalised descriptors: a KD-tree or exact inner products."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from sklearn.neighbors import KDTree
+
+BACKENDS = ("kdtree", "exact")
+
+
+def as_rows(x: np.ndarray, *, name: str = "array") -> np.ndarray:
+    """Returns `x` as a C-contiguous (n, d) float32 array; a (d,) vector becomes (1, d).
+
+    Raises:
+        ValueError: if `x` is not one- or two-dimensional or holds NaN or infinity.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be (n, d) rows, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return x
+
+
+def l2_normalize(x: np.ndarray, *, eps: float = 1e-12) -> np.ndarray:
+    """Returns the (n, d) float32 rows of `x` scaled to unit L2 norm (zero rows stay zero)."""
+    x = as_rows(x)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
+
+
+class Searcher:
+    """Finds the k database rows with the highest inner product with each query.
+
+    Both backends rank by inner product. On L2-normalised rows the KD-tree's Euclidean
+    ranking is the same, since ||q - x||^2 = 2 - 2 q.x, and its scores are converted back
+    to inner products.
+
+    Args:
+        features: (n, d) database rows, L2-normalised for the KD-tree to agree with `exact`.
+        backend: "kdtree" (scikit-learn's KDTree, as the design asks) or "exact" (one matrix
+            product in numpy; faster in high dimensions).
+        leaf_size: KD-tree leaf size.
+    """
+
+    def __init__(self, features: np.ndarray, *, backend: str = "kdtree", leaf_size: int = 40):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown search backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.features = as_rows(features, name="features")
+        if len(self.features) == 0:
+            raise ValueError("cannot search an empty index")
+        self.backend = backend
+        # KDTree works in float64 internally; it copies the matrix once here, not per query.
+        self._tree = KDTree(self.features, leaf_size=leaf_size) if backend == "kdtree" else None
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+    def check_k(self, k) -> int:
+        """Returns `k` as an int, refusing anything outside 1..n."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Real) or not float(k).is_integer():
+            raise ValueError(f"k must be a whole number, got {k!r}")
+        k = int(k)
+        if not 1 <= k <= len(self):
+            raise ValueError(f"k must be between 1 and {len(self)} (the index size), got {k}")
+        return k
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (scores, rows), both (m, k), best first; scores are inner products (float32).
+
+        Args:
+            queries: (m, d) or (d,) query rows.
+            k: how many neighbours, 1 to n.
+
+        Raises:
+            ValueError: on a bad k or a query of the wrong dimension.
+        """
+        k = self.check_k(k)
+        queries = as_rows(queries, name="queries")
+        if queries.shape[1] != self.dim:
+            raise ValueError(f"query dimension {queries.shape[1]} does not match the index dimension {self.dim}")
+        if self._tree is not None:
+            dist, rows = self._tree.query(queries, k=k, return_distance=True, sort_results=True)
+            scores = 1.0 - dist.astype(np.float32) ** 2 / 2.0
+            return scores.astype(np.float32), rows.astype(np.int64)
+        sims = queries @ self.features.T
+        if k < len(self):
+            part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        else:
+            part = np.broadcast_to(np.arange(len(self)), sims.shape)
+        part_scores = np.take_along_axis(sims, part, axis=1)
+        # Stable sort on (-score) keeps ties in row order, matching a full argsort.
+        order = np.lexsort((part, -part_scores), axis=1)
+        rows = np.take_along_axis(part, order, axis=1).astype(np.int64)
+        return np.take_along_axis(sims, rows, axis=1), rows
+
+    def rank_all(self, queries: np.ndarray) -> np.ndarray:
+        """Returns (m, n) database rows ordered best first for each query, for evaluation."""
+        return self.search(queries, len(self))[1]
