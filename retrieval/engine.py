@@ -1,0 +1,88 @@
+"""A search engine: an index, the network that built it and a searcher, ready for queries."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from retrieval.features import embed_image
+from retrieval.index import Index, IndexFormatError
+from retrieval.search import Searcher
+
+
+@dataclass
+class SearchResult:
+    """The k best matches of one query, best first; scores are cosine similarities."""
+
+    ids: list[str]
+    scores: list[float]
+    embed_ms: float
+    search_ms: float
+
+    def to_records(self) -> list[dict]:
+        """Returns [{rank, id, score}] rows, rank starting at 1."""
+        return [{"rank": r, "id": i, "score": round(s, 6)} for r, (i, s) in enumerate(zip(self.ids, self.scores), 1)]
+
+
+class SearchEngine:
+    """Embeds query images with the index's own network and finds their nearest index images.
+
+    Args:
+        index: a loaded `Index`.
+        network: a `retrieval.networks.Network`; it must be the one that built the index.
+        backend: "kdtree" or "exact" (see `Searcher`).
+
+    Raises:
+        IndexFormatError: if the network is not the one recorded in the index.
+    """
+
+    def __init__(self, index: Index, network, *, backend: str = "kdtree"):
+        if network.name != index.meta["network"]:
+            raise IndexFormatError(
+                f"the index was built with {index.meta['network']!r} but the network given is {network.name!r}"
+            )
+        self.index = index
+        self.network = network
+        self.pipeline = index.pipeline
+        self.searcher = Searcher(index.features, backend=backend)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def embed(self, image, *, box=None) -> np.ndarray:
+        """Returns the (d,) float32 query descriptor in the index's space (whitened if it is)."""
+        return self.index.project(embed_image(self.network, image, self.pipeline, box=box))[0]
+
+    def warm_up(self) -> None:
+        """Runs one query so that the first user does not pay for graph building and allocation."""
+        from PIL import Image
+
+        side = self.pipeline.squash or self.pipeline.max_side
+        self.search(Image.new("RGB", (side, side * 3 // 4), (127, 127, 127)), 1)
+
+    def search(self, image, k: int, *, box=None) -> SearchResult:
+        """Returns the k nearest index images to `image` (a path, bytes or PIL image), cropped to `box`.
+
+        Raises:
+            ValueError: for a bad k (checked first, before any work).
+            retrieval.features.ImageError: for an image that cannot be used.
+        """
+        k = self.searcher.check_k(k)
+        t0 = time.perf_counter()
+        query = self.embed(image, box=box)
+        t1 = time.perf_counter()
+        return self._search_vector(query, k, embed_ms=(t1 - t0) * 1000)
+
+    def search_id(self, image_id: str, k: int) -> SearchResult:
+        """Returns the k nearest index images to an indexed image, using its stored descriptor."""
+        k = self.searcher.check_k(k)
+        return self._search_vector(self.index.features[self.index.row_of(image_id)], k, embed_ms=0.0)
+
+    def _search_vector(self, query: np.ndarray, k: int, *, embed_ms: float) -> SearchResult:
+        t0 = time.perf_counter()
+        scores, rows = self.searcher.search(query, k)
+        search_ms = (time.perf_counter() - t0) * 1000
+        ids = [str(self.index.ids[r]) for r in rows[0]]
+        return SearchResult(ids, [float(s) for s in scores[0]], embed_ms, search_ms)

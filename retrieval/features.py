@@ -1,0 +1,413 @@
+"""Global image descriptors: image loading, resizing, pooling and batched extraction.
+
+Every descriptor leaves this module as an L2-normalised float32 row. The network is passed
+in (see `retrieval.networks`), so nothing here downloads or imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import queue
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from retrieval.search import l2_normalize
+
+POOLINGS = ("gem", "mac", "spoc", "flatten")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+# Refuse to decode more than this many pixels: a 12000x12000 photo decodes to 432 MB of RGB.
+MAX_PIXELS = 100_000_000
+THUMBNAIL_SIDE = 192
+
+
+class ImageError(ValueError):
+    """An input that is not an image we can decode safely."""
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """How an image becomes a descriptor; recorded in every index so queries match it.
+
+    Attributes:
+        pooling: "gem" (generalized mean), "mac" (max), "spoc" (average) or "flatten"
+            (the report's flattened feature map; needs a fixed input size).
+        max_side: aspect-preserving resize so the longer side has this many pixels.
+        squash: resize to squash x squash, ignoring the aspect ratio (the report used 224).
+        scales: input scales whose descriptors are averaged (multi-scale).
+        gem_p: the GeM exponent.
+    """
+
+    pooling: str = "gem"
+    max_side: int | None = 512
+    squash: int | None = None
+    scales: tuple[float, ...] = (1.0,)
+    gem_p: float = 3.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
+        if (self.max_side is None) == (self.squash is None):
+            raise ValueError("give exactly one of max_side (aspect-preserving) or squash (fixed square)")
+        side = self.max_side or self.squash
+        if side < 32:
+            raise ValueError(f"input side must be at least 32 pixels, got {side}")
+        if not self.scales or any(not 0 < s <= 4 for s in self.scales):
+            raise ValueError(f"scales must be in (0, 4], got {self.scales}")
+        if self.pooling == "flatten" and (self.squash is None or len(self.scales) != 1):
+            raise ValueError("flatten pooling needs a fixed input size: use squash and a single scale")
+        if self.pooling == "gem" and self.gem_p <= 0:
+            raise ValueError(f"gem_p must be positive, got {self.gem_p}")
+
+    def to_meta(self) -> dict:
+        """Returns the JSON-ready description stored in an index."""
+        meta = asdict(self)
+        meta["scales"] = list(self.scales)
+        return meta
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> Pipeline:
+        """Rebuilds a pipeline from `to_meta()` output."""
+        return cls(**{**meta, "scales": tuple(meta.get("scales", (1.0,)))})
+
+    def target_size(self, width: int, height: int, scale: float = 1.0) -> tuple[int, int]:
+        """Returns the (width, height) the network sees for an image of this size."""
+        if self.squash is not None:
+            side = max(1, round(self.squash * scale))
+            return side, side
+        ratio = self.max_side * scale / max(width, height)
+        return max(1, round(width * ratio)), max(1, round(height * ratio))
+
+
+REPORT_PIPELINE = Pipeline(pooling="flatten", max_side=None, squash=224)
+
+
+def load_image(source, *, max_pixels: int = MAX_PIXELS, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Returns the image as RGB, upright per its EXIF orientation.
+
+    Args:
+        source: a path, encoded bytes, a binary file object or a PIL image.
+        max_pixels: larger images are refused before they are decoded.
+        draft_size: for JPEGs, lets the decoder scale down by a power of two while staying at
+            least this (width, height) in the upright orientation, which is much faster.
+
+    Raises:
+        ImageError: the input is not a decodable image, or is too large to decode safely.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise ImageError("the file is empty (0 bytes)")
+            source = io.BytesIO(source)
+        elif isinstance(source, (str, Path)) and Path(source).stat().st_size == 0:
+            raise ImageError("the file is empty (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(source)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageError(f"the image is too large to decode safely ({e})") from None
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ImageError(f"not a readable image ({type(e).__name__}: {e})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"the image is too large to decode safely: {width}x{height} pixels, "
+            f"the limit is {max_pixels:,} pixels"
+        )
+    try:
+        if draft_size is not None and image.format == "JPEG":
+            transposed = _exif_transposes(image)
+            w, h = (draft_size[1], draft_size[0]) if transposed else draft_size
+            image.draft("RGB", (w, h))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageError(f"the image cannot be decoded ({type(e).__name__}: {e})") from None
+
+
+def _exif_transposes(image: Image.Image) -> bool:
+    try:
+        return image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # a broken EXIF block is ignored, as exif_transpose does
+        return False
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # 16-bit and float greyscale: PIL's convert("RGB") clips, so rescale to 8 bits first.
+        arr = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def crop_box(image: Image.Image, box) -> Image.Image:
+    """Returns the (x0, y0, x1, y1) region of `image`, clipped to the image.
+
+    Raises:
+        ImageError: if the box is malformed or empty after clipping.
+    """
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ImageError(f"a box is four numbers x0, y0, x1, y1; got {box!r}") from None
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise ImageError(f"box coordinates must be finite, got {box!r}")
+    w, h = image.size
+    x0, x1 = sorted((min(max(x0, 0), w), min(max(x1, 0), w)))
+    y0, y1 = sorted((min(max(y0, 0), h), min(max(y1, 0), h)))
+    x0, y0, x1, y1 = math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1)
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        raise ImageError(f"the crop {box!r} is empty on a {w}x{h} image")
+    return image.crop((x0, y0, x1, y1))
+
+
+def prepare_image(image: Image.Image, pipeline: Pipeline, scale: float = 1.0) -> np.ndarray:
+    """Returns the network input for one scale: (h, w, 3) float32 RGB in [0, 255]."""
+    size = pipeline.target_size(*image.size, scale)
+    if image.size != size:
+        image = image.resize(size, Image.BILINEAR)
+    return np.asarray(image, dtype=np.float32)
+
+
+def pool(feature_map: np.ndarray, pooling: str, *, p: float = 3.0, eps: float = 1e-6) -> np.ndarray:
+    """Returns (b, d) float32 descriptors, not normalised, from (b, h, w, c) feature maps.
+
+    gem: (mean x^p)^(1/p) over positions, with x clamped at eps (the last activation can be
+    slightly negative); mac: max; spoc: mean; flatten: the whole map, d = h * w * c.
+    """
+    x = np.asarray(feature_map, dtype=np.float32)
+    if pooling == "gem":
+        return np.power(np.mean(np.power(np.maximum(x, eps), p), axis=(1, 2)), 1.0 / p)
+    if pooling == "mac":
+        return x.max(axis=(1, 2))
+    if pooling == "spoc":
+        return x.mean(axis=(1, 2))
+    if pooling == "flatten":
+        return x.reshape(len(x), -1)
+    raise ValueError(f"unknown pooling {pooling!r}")
+
+
+def descriptor_dim(channels: int, pipeline: Pipeline) -> int:
+    """Returns the descriptor length a network with `channels` output channels gives."""
+    if pipeline.pooling == "flatten":
+        side = math.ceil(pipeline.squash / 32)
+        return side * side * channels
+    return channels
+
+
+@dataclass
+class Embedded:
+    """One input's outcome from `iter_features`: a descriptor or the reason it was skipped."""
+
+    position: int
+    vector: np.ndarray | None = None
+    error: str | None = None
+    thumbnail: bytes | None = None
+
+
+@dataclass
+class _Pending:
+    parts: list = field(default_factory=list)
+    thumbnail: bytes | None = None
+
+
+def make_thumbnail(image: Image.Image, side: int = THUMBNAIL_SIDE, quality: int = 80) -> bytes:
+    """Returns a JPEG of `image` whose longer side is at most `side` pixels."""
+    thumb = image.copy()
+    thumb.thumbnail((side, side), Image.BILINEAR)
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+def _decode(source, pipeline: Pipeline, thumbnail_side: int | None):
+    """Runs in a worker thread: decode, resize per scale, thumbnail. PIL drops the GIL here."""
+    draft = None
+    if not isinstance(source, Image.Image):
+        draft = _draft_size(source, pipeline)
+    image = source if isinstance(source, Image.Image) else load_image(source, draft_size=draft)
+    if isinstance(source, Image.Image):
+        image = _to_rgb(image)
+    arrays = [prepare_image(image, pipeline, s) for s in pipeline.scales]
+    thumb = make_thumbnail(image, thumbnail_side) if thumbnail_side else None
+    return arrays, thumb
+
+
+def _draft_size(source, pipeline: Pipeline):
+    # Decoding a JPEG at 1/2 or 1/4 size is several times faster; ask for at least the largest
+    # size the network or a thumbnail will need. The exact size needs the header, so open twice.
+    try:
+        with Image.open(source if not isinstance(source, bytes) else io.BytesIO(source)) as probe:
+            w, h = probe.size
+            if _exif_transposes(probe):
+                w, h = h, w
+    except Exception:
+        return None
+    tw, th = pipeline.target_size(w, h, max(pipeline.scales))
+    need = max(THUMBNAIL_SIDE, 1)
+    return max(tw, min(w, need)), max(th, min(h, need))
+
+
+def iter_features(
+    network,
+    sources: Sequence,
+    pipeline: Pipeline,
+    *,
+    batch_size: int = 8,
+    workers: int = 2,
+    thumbnail_side: int | None = None,
+) -> Iterator[Embedded]:
+    """Yields one `Embedded` per source, in completion order, each vector (d,) float32 L2-normalised.
+
+    Decoding runs in `workers` threads ahead of the network; inputs of equal shape are batched
+    together (aspect-preserving resizes give only a few shapes in photo collections), so each
+    descriptor is exactly what a batch of one would give. An undecodable source is yielded with
+    `error` set; it never stops the others.
+
+    Args:
+        network: a `retrieval.networks.Network`.
+        sources: paths, encoded bytes or PIL images.
+        pipeline: resizing and pooling.
+        batch_size: images per network call.
+        workers: decoding threads.
+        thumbnail_side: also return a JPEG thumbnail of each image when set.
+    """
+    from retrieval.networks import forward  # the only way in to the network module
+
+    n_scales = len(pipeline.scales)
+    pending: dict[int, _Pending] = {}
+    buckets: dict[tuple, list] = {}
+    # Keep a bounded number of images decoded ahead, so memory stays flat on any collection size.
+    lookahead = max(2 * batch_size, 4 * workers)
+
+    def run_bucket(key):
+        entries = buckets.pop(key)
+        batch = np.stack([arr for _, _, arr in entries])
+        vectors = pool(forward(network, batch), pipeline.pooling, p=pipeline.gem_p)
+        done = []
+        for (pos, scale_idx, _), vec in zip(entries, l2_normalize(vectors)):
+            pending[pos].parts.append((scale_idx, vec))
+            if len(pending[pos].parts) == n_scales:
+                done.append(pos)
+        for pos in done:
+            item = pending.pop(pos)
+            parts = [v for _, v in sorted(item.parts, key=lambda t: t[0])]
+            yield Embedded(pos, l2_normalize(np.mean(parts, axis=0))[0], thumbnail=item.thumbnail)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool_:
+        futures: queue.Queue = queue.Queue()
+        it = iter(enumerate(sources))
+
+        def submit_one() -> bool:
+            try:
+                pos, src = next(it)
+            except StopIteration:
+                return False
+            futures.put((pos, pool_.submit(_decode, src, pipeline, thumbnail_side)))
+            return True
+
+        for _ in range(lookahead):
+            if not submit_one():
+                break
+        while not futures.empty():
+            pos, fut = futures.get()
+            submit_one()
+            try:
+                arrays, thumb = fut.result()
+            except ImageError as e:
+                yield Embedded(pos, error=str(e))
+                continue
+            except Exception as e:  # any decoder failure on one file must not stop the run
+                yield Embedded(pos, error=f"{type(e).__name__}: {e}")
+                continue
+            pending[pos] = _Pending(thumbnail=thumb)
+            for scale_idx, arr in enumerate(arrays):
+                key = arr.shape
+                buckets.setdefault(key, []).append((pos, scale_idx, arr))
+                if len(buckets[key]) >= batch_size:
+                    yield from run_bucket(key)
+            # Many odd shapes would otherwise wait for company forever: flush the fullest bucket.
+            if len(pending) > lookahead:
+                yield from run_bucket(max(buckets, key=lambda k: len(buckets[k])))
+        while buckets:
+            yield from run_bucket(max(buckets, key=lambda k: len(buckets[k])))
+
+
+def extract_features(
+    network,
+    sources: Sequence,
+    pipeline: Pipeline,
+    *,
+    batch_size: int = 8,
+    workers: int = 2,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Returns (n, d) float32 L2-normalised descriptors, row i for sources[i].
+
+    Raises:
+        ImageError: if any source cannot be decoded (names its position).
+    """
+    out: list[np.ndarray | None] = [None] * len(sources)
+    for item in iter_features(network, sources, pipeline, batch_size=batch_size, workers=workers):
+        if item.error:
+            raise ImageError(f"input {item.position} ({_describe(sources[item.position])}): {item.error}")
+        out[item.position] = item.vector
+        if progress:
+            progress(1)
+    if not out:
+        raise ValueError("no images given")
+    return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+
+
+def embed_image(network, image, pipeline: Pipeline, *, box=None) -> np.ndarray:
+    """Returns the (d,) float32 L2-normalised descriptor of one image, optionally cropped to `box`.
+
+    Raises:
+        ImageError: for an undecodable image or an empty crop.
+    """
+    image = load_image(image)
+    if box is not None:
+        image = crop_box(image, box)
+    return extract_features(network, [image], pipeline, batch_size=1, workers=1)[0]
+
+
+def _describe(source) -> str:
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return type(source).__name__
+
+
+def find_images(root: Path) -> list[Path]:
+    """Returns the image files under `root`, recursively, sorted; hidden folders are skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    found = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            found.append(path)
+    return sorted(found)

@@ -1,0 +1,165 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retrieval.features import (
+    REPORT_PIPELINE, ImageError, Pipeline, crop_box, descriptor_dim, embed_image, extract_features,
+    find_images, iter_features, load_image, pool, prepare_image,
+)
+
+
+def encode(image, fmt="PNG", **kw):
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def photo(w=96, h=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+
+
+def test_pooling_hand_computed():
+    fm = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32).reshape(1, 2, 2, 1)
+    np.testing.assert_allclose(pool(fm, "mac"), [[4.0]])
+    np.testing.assert_allclose(pool(fm, "spoc"), [[2.5]])
+    np.testing.assert_allclose(pool(fm, "gem", p=3), [[(100 / 4) ** (1 / 3)]], rtol=1e-6)
+    np.testing.assert_allclose(pool(fm, "gem", p=1), [[2.5]], rtol=1e-6)
+    assert pool(np.ones((2, 7, 7, 3)), "flatten").shape == (2, 147)
+    # negative activations are clamped before the power, not allowed to cancel positives
+    neg = np.array([-8.0, 8.0], dtype=np.float32).reshape(1, 1, 2, 1)
+    np.testing.assert_allclose(pool(neg, "gem", p=3), [[(512 / 2) ** (1 / 3)]], rtol=1e-4)
+
+
+def test_pipeline_validation_and_meta_round_trip():
+    p = Pipeline(pooling="mac", max_side=300, scales=(1, 0.5))
+    assert Pipeline.from_meta(p.to_meta()) == p
+    assert REPORT_PIPELINE.squash == 224 and REPORT_PIPELINE.pooling == "flatten"
+    for bad in [dict(pooling="avg"), dict(max_side=None), dict(squash=224), dict(pooling="flatten"),
+                dict(max_side=8), dict(scales=()), dict(scales=(0,))]:
+        with pytest.raises(ValueError):
+            Pipeline(**bad)
+    assert descriptor_dim(2560, REPORT_PIPELINE) == 125440
+    assert Pipeline(max_side=512).target_size(1024, 768) == (512, 384)
+    assert Pipeline(max_side=512).target_size(20000, 10) == (512, 1)
+    assert REPORT_PIPELINE.target_size(1024, 768) == (224, 224)
+
+
+def test_crop_box():
+    img = photo(100, 50)
+    assert crop_box(img, (10, 5, 40.5, 25)).size == (31, 20)
+    assert crop_box(img, (40, 25, 10, 5)).size == (30, 20)  # corners in any order
+    assert crop_box(img, (-10, -10, 500, 500)).size == (100, 50)  # clipped
+    for bad in [(5, 5, 5, 20), (200, 0, 300, 10), (1, 2, 3), ("a", 1, 2, 3), (0, 0, float("nan"), 4)]:
+        with pytest.raises(ImageError):
+            crop_box(img, bad)
+
+
+def test_load_image_refuses_bad_files_with_a_reason(tmp_path):
+    good = encode(photo(), "JPEG")
+    cases = {
+        "zero.jpg": (b"", "empty"),
+        "text.jpg": (b"this is not an image\n" * 10, "not a readable image"),
+        "corrupt.jpg": (good[:20] + b"\x00" * 200, "cannot be decoded|not a readable image"),
+        "truncated.jpg": (good[: len(good) // 2], "cannot be decoded"),
+    }
+    for name, (data, reason) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ImageError, match=reason):
+            load_image(tmp_path / name)
+
+
+def test_decompression_bomb_refused_before_decoding(tmp_path):
+    bomb = encode(Image.new("L", (12000, 12000)), "PNG")  # 144 MP of zeros, a few hundred KB
+    assert len(bomb) < 1_000_000
+    with pytest.raises(ImageError, match="too large to decode safely"):
+        load_image(bomb)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "L", "P", "RGBA", "LA", "I;16", "1"])
+def test_every_mode_becomes_rgb(mode):
+    fmt = "JPEG" if mode in ("CMYK", "L") else ("TIFF" if mode == "I;16" else "PNG")
+    src = photo(40, 30).convert("L") if mode == "I;16" else photo(40, 30)
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(src, dtype=np.uint16) * 257)
+        assert img.mode == "I;16"
+    else:
+        img = src.convert(mode)
+    out = load_image(encode(img, fmt))
+    assert out.mode == "RGB" and out.size == (40, 30)
+    if mode == "I;16":  # 16-bit values are rescaled, not clipped to white
+        np.testing.assert_allclose(np.asarray(out)[..., 0], np.asarray(src), atol=1)
+
+
+def test_transparent_png_composited_on_white():
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert load_image(encode(rgba)).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_rotation_applied():
+    img = photo(60, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    out = load_image(encode(img, "JPEG", exif=exif.tobytes()))
+    assert out.size == (20, 60)
+    drafted = load_image(encode(photo(800, 200), "JPEG", exif=exif.tobytes()), draft_size=(50, 200))
+    assert drafted.size[1] > drafted.size[0] and drafted.size[1] >= 200
+
+
+def test_prepare_image_sizes():
+    assert prepare_image(photo(1, 1), Pipeline(max_side=64)).shape == (64, 64, 3)
+    assert prepare_image(photo(2000, 1), Pipeline(max_side=64)).shape == (1, 64, 3)
+    arr = prepare_image(photo(300, 200), REPORT_PIPELINE)
+    assert arr.shape == (224, 224, 3) and arr.dtype == np.float32 and arr.max() > 1
+
+
+def test_batched_extraction_equals_one_at_a_time(tiny):
+    images = [photo(96, 64, s) for s in range(5)] + [photo(64, 96, 9), photo(50, 50, 7)]
+    pipe = Pipeline(max_side=96)
+    together = extract_features(tiny, images, pipe, batch_size=3)
+    alone = np.stack([embed_image(tiny, im, pipe) for im in images])
+    assert together.shape == (7, 8) and together.dtype == np.float32
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(together[0], together[1])
+
+
+def test_multiscale_is_the_normalised_mean_of_scales(tiny):
+    img = photo(128, 96)
+    one = embed_image(tiny, img, Pipeline(max_side=128))
+    half = embed_image(tiny, img, Pipeline(max_side=64))
+    both = embed_image(tiny, img, Pipeline(max_side=128, scales=(1, 0.5)))
+    want = (one + half) / np.linalg.norm(one + half)
+    np.testing.assert_allclose(both, want, atol=1e-5)
+
+
+def test_flatten_dimension_and_box(tiny):
+    vec = embed_image(tiny, photo(300, 200), REPORT_PIPELINE)
+    assert vec.shape == (descriptor_dim(8, REPORT_PIPELINE),) == (7 * 7 * 8,)
+    img = photo(200, 200)
+    cropped = embed_image(tiny, img, Pipeline(max_side=64), box=(0, 0, 100, 100))
+    np.testing.assert_allclose(cropped, embed_image(tiny, img.crop((0, 0, 100, 100)), Pipeline(max_side=64)), atol=1e-6)
+
+
+def test_bad_inputs_reported_per_item_without_stopping(tiny, tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    photo().save(tmp_path / "good.png")
+    items = list(iter_features(tiny, [tmp_path / "bad.jpg", tmp_path / "good.png"], Pipeline(max_side=64),
+                               thumbnail_side=32))
+    by_pos = {it.position: it for it in items}
+    assert by_pos[0].vector is None and "not a readable image" in by_pos[0].error
+    assert by_pos[1].vector.shape == (8,) and Image.open(io.BytesIO(by_pos[1].thumbnail)).size == (32, 21)
+    with pytest.raises(ImageError, match="input 0"):
+        extract_features(tiny, [tmp_path / "bad.jpg"], Pipeline(max_side=64))
+
+
+def test_find_images_recursive(tmp_path):
+    for rel in ["a.jpg", "sub/b.PNG", "sub/deeper/c.webp", "notes.txt", ".hidden/d.jpg", "e.tiff"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    assert [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)] == [
+        "a.jpg", "e.tiff", "sub/b.PNG", "sub/deeper/c.webp"]
+    with pytest.raises(FileNotFoundError):
+        find_images(tmp_path / "missing")
