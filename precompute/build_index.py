@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -50,7 +51,8 @@ def main(argv=None) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
-    extra = {"source": args.source or args.images}
+    # Only the folder name: a local path would end up in the public dataset card.
+    extra = {"source": args.source or Path(args.images).resolve().name}
     try:
         report = build_index(
             args.images, args.out, network, pipeline,

@@ -25,6 +25,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # Refuse to decode more than this many pixels: a 12000x12000 photo decodes to 432 MB of RGB.
 MAX_PIXELS = 100_000_000
 THUMBNAIL_SIDE = 192
+# EfficientNetB7 halves sizes with floor five times: a side under 32 pixels leaves no feature map.
+MIN_SIDE = 32
 
 
 class ImageError(ValueError):
@@ -80,10 +82,11 @@ class Pipeline:
     def target_size(self, width: int, height: int, scale: float = 1.0) -> tuple[int, int]:
         """Returns the (width, height) the network sees for an image of this size."""
         if self.squash is not None:
-            side = max(1, round(self.squash * scale))
+            side = max(MIN_SIDE, round(self.squash * scale))
             return side, side
         ratio = self.max_side * scale / max(width, height)
-        return max(1, round(width * ratio)), max(1, round(height * ratio))
+        # Extreme panoramas are stretched to MIN_SIDE rather than leaving the network nothing.
+        return max(MIN_SIDE, round(width * ratio)), max(MIN_SIDE, round(height * ratio))
 
 
 REPORT_PIPELINE = Pipeline(pooling="flatten", max_side=None, squash=224)

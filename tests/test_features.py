@@ -43,7 +43,7 @@ def test_pipeline_validation_and_meta_round_trip():
             Pipeline(**bad)
     assert descriptor_dim(2560, REPORT_PIPELINE) == 125440
     assert Pipeline(max_side=512).target_size(1024, 768) == (512, 384)
-    assert Pipeline(max_side=512).target_size(20000, 10) == (512, 1)
+    assert Pipeline(max_side=512).target_size(20000, 10) == (512, 32)
     assert REPORT_PIPELINE.target_size(1024, 768) == (224, 224)
 
 
@@ -110,7 +110,7 @@ def test_exif_rotation_applied():
 
 def test_prepare_image_sizes():
     assert prepare_image(photo(1, 1), Pipeline(max_side=64)).shape == (64, 64, 3)
-    assert prepare_image(photo(2000, 1), Pipeline(max_side=64)).shape == (1, 64, 3)
+    assert prepare_image(photo(2000, 1), Pipeline(max_side=64)).shape == (32, 64, 3)
     arr = prepare_image(photo(300, 200), REPORT_PIPELINE)
     assert arr.shape == (224, 224, 3) and arr.dtype == np.float32 and arr.max() > 1
 
