@@ -1,0 +1,471 @@
+"""Evaluate a descriptor pipeline on a landmark benchmark: mAP, mP@k and seconds per query.
+
+    python -m precompute.evaluate --dataset rparis6k --data-root ../shared/data \\
+        --network efficientnet-lite0 [pipeline options] [--whiten] [--qe K] [--dba K] \\
+        [--json FILE] [--plot FILE]
+
+Descriptors are cached per (dataset, network, weights, pipeline) under --cache-dir, so a rerun
+that changes only the search options (whitening, query expansion, DBA, backend) skips the
+network. Query descriptors are computed one query at a time from the decoded crop and timed,
+as the app embeds an upload; the embedding time is kept in the cache with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from precompute.options import add_network_options, add_pipeline_options, network_from_args, pipeline_from_args
+from retrieval.datasets import Dataset, DatasetError, load_dataset
+from retrieval.evaluate import KAPPAS, PROTOCOLS, evaluate_ranks, precision_recall, protocol_gnd
+from retrieval.features import Pipeline, embed_image, extract_features
+from retrieval.rerank import alpha_query_expansion, database_augmentation
+from retrieval.search import BACKENDS, Searcher
+from retrieval.whitening import apply_whitening, learn_whitening
+
+CACHE_VERSION = 1
+DEFAULT_CACHE_DIR = Path(".cache") / "evaluate"
+ALPHA = 3.0
+TOP_IDS = 10
+
+
+@dataclass
+class Descriptors:
+    """Raw (unwhitened) descriptors of a dataset, (n, d) and (m, d) float32 L2-normalised."""
+
+    db: np.ndarray
+    queries: np.ndarray
+    embed_seconds: np.ndarray  # (m,) seconds to embed each query crop, one at a time
+    cached: bool = False
+
+
+@dataclass
+class Evaluation:
+    """The outcome of `run_evaluation`: `report` is JSON-ready, the rest feeds the plot."""
+
+    report: dict
+    ranks: np.ndarray  # (m, n) database rows per query, best first
+    dataset: Dataset
+
+
+# ---------------------------------------------------------------- descriptors and cache
+
+
+def _file_stamp(path: Path) -> list:
+    stat = path.stat()
+    return [path.name, stat.st_size, stat.st_mtime_ns]
+
+
+def cache_key(dataset: Dataset, network, pipeline: Pipeline) -> dict:
+    """Returns what decides the descriptors: a changed image, crop, network or pipeline misses the cache."""
+    queries = []
+    for i, qid in enumerate(dataset.query_ids):
+        crop = dataset.crops_dir / f"{qid}.jpg"
+        source = crop if crop.is_file() else dataset.image_path(qid)
+        queries.append([qid, _file_stamp(source), None if crop.is_file() else dataset.query_boxes[i]])
+    files = json.dumps([[i, _file_stamp(dataset.image_path(i))] for i in dataset.db_ids] + queries)
+    return {
+        "cache_version": CACHE_VERSION,
+        "dataset": dataset.name,
+        "network": network.name,
+        "weights": network.weights,
+        "pipeline": pipeline.to_meta(),
+        "files_sha256": hashlib.sha256(files.encode()).hexdigest(),
+    }
+
+
+def cache_path(cache_dir, key: dict) -> Path:
+    """Returns the cache file for a key: <cache_dir>/<dataset>-<network>-<hash>.npz."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{key['dataset']}-{key['network']}-{digest}.npz"
+
+
+def _read_cache(path: Path, key: dict) -> Descriptors | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if json.loads(str(z["key"])) != key:
+                return None
+            return Descriptors(z["db"].copy(), z["queries"].copy(), z["embed_seconds"].copy(), cached=True)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write_cache(path: Path, key: dict, found: Descriptors) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        np.savez(tmp, key=np.asarray(json.dumps(key, sort_keys=True)), db=found.db, queries=found.queries,
+                 embed_seconds=found.embed_seconds)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def embed_queries(dataset: Dataset, network, pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (m, d) float32 L2-normalised query descriptors and (m,) seconds to embed each.
+
+    Each crop is embedded alone, as the app embeds an upload; the decoded crop is the input, so
+    the time covers resizing, the network and pooling. One untimed call first builds the graph.
+    """
+    images = [dataset.query_image(i) for i in range(len(dataset.query_ids))]
+    embed_image(network, images[0], pipeline)
+    vectors, seconds = [], []
+    for image in images:
+        t0 = time.perf_counter()
+        vectors.append(embed_image(network, image, pipeline))
+        seconds.append(time.perf_counter() - t0)
+    return np.ascontiguousarray(np.stack(vectors), dtype=np.float32), np.asarray(seconds)
+
+
+def dataset_descriptors(
+    dataset: Dataset,
+    network,
+    pipeline: Pipeline,
+    *,
+    cache_dir=None,
+    batch_size: int = 8,
+    workers: int = 2,
+    progress: Callable[[int], None] | None = None,
+) -> Descriptors:
+    """Returns the descriptors of the database images and query crops, from the cache when it holds them.
+
+    Args:
+        cache_dir: folder of cache files; None computes without caching.
+        progress: called with 1 after each database image embedded.
+    """
+    key = cache_key(dataset, network, pipeline)
+    path = cache_path(cache_dir, key) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        found = _read_cache(path, key)
+        if found is not None:
+            return found
+    db = extract_features(network, [dataset.image_path(i) for i in dataset.db_ids], pipeline,
+                          batch_size=batch_size, workers=workers, progress=progress)
+    queries, seconds = embed_queries(dataset, network, pipeline)
+    found = Descriptors(db, queries, seconds)
+    if path is not None:
+        _write_cache(path, key, found)
+    return found
+
+
+# ---------------------------------------------------------------- search and metrics
+
+
+def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree", whitening=None,
+                 qe: int = 0, dba: int = 0, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (m, n) database rows per query, best first, and (m,) seconds of search per query.
+
+    The database is whitened then augmented (DBA) once, offline. Each query is then timed
+    alone: whitening, a full ranking and, with query expansion, the second ranking.
+
+    Args:
+        db: (n, d) raw L2-normalised database descriptors.
+        queries: (m, d) raw L2-normalised query descriptors.
+        whitening: a `Whitening` applied to both, or None.
+        qe: alpha query expansion with this many top images; 0 for none.
+        dba: database-side augmentation with this many neighbours; 0 for none.
+    """
+    if whitening is not None:
+        db = apply_whitening(db, whitening)
+    if dba:
+        db = database_augmentation(db, k=dba, alpha=alpha)
+    searcher = Searcher(db, backend=backend)
+    n = len(searcher)
+    ranks = np.empty((len(queries), n), dtype=np.int64)
+    seconds = np.empty(len(queries))
+    for i, query in enumerate(queries):
+        t0 = time.perf_counter()
+        q = apply_whitening(query, whitening) if whitening is not None else query[None]
+        _, rows = searcher.search(q, n)
+        if qe:
+            _, rows = searcher.search(alpha_query_expansion(q, db, rows, k=qe, alpha=alpha), n)
+        seconds[i] = time.perf_counter() - t0
+        ranks[i] = rows[0]
+    return ranks, seconds
+
+
+def _number(x) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+
+def run_evaluation(
+    dataset: Dataset,
+    network,
+    pipeline: Pipeline,
+    *,
+    backend: str = "kdtree",
+    whiten: bool = False,
+    whiten_shrinkage: float = 0.5,
+    qe: int = 0,
+    dba: int = 0,
+    alpha: float = ALPHA,
+    cache_dir=None,
+    batch_size: int = 8,
+    workers: int = 2,
+    progress: Callable[[int], None] | None = None,
+) -> Evaluation:
+    """Returns the evaluation of one pipeline and search setting on a dataset.
+
+    Whitening, when asked for, is learned on the database descriptors themselves
+    (unsupervised: no labels are used), as `precompute.build_index --whiten` does for an index.
+
+    Args:
+        dataset: from `retrieval.datasets.load_dataset`.
+        network: a `retrieval.networks.Network`.
+        pipeline: resizing and pooling.
+        backend: "kdtree" or "exact".
+        whiten: learn a PCA-whitening on the database descriptors and apply it to all.
+        whiten_shrinkage: its eigenvalue shrinkage (see `learn_whitening`).
+        qe, dba, alpha: alpha query expansion and database-side augmentation (0: off).
+        cache_dir: descriptor cache folder, or None.
+
+    Returns:
+        An `Evaluation` whose `report` holds dataset, database_size, queries, map, report_map,
+        mp_at_k, pipeline, seconds_per_query and per_query.
+    """
+    found = dataset_descriptors(dataset, network, pipeline, cache_dir=cache_dir, batch_size=batch_size,
+                                workers=workers, progress=progress)
+    whitening = learn_whitening(found.db, shrinkage=whiten_shrinkage) if whiten else None
+    ranks, search_seconds = rank_queries(found.db, found.queries, backend=backend, whitening=whitening,
+                                         qe=qe, dba=dba, alpha=alpha)
+    metrics = evaluate_ranks(ranks, dataset.gnd, dataset.kind)
+    protocols = list(metrics)
+    per_query = [
+        {
+            "id": qid,
+            "ap": {p: _number(metrics[p]["aps"][i]) for p in protocols},
+            "report_ap": {p: _number(metrics[p]["report_aps"][i]) for p in protocols},
+            "top10": [dataset.db_ids[r] for r in ranks[i, :TOP_IDS]],
+        }
+        for i, qid in enumerate(dataset.query_ids)
+    ]
+    whitening_meta = None
+    if whitening is not None:
+        whitening_meta = {**whitening.to_meta(), "learned_on": "database descriptors (unsupervised)"}
+    report = {
+        "dataset": dataset.name,
+        "kind": dataset.kind,
+        "database_size": len(dataset.db_ids),
+        "total_database": dataset.total_db,
+        "total_queries": dataset.total_queries,
+        "queries": {p: metrics[p]["n_queries"] for p in protocols},
+        "map": {p: _number(metrics[p]["map"]) for p in protocols},
+        "report_map": {p: _number(metrics[p]["report_map"]) for p in protocols},
+        "mp_at_k": {p: {str(k): _number(v) for k, v in metrics[p]["mp_at"].items()} for p in protocols},
+        "pipeline": {
+            "network": network.name,
+            "weights": network.weights,
+            "pipeline": pipeline.to_meta(),
+            "whitening": whitening_meta,
+            "qe": {"k": qe, "alpha": alpha} if qe else None,
+            "dba": {"k": dba, "alpha": alpha} if dba else None,
+            "backend": backend,
+        },
+        "seconds_per_query": {
+            "embed": _number(np.median(found.embed_seconds)),
+            "search": _number(np.median(search_seconds)),
+            "total": _number(np.median(found.embed_seconds + search_seconds)),
+            "statistic": "median over queries",
+            "embed_from_cache": found.cached,
+        },
+        "per_query": per_query,
+    }
+    return Evaluation(report, ranks, dataset)
+
+
+# ---------------------------------------------------------------- output
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def describe(report: dict) -> str:
+    """Returns a short label of the pipeline and search options, e.g. for a README row."""
+    meta = report["pipeline"]
+    p = meta["pipeline"]
+    size = f"squash {p['squash']}" if p["squash"] else f"max side {p['max_side']}"
+    parts = [f"{meta['network']} {p['pooling'].upper() if p['pooling'] != 'gem' else 'GeM'}", size]
+    if len(p["scales"]) > 1:
+        parts.append("scales " + "/".join(f"{s:g}" for s in p["scales"]))
+    if meta["whitening"]:
+        parts.append(f"whitening (shrinkage {meta['whitening']['shrinkage']:g})")
+    if meta["qe"]:
+        parts.append(f"αQE k={meta['qe']['k']}")
+    if meta["dba"]:
+        parts.append(f"DBA k={meta['dba']['k']}")
+    return ", ".join(parts) + f", {meta['backend']}"
+
+
+def format_table(report: dict) -> str:
+    """Returns the markdown table of a report, a timing line and a one-line README row."""
+    protocols = list(report["map"])
+    lines = [
+        "| protocol | queries | database | mAP | mP@1 | mP@5 | mP@10 | mAP, report's AP formula |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in protocols:
+        mp = report["mp_at_k"][p]
+        lines.append(
+            f"| {p} | {report['queries'][p]} | {report['database_size']} | {_pct(report['map'][p])} | "
+            + " | ".join(_pct(mp[str(k)]) for k in KAPPAS)
+            + f" | {_pct(report['report_map'][p])} |"
+        )
+    t = report["seconds_per_query"]
+    cached = " (embedding timed when the descriptors were cached)" if t["embed_from_cache"] else ""
+    lines += [
+        "",
+        f"seconds per query (median): {t['total']:.4f} = embed {t['embed']:.4f} + search {t['search']:.4f}{cached}",
+        "row: | " + describe(report) + " | " + " | ".join(_pct(report["map"][p]) for p in protocols)
+        + f" | {t['total']:.3f} |",
+    ]
+    return "\n".join(lines)
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_json(report: dict, path) -> None:
+    """Writes the report as indented JSON, atomically."""
+    _atomic_bytes(Path(path), (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def plot_evaluation(evaluation: Evaluation, path) -> None:
+    """Draws per-query AP bars (one colour per protocol) and per-protocol precision-recall curves to a PNG."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    report, dataset = evaluation.report, evaluation.dataset
+    protocols = list(PROTOCOLS[dataset.kind])
+    m = len(dataset.query_ids)
+    fig = Figure(figsize=(max(10, 0.45 * m + 3), 8.5), layout="constrained")
+    canvas = FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2, len(protocols), height_ratios=[1.1, 1])
+    bars = fig.add_subplot(grid[0, :])
+    width = 0.8 / len(protocols)
+    x = np.arange(m)
+    for j, p in enumerate(protocols):
+        aps = [q["ap"][p] if q["ap"][p] is not None else np.nan for q in report["per_query"]]
+        label = f"{p} (mAP {_pct(report['map'][p])})"
+        bars.bar(x + (j - (len(protocols) - 1) / 2) * width, aps, width, label=label)
+    bars.set_xticks(x, [q["id"] for q in report["per_query"]], rotation=60, ha="right", fontsize=8)
+    bars.set_ylim(0, 1.05)
+    bars.set_ylabel("average precision")
+    bars.set_title(f"{dataset.name}: {describe(report)}", fontsize=10)
+    bars.legend(loc="upper right", fontsize=8, ncols=len(protocols))
+    bars.grid(axis="y", alpha=0.3)
+    for j, p in enumerate(protocols):
+        ax = fig.add_subplot(grid[1, j])
+        grid_recall, interpolated = np.linspace(0, 1, 101), []
+        for i, g in enumerate(protocol_gnd(dataset.gnd, p)):
+            if len(g["ok"]):
+                recall, precision = precision_recall(evaluation.ranks[i], g["ok"], g["junk"])
+                ax.plot(recall, precision, lw=1, alpha=0.5)
+                # interpolated precision: the best precision at this recall or beyond
+                best = np.maximum.accumulate(precision[::-1])[::-1]
+                interpolated.append(best[np.minimum(np.searchsorted(recall, grid_recall), len(best) - 1)])
+        if interpolated:
+            ax.plot(grid_recall, np.mean(interpolated, axis=0), color="black", lw=2.5, label="mean (interpolated)")
+            ax.legend(loc="lower left", fontsize=8)
+        ax.set_title(f"{p}: precision-recall per query", fontsize=9)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    canvas.print_png(buf)
+    _atomic_bytes(Path(path), buf.getvalue())
+
+
+# ---------------------------------------------------------------- command
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m precompute.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", required=True, help="roxford5k, rparis6k, oxford5k or paris6k")
+    parser.add_argument("--data-root", required=True, help="folder holding <dataset>/")
+    parser.add_argument("--images-dir", default=None, help="images folder instead of <data-root>/<dataset>/jpg")
+    parser.add_argument("--crops-dir", default=None, help="query crops instead of <data-root>/<dataset>/query_crops")
+    add_network_options(parser)
+    add_pipeline_options(parser)
+    search = parser.add_argument_group("search")
+    search.add_argument("--backend", choices=BACKENDS, default="kdtree")
+    search.add_argument("--whiten", action="store_true",
+                        help="PCA-whitening learned on the database descriptors (unsupervised)")
+    search.add_argument("--whiten-shrinkage", type=float, default=0.5, help="eigenvalue shrinkage (default 0.5)")
+    search.add_argument("--qe", type=_count, default=0, metavar="K", help="alpha query expansion with the top K (0: off)")
+    search.add_argument("--dba", type=_count, default=0, metavar="K",
+                        help="database-side augmentation with K neighbours (0: off)")
+    search.add_argument("--alpha", type=float, default=ALPHA, help=f"similarity exponent of QE and DBA ({ALPHA:g})")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="descriptor cache (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--plot", default=None, metavar="FILE", help="draw per-query AP and PR curves to a PNG")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from tqdm import tqdm
+
+    from retrieval.networks import NetworkError
+
+    try:
+        pipeline = pipeline_from_args(args)
+        dataset = load_dataset(args.dataset, args.data_root, images_dir=args.images_dir, crops_dir=args.crops_dir)
+        network = network_from_args(args)
+    except (ValueError, FileNotFoundError, DatasetError, NetworkError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(dataset.summary())
+    if dataset.partial:
+        print(f"evaluated on what is present: {len(dataset.db_ids)} of {dataset.total_db} database images, "
+              f"{len(dataset.query_ids)} of {dataset.total_queries} queries")
+    if args.whiten:
+        print("whitening: learned on the database descriptors (unsupervised, no labels)")
+    bar = tqdm(total=len(dataset.db_ids), unit="img", desc="embedding database", delay=1, dynamic_ncols=True)
+    try:
+        evaluation = run_evaluation(
+            dataset, network, pipeline, backend=args.backend, whiten=args.whiten,
+            whiten_shrinkage=args.whiten_shrinkage, qe=args.qe, dba=args.dba, alpha=args.alpha,
+            cache_dir=args.cache_dir, batch_size=args.batch_size, workers=args.workers, progress=bar.update,
+        )
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+    print(format_table(evaluation.report))
+    if args.json:
+        write_json(evaluation.report, args.json)
+    if args.plot:
+        plot_evaluation(evaluation, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
