@@ -364,7 +364,9 @@ def plot_evaluation(evaluation: Evaluation, path) -> None:
         label = f"{p} (mAP {_pct(report['map'][p])})"
         bars.bar(x + (j - (len(protocols) - 1) / 2) * width, aps, width, label=label)
     bars.set_xticks(x, [q["id"] for q in report["per_query"]], rotation=60, ha="right", fontsize=8)
-    bars.set_ylim(0, 1.05)
+    # headroom above AP = 1 keeps the legend off the bars
+    bars.set_ylim(0, 1.2)
+    bars.set_yticks(np.linspace(0, 1, 6))
     bars.set_ylabel("average precision")
     bars.set_title(f"{dataset.name}: {describe(report)}", fontsize=10)
     bars.legend(loc="upper right", fontsize=8, ncols=len(protocols))
