@@ -14,7 +14,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from precompute.options import add_network_options, add_pipeline_options, network_from_args, pipeline_from_args
+from precompute.options import (
+    add_network_options, add_pipeline_options, add_rerank_options, network_from_args, pipeline_from_args,
+    rerank_from_args,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -23,6 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="index folder to create or update")
     add_network_options(parser)
     add_pipeline_options(parser)
+    add_rerank_options(parser)
     parser.add_argument("--whiten", action="store_true", help="learn and store a PCA-whitening of the descriptors")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature type")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -41,6 +45,7 @@ def main(argv=None) -> int:
 
     try:
         pipeline = pipeline_from_args(args)
+        qe, dba = rerank_from_args(args)
         network = network_from_args(args)
     except (ValueError, NetworkError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -57,6 +62,7 @@ def main(argv=None) -> int:
         report = build_index(
             args.images, args.out, network, pipeline,
             batch_size=args.batch_size, workers=args.workers, dtype=args.dtype, whiten=args.whiten,
+            qe=qe, dba=dba, alpha=args.alpha,
             extra_meta=extra, progress=progress, log=lambda msg: tqdm.write(msg),
         )
     except (BuildError, FileNotFoundError, ImageError) as e:

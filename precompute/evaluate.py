@@ -24,7 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from precompute.options import add_network_options, add_pipeline_options, network_from_args, pipeline_from_args
+from precompute.options import (
+    ALPHA, add_network_options, add_pipeline_options, add_rerank_options, network_from_args, pipeline_from_args,
+    rerank_from_args,
+)
 from retrieval.datasets import Dataset, DatasetError, load_dataset
 from retrieval.evaluate import KAPPAS, PROTOCOLS, evaluate_ranks, precision_recall, protocol_gnd
 from retrieval.features import Pipeline, embed_image, extract_features
@@ -34,7 +37,6 @@ from retrieval.whitening import apply_whitening, learn_whitening
 
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = Path(".cache") / "evaluate"
-ALPHA = 3.0
 TOP_IDS = 10
 
 
@@ -398,13 +400,6 @@ def plot_evaluation(evaluation: Evaluation, path) -> None:
 # ---------------------------------------------------------------- command
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m precompute.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, help="roxford5k, rparis6k, oxford5k or paris6k")
@@ -418,10 +413,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     search.add_argument("--whiten", action="store_true",
                         help="PCA-whitening learned on the database descriptors (unsupervised)")
     search.add_argument("--whiten-shrinkage", type=float, default=0.5, help="eigenvalue shrinkage (default 0.5)")
-    search.add_argument("--qe", type=_count, default=0, metavar="K", help="alpha query expansion with the top K (0: off)")
-    search.add_argument("--dba", type=_count, default=0, metavar="K",
-                        help="database-side augmentation with K neighbours (0: off)")
-    search.add_argument("--alpha", type=float, default=ALPHA, help=f"similarity exponent of QE and DBA ({ALPHA:g})")
+    add_rerank_options(parser)
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="descriptor cache (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="image decoding threads")
@@ -438,6 +430,7 @@ def main(argv=None) -> int:
 
     try:
         pipeline = pipeline_from_args(args)
+        qe, dba = rerank_from_args(args)
         dataset = load_dataset(args.dataset, args.data_root, images_dir=args.images_dir, crops_dir=args.crops_dir)
         network = network_from_args(args)
     except (ValueError, FileNotFoundError, DatasetError, NetworkError) as e:
@@ -453,7 +446,7 @@ def main(argv=None) -> int:
     try:
         evaluation = run_evaluation(
             dataset, network, pipeline, backend=args.backend, whiten=args.whiten,
-            whiten_shrinkage=args.whiten_shrinkage, qe=args.qe, dba=args.dba, alpha=args.alpha,
+            whiten_shrinkage=args.whiten_shrinkage, qe=qe, dba=dba, alpha=args.alpha,
             cache_dir=args.cache_dir, batch_size=args.batch_size, workers=args.workers, progress=bar.update,
         )
     except (ValueError, OSError) as e:

@@ -9,6 +9,11 @@ from retrieval.features import REPORT_PIPELINE, Pipeline
 # Chosen by measurement with EfficientNet-Lite0 on the mini RParis (see README, "Evaluation"): of 224, 384,
 # 448, 512, 768 and 1024, 384 is best on Easy and Medium, within noise on Hard, and faster than larger sides.
 DEFAULT_MAX_SIDE = 384
+# Alpha query expansion with the top 5 and database-side augmentation with 3 neighbours
+# (alpha 3): where the measured grid levels off (README, "Evaluation").
+DEFAULT_QE = 5
+DEFAULT_DBA = 3
+ALPHA = 3.0
 
 
 def add_network_options(parser: argparse.ArgumentParser) -> None:
@@ -64,3 +69,29 @@ def network_from_args(args: argparse.Namespace):
     from retrieval.networks import build_network
 
     return build_network(args.network, weights=args.weights)
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def add_rerank_options(parser: argparse.ArgumentParser) -> None:
+    """Adds --qe and --dba (defaults: the measured best, or off with --preset report)."""
+    group = parser.add_argument_group("re-ranking")
+    group.add_argument("--qe", type=_count, default=None, metavar="K",
+                       help=f"alpha query expansion with the top K, 0 for none (default {DEFAULT_QE}; 0 with --preset report)")
+    group.add_argument("--dba", type=_count, default=None, metavar="K",
+                       help=f"database-side augmentation with K neighbours, 0 for none (default {DEFAULT_DBA}; "
+                       "0 with --preset report)")
+    group.add_argument("--alpha", type=float, default=ALPHA, help=f"similarity exponent of QE and DBA ({ALPHA:g})")
+
+
+def rerank_from_args(args: argparse.Namespace) -> tuple[int, int]:
+    """Returns (qe, dba): what was given, else the defaults, else 0 for the report's pipeline."""
+    report = args.preset == "report"
+    qe = args.qe if args.qe is not None else (0 if report else DEFAULT_QE)
+    dba = args.dba if args.dba is not None else (0 if report else DEFAULT_DBA)
+    return qe, dba

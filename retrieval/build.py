@@ -19,6 +19,7 @@ import numpy as np
 
 from retrieval.features import THUMBNAIL_SIDE, Pipeline, find_images, iter_features
 from retrieval.index import recover_index_folder, save_index
+from retrieval.rerank import database_augmentation
 from retrieval.whitening import apply_whitening, learn_whitening
 
 CACHE_DIR = ".cache"
@@ -65,6 +66,9 @@ def build_index(
     dtype: str = "float16",
     whiten: bool = False,
     whiten_shrinkage: float = 0.5,
+    dba: int = 0,
+    qe: int = 0,
+    alpha: float = 3.0,
     shard_size: int = 256,
     flush_seconds: float = 30.0,
     thumbnail_side: int = THUMBNAIL_SIDE,
@@ -80,6 +84,9 @@ def build_index(
         network: a `retrieval.networks.Network`.
         pipeline: resizing and pooling.
         whiten: learn a PCA-whitening from the indexed descriptors and store it with the index.
+        dba: database-side augmentation with this many neighbours (fewer on a tiny index), 0 for none.
+        qe: alpha query expansion with the top `qe` results, recorded for the search engine.
+        alpha: the similarity exponent of DBA and query expansion.
         extra_meta: more metadata for index.json (source collection, evaluation...).
         progress: called as progress(done, total) after each image embedded in this run.
         log: called with one line per skipped file and per notable event.
@@ -156,11 +163,16 @@ def build_index(
             raise BuildError("whitening needs at least two images")
         whitening = learn_whitening(features, shrinkage=whiten_shrinkage)
         features = apply_whitening(features, whitening)
+    dba = min(dba, len(features) - 1)
+    if dba > 0:
+        features = database_augmentation(features, k=dba, alpha=alpha)
     meta = {
         "network": network.name,
         "weights": network.weights,
         "pipeline": pipeline.to_meta(),
         "thumbnail_side": thumbnail_side,
+        "dba": {"k": dba, "alpha": alpha} if dba > 0 else None,
+        "query_expansion": {"k": qe, "alpha": alpha} if qe > 0 else None,
         **(extra_meta or {}),
     }
     save_index(out_dir, features, ids, meta, thumbnails=thumbs, whitening=whitening, dtype=dtype)

@@ -9,6 +9,7 @@ import numpy as np
 
 from retrieval.features import embed_image
 from retrieval.index import Index, IndexFormatError
+from retrieval.rerank import alpha_query_expansion
 from retrieval.search import Searcher
 
 
@@ -33,12 +34,14 @@ class SearchEngine:
         index: a loaded `Index`.
         network: a `retrieval.networks.Network`; it must be the one that built the index.
         backend: "kdtree" or "exact" (see `Searcher`).
+        query_expansion: alpha query expansion with this many top results; None takes the
+            index's setting (index.json "query_expansion"), 0 turns it off.
 
     Raises:
         IndexFormatError: if the network is not the one recorded in the index.
     """
 
-    def __init__(self, index: Index, network, *, backend: str = "kdtree"):
+    def __init__(self, index: Index, network, *, backend: str = "kdtree", query_expansion: int | None = None):
         if network.name != index.meta["network"]:
             raise IndexFormatError(
                 f"the index was built with {index.meta['network']!r} but the network given is {network.name!r}"
@@ -47,6 +50,9 @@ class SearchEngine:
         self.network = network
         self.pipeline = index.pipeline
         self.searcher = Searcher(index.features, backend=backend)
+        qe = index.meta.get("query_expansion") or {}
+        self.qe_k = min(qe.get("k", 0) if query_expansion is None else query_expansion, len(index))
+        self.qe_alpha = float(qe.get("alpha", 3.0))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -82,6 +88,9 @@ class SearchEngine:
 
     def _search_vector(self, query: np.ndarray, k: int, *, embed_ms: float) -> SearchResult:
         t0 = time.perf_counter()
+        if self.qe_k > 0:
+            _, first = self.searcher.search(query, self.qe_k)
+            query = alpha_query_expansion(query[None], self.index.features, first, k=self.qe_k, alpha=self.qe_alpha)
         scores, rows = self.searcher.search(query, k)
         search_ms = (time.perf_counter() - t0) * 1000
         ids = [str(self.index.ids[r]) for r in rows[0]]

@@ -47,7 +47,7 @@ class Pipeline:
     """
 
     pooling: str = "gem"
-    max_side: int | None = 512
+    max_side: int | None = 384
     squash: int | None = None
     scales: tuple[float, ...] = (1.0,)
     gem_p: float = 3.0

@@ -32,11 +32,12 @@ def rparis_dir():
 
 @pytest.fixture(scope="session")
 def lite0_index(tmp_path_factory, lite0, rparis_dir):
-    """A Lite0 GeM index of ../shared/data/rparis6k/jpg (409 images), built once per session."""
-    from precompute.options import DEFAULT_MAX_SIDE
+    """A Lite0 index of ../shared/data/rparis6k/jpg (409 images) with the default pipeline, built once."""
+    from precompute.options import DEFAULT_DBA, DEFAULT_MAX_SIDE, DEFAULT_QE
     from retrieval.build import build_index
     from retrieval.features import Pipeline
 
     out = tmp_path_factory.mktemp("lite0") / "index"
-    build_index(rparis_dir / "jpg", out, lite0, Pipeline(max_side=DEFAULT_MAX_SIDE), batch_size=8)
+    build_index(rparis_dir / "jpg", out, lite0, Pipeline(max_side=DEFAULT_MAX_SIDE), batch_size=8,
+                dba=DEFAULT_DBA, qe=DEFAULT_QE)
     return out

@@ -123,6 +123,19 @@ def test_whitened_build_stores_whitening(tiny, folder, tmp_path):
     assert idx.whitening is not None and idx.dim == idx.meta["whitening"]["dim_out"] == 5
 
 
+def test_dba_and_query_expansion_recorded(tiny, folder, tmp_path):
+    from retrieval.rerank import database_augmentation
+
+    build_index(folder, tmp_path / "plain", tiny, PIPE, dtype="float32")
+    build_index(folder, tmp_path / "dba", tiny, PIPE, dtype="float32", dba=2, qe=4)
+    plain, aug = load_index(tmp_path / "plain"), load_index(tmp_path / "dba")
+    np.testing.assert_allclose(aug.features, database_augmentation(plain.features, k=2), atol=1e-6)
+    assert aug.meta["dba"] == {"k": 2, "alpha": 3.0} and aug.meta["query_expansion"] == {"k": 4, "alpha": 3.0}
+    assert plain.meta["dba"] is None and plain.meta["query_expansion"] is None
+    build_index(folder, tmp_path / "small", tiny, PIPE, dba=50)  # more neighbours than images
+    assert load_index(tmp_path / "small").meta["dba"]["k"] == 5
+
+
 def test_command_reports_bad_options(capsys, tmp_path):
     assert build_cmd.main(["--images", str(tmp_path), "--out", str(tmp_path / "o"), "--network", "vgg"]) == 2
     assert "unknown network 'vgg'" in capsys.readouterr().err

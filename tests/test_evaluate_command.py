@@ -8,6 +8,7 @@ from PIL import Image
 
 import retrieval.networks
 from precompute import evaluate as cmd
+from precompute.options import DEFAULT_DBA, DEFAULT_QE, rerank_from_args
 from retrieval.datasets import load_dataset
 from retrieval.evaluate import evaluate_ranks
 from retrieval.features import Pipeline, embed_image, extract_features
@@ -117,7 +118,7 @@ def test_main_writes_json_and_plot(dataset, tiny, cache, tmp_path, monkeypatch, 
     out_json, out_png = tmp_path / "r" / "eval.json", tmp_path / "eval.png"
     rc = cmd.main([
         "--dataset", "rparis6k", "--data-root", str(dataset.root), "--network", "efficientnet-lite0",
-        "--max-side", "64", "--cache-dir", str(cache), "--dba", "1",
+        "--max-side", "64", "--cache-dir", str(cache), "--dba", "1", "--qe", "0",
         "--json", str(out_json), "--plot", str(out_png),
     ])
     assert rc == 0
@@ -148,8 +149,19 @@ def test_report_preset_is_the_reports_pipeline(dataset, tiny, cache, tmp_path, m
     rc = cmd.main(["--dataset", "rparis6k", "--data-root", str(dataset.root), "--preset", "report",
                    "--cache-dir", str(cache), "--json", str(out)])
     assert rc == 0
-    pipe = json.loads(out.read_text())["pipeline"]["pipeline"]
+    meta = json.loads(out.read_text())["pipeline"]
+    pipe = meta["pipeline"]
     assert (pipe["pooling"], pipe["squash"], pipe["max_side"]) == ("flatten", 224, None)
+    assert meta["qe"] is None and meta["dba"] is None and meta["backend"] == "kdtree"
+
+
+def test_default_reranking_is_the_measured_best():
+    args = cmd.parse_args(["--dataset", "rparis6k", "--data-root", "."])
+    assert rerank_from_args(args) == (DEFAULT_QE, DEFAULT_DBA) == (5, 3)
+    args = cmd.parse_args(["--dataset", "rparis6k", "--data-root", ".", "--preset", "report"])
+    assert rerank_from_args(args) == (0, 0)
+    args = cmd.parse_args(["--dataset", "rparis6k", "--data-root", ".", "--preset", "report", "--qe", "2"])
+    assert rerank_from_args(args) == (2, 0)
 
 
 def test_bad_inputs_are_refused(dataset, tmp_path, capsys):
