@@ -1,0 +1,1 @@
+"""Test support for the Gradio app: launch app.py on a free local port and stop it again."""

@@ -1,0 +1,192 @@
+"""The app through its API: gradio_client against app.py running on 127.0.0.1 over a Lite0 index."""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.appserver.process import ROOT
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+pytest_plugins = ["tests.appserver.fixtures"]
+
+API_EXAMPLE = ROOT / "docs" / "api_example.py"
+DOCUMENTED_URL = "http://127.0.0.1:7860"
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def rparis(rparis_dir):
+    from retrieval.datasets import load_dataset
+
+    return load_dataset("rparis6k", rparis_dir.parent)
+
+
+@pytest.fixture(scope="module")
+def engine(lite0_index, lite0):
+    """The same engine as the app's, in this process: the oracle for what the API returns."""
+    from retrieval.engine import SearchEngine
+    from retrieval.index import load_index
+
+    return SearchEngine(load_index(lite0_index), lite0)
+
+
+def search(client, image, k=20, box=""):
+    """Calls /search with an image path (or None) as the editor's background."""
+    value = None if image is None else {"background": handle_file(str(image))}
+    return client.predict(image=value, k=k, box=box, api_name="/search")
+
+
+def positives(rparis, query: str) -> set[str]:
+    i = rparis.query_ids.index(query)
+    return {rparis.db_ids[j] for j in (*rparis.gnd[i]["easy"], *rparis.gnd[i]["hard"])}
+
+
+def crop_path(rparis, query: str) -> Path:
+    return rparis.crops_dir / f"{query}.jpg"
+
+
+def test_readme_api_example_finds_a_true_positive_first(app_url, rparis, monkeypatch, capsys):
+    source = API_EXAMPLE.read_text()
+    assert DOCUMENTED_URL in source
+    query = re.search(r"query_crops/(\w+)\.jpg", source).group(1)
+    monkeypatch.chdir(ROOT)  # the example's image path is relative to the repository root
+    namespace = {}
+    exec(compile(source.replace(DOCUMENTED_URL, app_url), str(API_EXAMPLE), "exec"), namespace)
+
+    results, gallery, timings = namespace["results"], namespace["gallery"], namespace["timings"]
+    assert [r["rank"] for r in results] == [1, 2, 3, 4, 5]
+    assert results[0]["id"] in positives(rparis, query)
+    captions = [g["caption"].split("\n") for g in gallery]
+    assert captions == [[f"#{r['rank']} · {r['score']:.3f}", r["id"]] for r in results]
+    assert timings["total_ms"] == pytest.approx(timings["embed_ms"] + timings["search_ms"], abs=0.02)
+    assert timings["embed_ms"] > 0
+    assert f"1 {results[0]['id']}" in capsys.readouterr().out
+
+
+def test_query_crops_answer_as_the_engine_does(client, rparis, engine):
+    for query in rparis.query_ids:
+        _, results, _ = search(client, crop_path(rparis, query), k=10)
+        expected = engine.search(crop_path(rparis, query), 10)
+        assert [r["id"] for r in results] == expected.ids, query
+        assert [r["score"] for r in results] == pytest.approx(expected.scores, abs=1e-4)
+
+
+def test_most_query_crops_find_a_true_positive_first(client, rparis):
+    database = set(rparis.db_ids)
+    hits = 0
+    for query in rparis.query_ids:
+        _, results, _ = search(client, crop_path(rparis, query), k=10)
+        # The folder also holds a few query images, which are not part of the ground truth.
+        first = next(r["id"] for r in results if r["id"] in database)
+        hits += first in positives(rparis, query)
+    # Lite0 + GeM at 512 px finds a positive first for all 19 crops (measured); chance would be ~3.
+    assert hits >= 18
+
+
+@pytest.mark.parametrize("k", [1, 7, 100])
+def test_k_is_honoured(client, rparis, k):
+    gallery, results, _ = search(client, crop_path(rparis, "paris_eiffel_000266"), k=k)
+    assert [r["rank"] for r in results] == list(range(1, k + 1))
+    assert len(gallery) == k
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("k", [0, 101])
+def test_k_out_of_range_is_refused(client, rparis, k):
+    with pytest.raises(AppError, match="K must be a whole number from 1 to 100"):
+        search(client, crop_path(rparis, "paris_eiffel_000266"), k=k)
+
+
+def test_box_crops_the_query_in_image_pixels(client, rparis, engine):
+    query = "paris_louvre_000050"
+    box = rparis.query_boxes[rparis.query_ids.index(query)]
+    whole = rparis.image_path(query)
+    _, results, _ = search(client, whole, k=10, box=",".join(str(round(v)) for v in box))
+    expected = engine.search(whole, 10, box=tuple(round(v) for v in box))
+    assert [r["id"] for r in results] == expected.ids
+    assert [r["id"] for r in results] != engine.search(whole, 10).ids
+
+
+def test_a_big_image_is_searched(client, rparis, tmp_path):
+    query = "paris_triomphe_000414"
+    crop = Image.open(crop_path(rparis, query))
+    big = tmp_path / "big.jpg"
+    crop.resize((crop.width * 8, crop.height * 8), Image.BILINEAR).save(big, quality=90)
+    assert max(Image.open(big).size) > 2048  # app.QUERY_MAX_SIDE: the app downscales it first
+    _, results, _ = search(client, big, k=5)
+    assert results[0]["id"] in positives(rparis, query)
+
+
+def bad_image(kind: str, folder: Path, rparis) -> Path | None:
+    """Returns the file to upload for one kind of bad input (None: no image at all)."""
+    if kind == "none":
+        return None
+    path = folder / {"photo": "photo.jpg", "text": "notes.jpg", "empty": "empty.png", "bomb": "bomb.png"}[kind]
+    if kind == "photo":
+        Image.open(crop_path(rparis, "paris_eiffel_000266")).save(path)
+    elif kind == "text":
+        path.write_text("not a picture")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        # 20000 x 20000 one-bit pixels: a small file that would decode to 1.2 GB of RGB.
+        Image.new("1", (20000, 20000)).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, box, message",
+    [
+        ("none", "", "Upload an image first"),
+        ("photo", "10,10,10,80", "The crop is empty"),
+        ("photo", "5000,5000,6000,6000", "The crop is empty"),
+        ("photo", "1,2,3", "four whole numbers"),
+        ("photo", "a,b,c,d", "four whole numbers"),
+        ("text", "", "cannot be used as a query: not a readable image"),
+        ("empty", "", "cannot be used as a query: the file is empty"),
+        ("bomb", "", "cannot be used as a query: the image is too large to decode safely"),
+    ],
+    ids=["no-image", "empty-box", "box-outside", "short-box", "words-box", "not-an-image", "empty-file", "bomb"],
+)
+def test_bad_inputs_are_refused_with_their_message(client, rparis, tmp_path, kind, box, message):
+    with pytest.raises(AppError, match=message):
+        search(client, bad_image(kind, tmp_path, rparis), k=5, box=box)
+
+
+def test_an_upload_over_the_size_limit_is_refused_by_the_server(app_url, tmp_path):
+    import httpx
+
+    huge = bytes(21 * 1024 * 1024)  # app.MAX_FILE_SIZE is 20 MB
+    # Straight to the upload route: gradio_client would refuse it before sending.
+    response = httpx.post(app_url + "gradio_api/upload", files={"files": ("huge.png", huge, "image/png")}, timeout=60)
+    assert response.status_code == 413
+    assert "maximum allowed size" in response.text
+
+
+def test_twenty_concurrent_clients_all_get_their_answer(app_url, rparis):
+    crops = [crop_path(rparis, q) for q in rparis.query_ids]
+    jobs = [crops[i % len(crops)] for i in range(20)]
+    sequential = {}
+    solo = Client(app_url, verbose=False)
+    for crop in crops:
+        sequential[crop] = [r["id"] for r in search(solo, crop, k=10)[1]]
+
+    def one(crop):
+        return [r["id"] for r in search(Client(app_url, verbose=False), crop, k=10)[1]]
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(one, jobs))
+    assert answers == [sequential[crop] for crop in jobs]
