@@ -1,0 +1,301 @@
+"""Speed and memory of the engine against the report's pipeline, as one markdown report.
+
+    python -m precompute.benchmark [--quick] [--json FILE] [--plot FILE]
+
+Sections: 1. query latency end to end (image file in, ranked ids out); 2. search alone against
+the database size; 3. index build throughput against the network's pure forward; 4. app cold
+start and index size; 5. peak memory of each part. Every measurement runs in a process of its
+own (`precompute.bench_parts`), which reports its own peak RSS. A cell that cannot fit in memory
+or in its time budget is shown as skipped, with the reason. Database vectors are synthetic unit
+vectors of the right shape; query and build images are the real photos in ../shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from precompute.bench_parts import RESULT_PREFIX, mem_available_bytes
+from precompute.bench_report import format_report, plot_search
+from precompute.options import DEFAULT_MAX_SIDE
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "rparis6k"
+GB = 1e9
+# Weights do not change speed; B7's ImageNet weights would need a download, Lite0's ship in a package.
+WEIGHTS = {"efficientnet-b7": "none", "efficientnet-lite0": "imagenet"}
+CHANNELS = {"efficientnet-b7": 2560, "efficientnet-lite0": 1280}
+REPORT_SIDE_CELLS = 7  # the report's 224x224 input gives a 7x7 feature map
+KDTREE_FLOAT16 = "as float32: load_index widens float16 to float32, KDTree copies to float64"
+GOALS = {"search": 100.0, "end_to_end": 5.0, "index_size": 40.0, "build": 0.85}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to measure; `FULL` and `QUICK` are the two used."""
+
+    latency_networks: tuple[str, ...] = ("efficientnet-lite0", "efficientnet-b7")
+    latency_db: int = 5063
+    latency_queries: int = 50
+    warm_queries: int = 3
+    search_ns: tuple[int, ...] = (1000, 5063, 10_000, 100_000, 1_000_000)
+    search_dim: int = 2560  # B7 GeM
+    report_search: tuple[int, int] = (5063, 125_440)  # (n, d): B7 7x7 flatten
+    search_queries: int = 20
+    cell_budget_s: float = 180.0
+    builds: tuple[tuple[str, int], ...] = (("efficientnet-lite0", 409), ("efficientnet-b7", 48))
+    batch_size: int = 8
+    workers: int = 2
+    forward_budget_s: float = 20.0
+    coldstart_networks: tuple[str, ...] = ("efficientnet-lite0", "efficientnet-b7")
+    coldstart_rows: int = 6000
+    size_rows: int = 5063
+    thumbnail_sources: int = 409
+    max_side: int = DEFAULT_MAX_SIDE
+
+
+FULL = Plan()
+QUICK = replace(
+    FULL, latency_networks=("efficientnet-lite0",), latency_db=1000, latency_queries=10, warm_queries=1,
+    search_ns=(1000, 5063), report_search=(1000, 62_720), search_queries=8, cell_budget_s=40.0,
+    builds=(("efficientnet-lite0", 24),), forward_budget_s=4.0, coldstart_networks=("efficientnet-lite0",),
+    thumbnail_sources=16,
+)
+
+
+def run_part(part: str, config: dict, *, timeout_s: float) -> dict:
+    """Returns one part's result, measured in a fresh process, or {"skipped": reason}."""
+    cmd = [sys.executable, "-m", "precompute.bench_parts", part, json.dumps(config)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"skipped: over time budget (stopped at {timeout_s:.0f} s)"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        return {"skipped": f"failed: {why}" if proc.returncode > 0 else f"killed (signal {-proc.returncode})"}
+    result = json.loads(lines[-1][len(RESULT_PREFIX):])
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def memory_skip(need_bytes: float, *, total_bytes: float, available_bytes: float) -> str | None:
+    """Returns why a run needing `need_bytes` must be skipped, or None when it fits."""
+    if need_bytes > total_bytes:
+        return f"skipped: needs {need_bytes / GB:.0f} GB ({total_bytes / GB:.0f} GB machine)"
+    if need_bytes > 0.85 * available_bytes:
+        return f"skipped: needs {need_bytes / GB:.1f} GB, {available_bytes / GB:.1f} GB available now"
+    return None
+
+
+def search_need_bytes(n: int, d: int, backend: str, storage: str) -> float:
+    """Returns the memory a search cell needs: its matrices plus the finiteness check's bool copy."""
+    if backend == "exact" and storage == "float16":
+        return n * d * 2 + 65536 * d * 4 + 0.3 * GB
+    return n * d * (4 + 1 + (8 if backend == "kdtree" else 0)) + 0.3 * GB
+
+
+def estimate_seconds(previous: dict | None, n: int) -> float:
+    """Returns a cell's expected wall time, scaled linearly in n from the same backend's last cell."""
+    if not previous or "skipped" in previous:
+        return 0.0
+    return previous["wall_s"] * n / previous["n"]
+
+
+def machine_info() -> dict:
+    """Returns CPU model, core count, memory and load average of this machine."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"cpu": model, "nproc": os.cpu_count(), "mem_total_bytes": total, "python": platform.python_version(),
+            "load_start": list(os.getloadavg())}
+
+
+def measure_latency(plan: Plan, say) -> list[dict]:
+    """Section 1: SearchEngine.search(path) for the report's and the default pipeline, per network."""
+    rows = []
+    for network in plan.latency_networks:
+        for pipeline in ("report", "default"):
+            dim = CHANNELS[network] * (REPORT_SIDE_CELLS ** 2 if pipeline == "report" else 1)
+            config = {
+                "network": network, "weights": WEIGHTS[network], "pipeline": pipeline, "max_side": plan.max_side,
+                "n_db": plan.latency_db, "n_queries": plan.latency_queries, "warm_queries": plan.warm_queries,
+                "queries_dir": str(DATA / "query_crops"), "k": 10, "backend": "kdtree",
+            }
+            # float32 rows, the KD-tree's float64 copy, the finiteness check's bools, and the network.
+            need = plan.latency_db * dim * 13 + 2 * GB
+            skip = memory_skip(need, total_bytes=_total(), available_bytes=mem_available_bytes())
+            say(f"latency {network} {pipeline}")
+            result = {"skipped": skip} if skip else run_part("latency", config, timeout_s=4 * plan.cell_budget_s)
+            rows.append({"network": network, "pipeline": pipeline, "dim": dim, "n_db": plan.latency_db, **result})
+    return rows
+
+
+def measure_search(plan: Plan, say) -> list[dict]:
+    """Section 2: search alone over synthetic unit rows, per size, backend and storage."""
+    cells = [(n, plan.search_dim, b, s) for n in plan.search_ns
+             for b, s in (("kdtree", "float32"), ("kdtree", "float16"), ("exact", "float32"), ("exact", "float16"))]
+    cells.append((*plan.report_search, "kdtree", "float32"))
+    rows, last = [], {}
+    for n, d, backend, storage in cells:
+        row = {"n": n, "d": d, "backend": backend, "storage": storage, "report": d != plan.search_dim}
+        if backend == "kdtree" and storage == "float16":
+            rows.append({**row, "skipped": KDTREE_FLOAT16})
+            continue
+        skip = memory_skip(search_need_bytes(n, d, backend, storage), total_bytes=_total(),
+                           available_bytes=mem_available_bytes())
+        estimate = estimate_seconds(last.get((d, backend, storage)), n)
+        if not skip and estimate > plan.cell_budget_s:
+            skip = f"skipped: over time budget (about {estimate:.0f} s > {plan.cell_budget_s:.0f} s)"
+        say(f"search n={n} d={d} {backend} {storage}")
+        config = {"n": n, "d": d, "backend": backend, "storage": storage, "k": 10,
+                  "n_queries": plan.search_queries + 1, "query_budget_s": plan.cell_budget_s / 4}
+        result = {"skipped": skip} if skip else run_part("search", config, timeout_s=plan.cell_budget_s)
+        rows.append({**row, **result})
+        last[(d, backend, storage)] = rows[-1]
+    return rows
+
+
+def measure_build(plan: Plan, say) -> list[dict]:
+    """Section 3: build_index on the real photos against the pure forward, per network."""
+    rows = []
+    for network, n_images in plan.builds:
+        config = {"network": network, "weights": WEIGHTS[network], "images_dir": str(DATA / "jpg"),
+                  "n_images": n_images, "batch_size": plan.batch_size, "workers": plan.workers,
+                  "max_side": plan.max_side, "forward_budget_s": plan.forward_budget_s, "decode_images": 32}
+        say(f"build {network} on {n_images} photos")
+        rows.append({"network": network, **run_part("build", config, timeout_s=6 * plan.cell_budget_s)})
+    return rows
+
+
+def measure_index(plan: Plan, say, tmp: Path) -> tuple[dict, list[dict]]:
+    """Section 4: the index size against the report's, and the cold start per network."""
+    base = {"images_dir": str(DATA / "jpg"), "thumbnail_sources": plan.thumbnail_sources, "weights": "none",
+            "max_side": plan.max_side, "dtype": "float16"}
+    say("index size")
+    config = {**base, "n": plan.size_rows, "dim": CHANNELS["efficientnet-b7"], "network": "efficientnet-b7",
+              "out": str(tmp / "size")}
+    size = run_part("make_index", config, timeout_s=plan.cell_budget_s)
+    if "skipped" not in size:
+        files = size["file_bytes"]
+        size["ours_bytes"] = files["feature_list.npy"] + files["feature_id.npy"]
+        report_dim = CHANNELS["efficientnet-b7"] * REPORT_SIDE_CELLS ** 2
+        # Computed, not written: a .npy header (128 bytes) and float32 rows, with the same id file.
+        size["report_bytes"] = 128 + plan.size_rows * report_dim * 4 + files["feature_id.npy"]
+        size["report_dim"] = report_dim
+    cold = []
+    for network in plan.coldstart_networks:
+        out = tmp / f"cold-{network}"
+        say(f"cold start {network}")
+        made = run_part("make_index", {**base, "n": plan.coldstart_rows, "dim": CHANNELS[network], "network": network,
+                                       "weights": WEIGHTS[network], "out": str(out)}, timeout_s=plan.cell_budget_s)
+        if "skipped" in made:
+            cold.append({"network": network, **made})
+            continue
+        config = {"index_dir": str(out), "network": network, "weights": WEIGHTS[network], "backend": "kdtree"}
+        result = run_part("coldstart", config, timeout_s=2 * plan.cell_budget_s)
+        cold.append({"network": network, "index_bytes": sum(made["file_bytes"].values()), **result})
+    return size, cold
+
+
+def _total() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _target(name: str, goal_key: str, baseline: float, ours: float, what: str, *,
+            higher_is_better: bool = False) -> dict:
+    ratio = ours / baseline if higher_is_better else baseline / ours
+    goal = GOALS[goal_key]
+    return {"target": name, "what": what, "higher_is_better": higher_is_better, "baseline": baseline, "ours": ours,
+            "ratio": ratio, "goal": goal, "pass": ratio >= goal, "shortfall": None if ratio >= goal else goal / ratio}
+
+
+def compute_targets(results: dict) -> list[dict]:
+    """Returns every target with its baseline, our figure, their ratio and PASS/MISS; pure."""
+    targets = []
+    search = [r for r in results["search"] if "skipped" not in r]
+    report = next((r for r in search if r["report"]), None)
+    if report:
+        for r in (r for r in search if not r["report"] and r["n"] == report["n"]):
+            name = f"search N={r['n']}: report KD-tree d={report['d']} / ours {r['backend']} {r['storage']} d={r['d']}"
+            baseline = report["query"]["median_ms"]
+            targets.append(_target(name, "search", baseline, r["query"]["median_ms"], "median query ms"))
+            if "query_1thread" in r:
+                targets.append(_target(f"{name}, 1 BLAS thread", "search", baseline,
+                                       r["query_1thread"]["median_ms"], "median query ms"))
+    latency = {(r["network"], r["pipeline"]): r for r in results["latency"] if "skipped" not in r}
+    for network in dict.fromkeys(n for n, _ in latency):
+        if (network, "report") in latency and (network, "default") in latency:
+            ours = latency[network, "default"]
+            targets.append(_target(
+                f"end to end, {network}: report pipeline / default (max side {ours['max_side']})", "end_to_end",
+                latency[network, "report"]["total"]["median_ms"], ours["total"]["median_ms"], "median query ms"))
+    size = results["index_size"]
+    if "skipped" not in size:
+        targets.append(_target(f"index size, N={size['n']}: report float32 d={size['report_dim']} / ours GeM "
+                               f"{size['dtype']} d={size['dim']} (+ ids both)", "index_size",
+                               size["report_bytes"], size["ours_bytes"], "bytes"))
+    for r in results["build"]:
+        if "skipped" not in r:
+            targets.append(_target(f"build throughput, {r['network']}: build_index / pure forward", "build",
+                                   r["forward_images_per_s"], r["build_images_per_s"], "images/s",
+                                   higher_is_better=True))
+    return targets
+
+
+def run_benchmark(plan: Plan, *, command: str, say=lambda msg: None) -> dict:
+    """Runs every section and returns all figures and targets as one JSON-ready dict."""
+    t0 = time.perf_counter()
+    results = {"command": command, "machine": machine_info(), "plan": asdict(plan)}
+    results["latency"] = measure_latency(plan, say)
+    results["search"] = measure_search(plan, say)
+    results["build"] = measure_build(plan, say)
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
+        results["index_size"], results["coldstart"] = measure_index(plan, say, Path(tmp))
+    results["machine"]["load_end"] = list(os.getloadavg())
+    results["seconds"] = time.perf_counter() - t0
+    results["targets"] = compute_targets(results)
+    return results
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m precompute.benchmark", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a reduced run (Lite0 only, small N), under two minutes")
+    parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    parser.add_argument("--plot", default=None, help="also write the search-versus-N log-log plot (PNG) here")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not (DATA / "query_crops").is_dir() or not (DATA / "jpg").is_dir():
+        print("error: the benchmark needs the photos in ../shared/data/rparis6k (see its README)", file=sys.stderr)
+        return 2
+    command = "python -m precompute.benchmark" + (" --quick" if args.quick else "")
+    results = run_benchmark(QUICK if args.quick else FULL, command=command,
+                            say=lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True))
+    print(format_report(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.plot:
+        plot_search(results, Path(args.plot))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
