@@ -12,9 +12,13 @@ launches. Features and search live in `retrieval/`; nothing here computes either
 from __future__ import annotations
 
 import argparse
+import atexit
+import base64
 import io
 import os
+import shutil
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -38,6 +42,7 @@ MAX_K = 100
 # pixels anyway, and a 48-megapixel phone photo would only cost time and memory.
 QUERY_MAX_SIDE = 2048
 N_EXAMPLES = 8
+PREVIEW_SIDE = 320
 # Measured on 2 CPU cores (see README, "Serving"): one query at a time keeps each answer
 # fastest; TensorFlow already spreads one forward pass over the cores.
 CONCURRENCY_LIMIT = 1
@@ -64,6 +69,8 @@ CSS = """
 #timing { min-height: 1.6em; }
 #results .grid-wrap { max-height: none; }
 #examples .grid-wrap { min-height: 0; max-height: none; }
+#searched img { max-height: 180px; width: auto; }
+#searched figcaption { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
 #results .caption-label {
   left: var(--block-label-margin); max-width: none; white-space: pre-line; overflow-wrap: anywhere;
   font-size: var(--text-xs); line-height: 1.25; opacity: 0.9;
@@ -127,28 +134,82 @@ def check_k(engine: SearchEngine, k) -> int:
     return whole
 
 
-def thumbnail_image(index: Index, image_id: str) -> Image.Image:
-    """Returns the stored thumbnail of an index image as a PIL image."""
-    return Image.open(io.BytesIO(index.thumbnail(image_id))).convert("RGB")
+class Thumbnails:
+    """The index's thumbnails as PIL images and as files for Gradio to serve.
 
-
-def is_thumbnail(index: Index, image_id: str, image: Image.Image) -> bool:
-    """Tells whether `image` is, pixel for pixel, the thumbnail of `image_id`.
-
-    The editor hands back an index image it was given (as PNG) unchanged until the user crops,
-    draws or uploads, so this is how a search knows its query is still that index image. The
-    editor's own upload event cannot tell: it also fires when the app sets its value.
+    Components get file paths, not PIL images: Gradio saves a PIL image to its cache by
+    rewriting a file named after its content, which a concurrent request for the same thumbnail
+    may be downloading at that moment (measured: truncated downloads with 20 clients). Files here
+    are written once, atomically, and Gradio copies them into its cache atomically. Only files
+    the app returns are served; this folder itself is not.
     """
-    thumb = thumbnail_image(index, image_id)
-    return thumb.size == image.size and np.array_equal(np.asarray(thumb), np.asarray(image.convert("RGB")))
+
+    def __init__(self, index: Index, folder: Path):
+        self.index = index
+        self.folder = Path(folder)
+
+    def image(self, image_id: str) -> Image.Image:
+        """Returns the thumbnail of an index image, decoded."""
+        return Image.open(io.BytesIO(self.index.thumbnail(image_id))).convert("RGB")
+
+    def jpeg(self, image_id: str) -> str:
+        """Returns the path of the stored JPEG thumbnail, for galleries."""
+        return self._file(image_id, ".jpg", lambda: self.index.thumbnail(image_id))
+
+    def png(self, image_id: str) -> str:
+        """Returns the path of a lossless PNG of the decoded thumbnail, for the editor (see `is_unedited`)."""
+
+        def encode() -> bytes:
+            buffer = io.BytesIO()
+            self.image(image_id).save(buffer, format="PNG")
+            return buffer.getvalue()
+
+        return self._file(image_id, ".png", encode)
+
+    def is_unedited(self, image_id: str, image: Image.Image) -> bool:
+        """Tells whether `image` is, pixel for pixel, the thumbnail of `image_id`.
+
+        The editor hands back the PNG it was given unchanged until the user crops, draws or
+        uploads, so this is how a search knows its query is still that index image. The editor's
+        upload event cannot tell: it also fires when the app sets the editor's value.
+        """
+        thumb = self.image(image_id)
+        return thumb.size == image.size and np.array_equal(np.asarray(thumb), np.asarray(image.convert("RGB")))
+
+    def _file(self, image_id: str, suffix: str, data) -> str:
+        # Named by row: ids are paths under the image folder and must not become file names.
+        path = self.folder / f"{self.index.row_of(image_id)}{suffix}"
+        if not path.exists():
+            fd, staging = tempfile.mkstemp(dir=self.folder, suffix=suffix)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data())
+            os.replace(staging, path)
+        return str(path)
 
 
-def result_gallery(index: Index, result) -> list[tuple[Image.Image, str]]:
-    """Returns (thumbnail, caption) pairs; a caption reads "#rank · score" over the image id."""
+def result_gallery(thumbnails: Thumbnails, result) -> list[tuple[str, str]]:
+    """Returns (thumbnail file, caption) pairs; a caption reads "#rank · score" over the image id."""
     return [
-        (thumbnail_image(index, image_id), f"#{rank} · {score:.3f}\n{image_id}")
+        (thumbnails.jpeg(image_id), f"#{rank} · {score:.3f}\n{image_id}")
         for rank, (image_id, score) in enumerate(zip(result.ids, result.scores), 1)
     ]
+
+
+def preview_html(image: Image.Image | None) -> str:
+    """Returns a small inline picture of the query as searched, with its size in pixels.
+
+    Inline, so that it involves no file: identical queries from many users at once would
+    otherwise race on one cache file (see `Thumbnails`).
+    """
+    if image is None:
+        return ""
+    small = image.copy()
+    small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.BILINEAR)
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=85)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f'<figure class="searched"><img src="data:image/jpeg;base64,{data}" alt="the query as searched">'
+            f"<figcaption>Query as searched: {image.width} × {image.height} px</figcaption></figure>")
 
 
 def share_query(source: str | None, box_text: str | None, k: int, searched: dict | None) -> str:
@@ -162,12 +223,13 @@ def share_query(source: str | None, box_text: str | None, k: int, searched: dict
     return "?" + urlencode(params)
 
 
-def search(engine: SearchEngine, image: dict | None, k: float = DEFAULT_K, box: str | None = "",
-           source: str | None = None):
+def search(engine: SearchEngine, thumbnails: Thumbnails, image: dict | None, k: float = DEFAULT_K,
+           box: str | None = "", source: str | None = None):
     """Runs one query; the named API endpoint /search.
 
     Args:
         engine: the loaded search engine.
+        thumbnails: its index's thumbnails.
         image: the editor's unprocessed value {"background", "layers", "composite"} (see
             `editor_image`); API callers may send only "background".
         k: how many results.
@@ -186,7 +248,7 @@ def search(engine: SearchEngine, image: dict | None, k: float = DEFAULT_K, box: 
     picture = editor_image(image)
     if picture is None:
         raise gr.Error("Upload an image first (or pick one of the examples).", title="No image")
-    unedited = source is not None and source in engine.index and is_thumbnail(engine.index, source, picture)
+    unedited = source is not None and source in engine.index and thumbnails.is_unedited(source, picture)
     searched = {"id": source if unedited else None, "image": picture}
     if unedited and parsed_box is None:
         # A whole index image: its stored descriptor is the exact one, made from the full-size photo.
@@ -210,21 +272,20 @@ def search(engine: SearchEngine, image: dict | None, k: float = DEFAULT_K, box: 
         "search_ms": round(result.search_ms, 2),
         "total_ms": round(result.embed_ms + result.search_ms, 2),
     }
-    return result_gallery(engine.index, result), result.to_records(), timings, searched
+    return result_gallery(thumbnails, result), result.to_records(), timings, searched
 
 
 def describe(timings: dict | None, searched: dict | None, source: str | None, box: str | None, k: float):
     """Returns the query-time line, the query as searched and the share query for the UI."""
     if not timings:
-        return "", None, ""
+        return "", "", ""
     if searched and searched.get("id") and not (box or "").strip():
         line = (f"**Query time {timings['total_ms']:.1f} ms**: search {timings['search_ms']:.1f} ms"
                 " (an index image: its stored descriptor needs no embedding)")
     else:
         line = (f"**Query time {timings['total_ms']:.1f} ms**: embedding {timings['embed_ms']:.1f} ms"
                 f" + search {timings['search_ms']:.1f} ms")
-    image = searched.get("image") if searched else None
-    return line, image, share_query(source, box, k, searched)
+    return line, preview_html(searched.get("image") if searched else None), share_query(source, box, k, searched)
 
 
 def read_link(engine: SearchEngine, params: dict) -> dict | None:
@@ -246,8 +307,8 @@ def read_link(engine: SearchEngine, params: dict) -> dict | None:
         except ValueError:
             k = -1
         if not 1 <= k <= max_k(engine):
-            gr.Warning(f"k must be a whole number from 1 to {max_k(engine)}; using {DEFAULT_K}.", title="Bad k")
             k = min(DEFAULT_K, max_k(engine))
+            gr.Warning(f"k must be a whole number from 1 to {max_k(engine)}; using {k}.", title="Bad k")
     box = params.get("box", "")
     try:
         parse_box(box)
@@ -257,18 +318,17 @@ def read_link(engine: SearchEngine, params: dict) -> dict | None:
     return {"id": image_id, "k": k, "box": box}
 
 
-def run_link(engine: SearchEngine, link: dict):
+def run_link(engine: SearchEngine, thumbnails: Thumbnails, link: dict):
     """Returns new values for the editor, k, box and source, then the outputs of `search` and `describe`."""
-    image = thumbnail_image(engine.index, link["id"])
-    outputs = search(engine, {"background": image}, link["k"], link["box"], link["id"])
-    return (image, link["k"], link["box"], link["id"], *outputs,
-            *describe(outputs[2], outputs[3], link["id"], link["box"], link["k"]))
+    image_id, k, box = link["id"], link["k"], link["box"]
+    outputs = search(engine, thumbnails, {"background": thumbnails.image(image_id)}, k, box, image_id)
+    return (thumbnails.png(image_id), k, box, image_id, *outputs, *describe(outputs[2], outputs[3], image_id, box, k))
 
 
-def pick_example(engine: SearchEngine, examples: list[str], evt: gr.SelectData):
+def pick_example(thumbnails: Thumbnails, examples: list[str], evt: gr.SelectData):
     """Loads the selected example (an index image) into the editor."""
     image_id = examples[evt.index]
-    return thumbnail_image(engine.index, image_id), "", image_id
+    return thumbnails.png(image_id), "", image_id
 
 
 def max_k(engine: SearchEngine) -> int:
@@ -281,7 +341,7 @@ def example_ids(index: Index, n: int = N_EXAMPLES) -> list[str]:
     return [str(index.ids[i * count // n]) for i in range(min(n, count))]
 
 
-def build_demo(engine: SearchEngine) -> gr.Blocks:
+def build_demo(engine: SearchEngine, thumbnails: Thumbnails, *, concurrency: int = CONCURRENCY_LIMIT) -> gr.Blocks:
     """Returns the interface: query editor, K, box and examples on the left, results on the right."""
     index = engine.index
     examples = example_ids(index)
@@ -315,7 +375,7 @@ def build_demo(engine: SearchEngine) -> gr.Blocks:
                 button = gr.Button("Search", variant="primary", elem_id="search")
                 gr.Markdown("**Examples from the index**: click one to search with it", elem_id="examples-title")
                 example_gallery = gr.Gallery(
-                    [thumbnail_image(index, i) for i in examples],
+                    [thumbnails.jpeg(i) for i in examples],
                     label="Examples from the index",
                     columns=4, height="auto", allow_preview=False, show_label=False,
                     buttons=[], elem_id="examples",
@@ -331,37 +391,36 @@ def build_demo(engine: SearchEngine) -> gr.Blocks:
                                        scale=4)
                     gr.DeepLinkButton("Link to this page", copied_value="Link copied", scale=1)
                 with gr.Row():
-                    searched_image = gr.Image(label="Query as searched", interactive=False, height=160,
-                                              buttons=[], elem_id="searched")
+                    preview = gr.HTML("", elem_id="searched")
                     with gr.Accordion("Results as JSON", open=False, elem_id="json-accordion"):
                         records = gr.JSON(label="Results", elem_id="records")
                 timings = gr.JSON(label="Timings", visible=False, elem_id="timings")
 
-        run = partial(search, engine)
+        run = partial(search, engine, thumbnails)
         show = dict(fn=describe, inputs=[timings, searched, source, box, k],
-                    outputs=[timing, searched_image, share], api_visibility="private", queue=False)
+                    outputs=[timing, preview, share], api_visibility="private", queue=False)
         full_link = dict(fn=None, js=SHARE_JS, inputs=share, outputs=share, api_visibility="private", queue=False)
         # preprocess=False: `editor_image` decodes the editor's files itself, and `check_k` checks K.
         search_io = dict(inputs=[query, k, box, source], outputs=[results, records, timings, searched],
                          preprocess=False)
         gr.on([button.click, box.submit], run, **search_io, api_name="search",
-              concurrency_limit=CONCURRENCY_LIMIT, trigger_mode="always_last").success(**show).success(**full_link)
+              concurrency_limit=concurrency, trigger_mode="always_last").success(**show).success(**full_link)
         def on_example(evt: gr.SelectData):
-            return pick_example(engine, examples, evt)
+            return pick_example(thumbnails, examples, evt)
 
         def on_load(request: gr.Request):
             return read_link(engine, dict(request.query_params))
 
         example_gallery.select(on_example, outputs=[query, box, source],
                                api_visibility="private", queue=False).success(
-            run, **search_io, api_visibility="private", concurrency_limit=CONCURRENCY_LIMIT,
+            run, **search_io, api_visibility="private", concurrency_limit=concurrency,
         ).success(**show).success(**full_link)
         # A page address with ?id= sets `link`, whose change runs the query. Without one nothing
         # runs, so a Gradio deep link (?deep_link=) keeps the values it restored.
         demo.load(on_load, outputs=link, api_visibility="private", concurrency_limit=None)
-        link.change(partial(run_link, engine), inputs=link,
-                    outputs=[query, k, box, source, results, records, timings, searched, timing, searched_image, share],
-                    api_visibility="private", concurrency_limit=CONCURRENCY_LIMIT).success(**full_link)
+        link.change(partial(run_link, engine, thumbnails), inputs=link,
+                    outputs=[query, k, box, source, results, records, timings, searched, timing, preview, share],
+                    api_visibility="private", concurrency_limit=concurrency).success(**full_link)
     return demo
 
 
@@ -374,6 +433,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--network", default="efficientnet-b7",
                         help="with --images: efficientnet-b7 or efficientnet-lite0 (works offline)")
     parser.add_argument("--weights", default="imagenet", help="with --images: imagenet or a weights file")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY_LIMIT,
+                        help=f"searches run at once (default {CONCURRENCY_LIMIT}, measured best on 2 cores)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     return parser.parse_args(argv)
@@ -435,8 +496,10 @@ def main(argv=None) -> None:
     except (IndexFormatError, FileNotFoundError, NetworkError, BuildError, HubError) as e:
         raise SystemExit(f"Cannot serve this index: {e}") from None
     print(f"Loaded {len(engine)} images in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
-    demo = build_demo(engine)
-    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=CONCURRENCY_LIMIT)
+    folder = Path(tempfile.mkdtemp(prefix="landmark-thumbnails-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    demo = build_demo(engine, Thumbnails(engine.index, folder), concurrency=args.concurrency)
+    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=args.concurrency)
     demo.launch(
         server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE, allowed_paths=[],
         ssr_mode=False, footer_links=["api", "gradio"], css=CSS, theme=gr.themes.Soft(),

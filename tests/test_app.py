@@ -176,17 +176,56 @@ def test_an_upload_over_the_size_limit_is_refused_by_the_server(app_url, tmp_pat
     assert "maximum allowed size" in response.text
 
 
-def test_twenty_concurrent_clients_all_get_their_answer(app_url, rparis):
-    crops = [crop_path(rparis, q) for q in rparis.query_ids]
+def test_twenty_concurrent_clients_all_get_their_answer(app_url, rparis, engine):
+    # Five clients per query: identical answers at the same moment share thumbnail files, which
+    # is where a cache file rewritten while being downloaded would show up.
+    crops = [crop_path(rparis, q) for q in rparis.query_ids[:4]]
     jobs = [crops[i % len(crops)] for i in range(20)]
-    sequential = {}
     solo = Client(app_url, verbose=False)
-    for crop in crops:
-        sequential[crop] = [r["id"] for r in search(solo, crop, k=10)[1]]
+    expected = {crop: search(solo, crop, k=20) for crop in crops}
 
     def one(crop):
-        return [r["id"] for r in search(Client(app_url, verbose=False), crop, k=10)[1]]
+        return search(Client(app_url, verbose=False), crop, k=20)
 
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(one, jobs))
-    assert answers == [sequential[crop] for crop in jobs]
+    for crop, (gallery, results, _) in zip(jobs, answers):
+        assert results == expected[crop][1]
+        # Every thumbnail arrived whole: the very JPEG bytes the index holds.
+        assert [Path(g["image"]).read_bytes() for g in gallery] == [engine.index.thumbnail(r["id"]) for r in results]
+
+
+def test_an_index_that_cannot_be_served_gives_one_message(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.appserver.process import app_env
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "--index", str(tmp_path / "missing")],
+        cwd=ROOT, env=app_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.startswith("Cannot serve")]
+    assert lines == [f"Cannot serve this index: {tmp_path / 'missing'} is not an index folder "
+                     "(it does not exist or is not a folder)"]
+    assert "Traceback" not in done.stderr
+
+
+def test_an_image_folder_is_indexed_then_served(rparis, tmp_path):
+    import shutil
+
+    from tests.appserver.process import running_app
+
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    names = ["paris_eiffel_000266", "paris_louvre_000050", "paris_defense_000038"]
+    for name in names[:2]:
+        shutil.copy(rparis.image_path(name), photos / f"{name}.jpg")
+    shutil.copy(rparis.image_path(names[2]), photos / "sub" / f"{names[2]}.jpg")
+    args = ["--images", str(photos), "--network", "efficientnet-lite0", "--out", str(tmp_path / "index")]
+    with running_app(args, tmp_path / "app.log") as url:
+        _, results, _ = search(Client(url, verbose=False), rparis.image_path("paris_louvre_000050"), k=3)
+    assert sorted(r["id"] for r in results) == sorted(names[:2] + [f"sub/{names[2]}"])
+    assert results[0]["id"] == "paris_louvre_000050"
+    assert "3 images (3 embedded, 0 reused, 0 skipped)" in (tmp_path / "app.log").read_text()

@@ -66,11 +66,11 @@ def wait_for_results(page, k: int) -> None:
 
 
 def searched_size(page) -> tuple[int, int]:
-    """Returns the natural size of the "Query as searched" image, once it has loaded."""
-    page.wait_for_function(
-        "() => { const i = document.querySelector('#searched img'); return i && i.naturalWidth > 0; }"
-    )
-    return tuple(page.locator("#searched img").evaluate("i => [i.naturalWidth, i.naturalHeight]"))
+    """Returns the size the page reports for the query as searched."""
+    caption = page.locator("#searched figcaption")
+    caption.wait_for()
+    width, height = re.fullmatch(r"Query as searched: (\d+) × (\d+) px", caption.inner_text()).groups()
+    return int(width), int(height)
 
 
 def upload(page, path: Path) -> None:
@@ -153,6 +153,7 @@ def test_upload_crop_search_shows_k_results_and_query_time(page, app_url, rparis
     assert 0.4 * width < crop_w < 0.8 * width and 0.4 * height < crop_h < 0.8 * height
     # An uploaded image has no link of its own (only the page's deep link).
     assert page.locator("#share textarea, #share input").first.input_value() == ""
+    page.mouse.move(0, 0)  # no brush cursor over the editor in the picture
     page.screenshot(path=str(artifacts_dir / "app-results.png"), full_page=True)
 
     # Gradio's deep link brings the page back as it is: the cropped query, K and the results.
