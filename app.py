@@ -43,8 +43,9 @@ MAX_K = 100
 QUERY_MAX_SIDE = 2048
 N_EXAMPLES = 8
 PREVIEW_SIDE = 320
-# Measured on 2 CPU cores (see README, "Serving"): one query at a time keeps each answer
-# fastest; TensorFlow already spreads one forward pass over the cores.
+# Measured on 2 CPU cores (tests/appserver/latency.py): 20 queries at once finish as soon with
+# 1 as with 2 or 4 running together, and each waits least with 1; TensorFlow already spreads one
+# forward pass over the cores. 64 queued queries are about 15 s of work.
 CONCURRENCY_LIMIT = 1
 QUEUE_MAX_SIZE = 64
 MAX_FILE_SIZE = "20mb"
@@ -332,6 +333,7 @@ def pick_example(thumbnails: Thumbnails, examples: list[str], evt: gr.SelectData
 
 
 def max_k(engine: SearchEngine) -> int:
+    """Returns the largest K offered: 100, or the index size when smaller."""
     return max(1, min(MAX_K, len(engine)))
 
 
@@ -341,7 +343,8 @@ def example_ids(index: Index, n: int = N_EXAMPLES) -> list[str]:
     return [str(index.ids[i * count // n]) for i in range(min(n, count))]
 
 
-def build_demo(engine: SearchEngine, thumbnails: Thumbnails, *, concurrency: int = CONCURRENCY_LIMIT) -> gr.Blocks:
+def build_demo(engine: SearchEngine, thumbnails: Thumbnails, *,
+               concurrency: int = CONCURRENCY_LIMIT) -> gr.Blocks:
     """Returns the interface: query editor, K, box and examples on the left, results on the right."""
     index = engine.index
     examples = example_ids(index)
