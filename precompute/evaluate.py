@@ -2,12 +2,16 @@
 
     python -m precompute.evaluate --dataset rparis6k --data-root ../shared/data \\
         --network efficientnet-lite0 [pipeline options] [--whiten] [--qe K] [--dba K] \\
-        [--json FILE] [--plot FILE]
+        [--sv N] [--json FILE] [--plot FILE]
 
 Descriptors are cached per (dataset, network, weights, pipeline) under --cache-dir, so a rerun
 that changes only the search options (whitening, query expansion, DBA, backend) skips the
 network. Query descriptors are computed one query at a time from the decoded crop and timed,
 as the app embeds an upload; the embedding time is kept in the cache with them.
+
+With --sv N the top N of each final ranking are spatially verified (`retrieval.verify`: SIFT,
+RootSIFT, RANSAC); the database's local features are cached beside the descriptors, and each
+query's timed verification covers its own SIFT extraction and the N matches.
 """
 
 from __future__ import annotations
@@ -101,15 +105,18 @@ def _read_cache(path: Path, key: dict) -> Descriptors | None:
         return None
 
 
-def _write_cache(path: Path, key: dict, found: Descriptors) -> None:
+def _write_npz(path: Path, key: dict, arrays: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     try:
-        np.savez(tmp, key=np.asarray(json.dumps(key, sort_keys=True)), db=found.db, queries=found.queries,
-                 embed_seconds=found.embed_seconds)
+        np.savez(tmp, key=np.asarray(json.dumps(key, sort_keys=True)), **arrays)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write_cache(path: Path, key: dict, found: Descriptors) -> None:
+    _write_npz(path, key, {"db": found.db, "queries": found.queries, "embed_seconds": found.embed_seconds})
 
 
 def embed_queries(dataset: Dataset, network, pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +164,92 @@ def dataset_descriptors(
     if path is not None:
         _write_cache(path, key, found)
     return found
+
+
+# ---------------------------------------------------------------- spatial verification
+
+
+def local_cache_key(dataset: Dataset) -> dict:
+    """Returns what decides the database's local features: a changed image or setting misses the cache."""
+    from retrieval.verify import feature_meta
+
+    files = json.dumps([[i, _file_stamp(dataset.image_path(i))] for i in dataset.db_ids])
+    return {
+        "cache_version": CACHE_VERSION,
+        "dataset": dataset.name,
+        "network": "sift",
+        "local_features": feature_meta(),
+        "files_sha256": hashlib.sha256(files.encode()).hexdigest(),
+    }
+
+
+def database_local_features(dataset: Dataset, *, cache_dir=None, progress: Callable[[int], None] | None = None):
+    """Returns a `retrieval.verify.FeatureStore` of the database images, row i = dataset.db_ids[i].
+
+    Args:
+        cache_dir: folder of cache files; None computes without caching.
+        progress: called with 1 after each database image.
+    """
+    from retrieval.verify import FeatureStore, detect_sift
+
+    key = local_cache_key(dataset)
+    path = cache_path(cache_dir, key) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if json.loads(str(z["key"])) == key:
+                    store = FeatureStore.from_arrays(z)
+                    if len(store) == len(dataset.db_ids):
+                        return store
+        except (OSError, ValueError, KeyError):
+            pass
+    found = []
+    for db_id in dataset.db_ids:
+        found.append(detect_sift(dataset.image_path(db_id)))
+        if progress is not None:
+            progress(1)
+    store = FeatureStore.from_sift(found)
+    if path is not None:
+        _write_npz(path, key, store.to_arrays())
+    return store
+
+
+def verify_queries(
+    dataset: Dataset,
+    ranks: np.ndarray,
+    *,
+    top: int,
+    min_inliers: int | None = None,
+    cache_dir=None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Returns the rankings with their top `top` re-ordered by spatial verification.
+
+    Each query is timed alone from its decoded crop: SIFT on the crop, then matching and RANSAC
+    against its top images (`retrieval.verify.spatial_rerank`).
+
+    Args:
+        ranks: (m, n) database rows per query, best first.
+        min_inliers: fewest inliers that count as verified; None for the library's default.
+        cache_dir, progress: see `database_local_features`.
+
+    Returns:
+        ((m, n) re-ranked database rows, (m,) seconds of verification per query, the JSON-ready
+        settings from `retrieval.verify.verification_meta`).
+    """
+    from retrieval import verify
+
+    min_inliers = verify.DEFAULT_MIN_INLIERS if min_inliers is None else min_inliers
+    store = database_local_features(dataset, cache_dir=cache_dir, progress=progress)
+    out = np.empty_like(ranks)
+    seconds = np.empty(len(ranks))
+    for i in range(len(ranks)):
+        image = dataset.query_image(i)
+        t0 = time.perf_counter()
+        query = verify.local_features(image)
+        out[i] = verify.spatial_rerank(ranks[i], query, store, top=top, min_inliers=min_inliers)
+        seconds[i] = time.perf_counter() - t0
+    return out, seconds, verify.verification_meta(top=top, min_inliers=min_inliers)
 
 
 # ---------------------------------------------------------------- search and metrics
@@ -210,10 +303,13 @@ def run_evaluation(
     qe: int = 0,
     dba: int = 0,
     alpha: float = ALPHA,
+    sv: int = 0,
+    sv_min_inliers: int | None = None,
     cache_dir=None,
     batch_size: int = 8,
     workers: int = 2,
     progress: Callable[[int], None] | None = None,
+    sv_progress: Callable[[int], None] | None = None,
 ) -> Evaluation:
     """Returns the evaluation of one pipeline and search setting on a dataset.
 
@@ -228,7 +324,10 @@ def run_evaluation(
         whiten: learn a PCA-whitening on the database descriptors and apply it to all.
         whiten_shrinkage: its eigenvalue shrinkage (see `learn_whitening`).
         qe, dba, alpha: alpha query expansion and database-side augmentation (0: off).
-        cache_dir: descriptor cache folder, or None.
+        sv: spatially verify the top sv images of each final ranking (0: off).
+        sv_min_inliers: fewest inliers that count as verified; None for the library's default.
+        cache_dir: descriptor (and local feature) cache folder, or None.
+        progress, sv_progress: called with 1 per database image embedded / given local features.
 
     Returns:
         An `Evaluation` whose `report` holds dataset, database_size, queries, map, report_map,
@@ -239,6 +338,10 @@ def run_evaluation(
     whitening = learn_whitening(found.db, shrinkage=whiten_shrinkage) if whiten else None
     ranks, search_seconds = rank_queries(found.db, found.queries, backend=backend, whitening=whitening,
                                          qe=qe, dba=dba, alpha=alpha)
+    verify_seconds, sv_meta = np.zeros(len(ranks)), None
+    if sv:
+        ranks, verify_seconds, sv_meta = verify_queries(dataset, ranks, top=sv, min_inliers=sv_min_inliers,
+                                                        cache_dir=cache_dir, progress=sv_progress)
     metrics = evaluate_ranks(ranks, dataset.gnd, dataset.kind)
     protocols = list(metrics)
     per_query = [
@@ -271,11 +374,13 @@ def run_evaluation(
             "qe": {"k": qe, "alpha": alpha} if qe else None,
             "dba": {"k": dba, "alpha": alpha} if dba else None,
             "backend": backend,
+            "sv": sv_meta,
         },
         "seconds_per_query": {
             "embed": _number(np.median(found.embed_seconds)),
             "search": _number(np.median(search_seconds)),
-            "total": _number(np.median(found.embed_seconds + search_seconds)),
+            "verify": _number(np.median(verify_seconds)),
+            "total": _number(np.median(found.embed_seconds + search_seconds + verify_seconds)),
             "statistic": "median over queries",
             "embed_from_cache": found.cached,
         },
@@ -305,6 +410,8 @@ def describe(report: dict) -> str:
         parts.append(f"αQE k={meta['qe']['k']}")
     if meta["dba"]:
         parts.append(f"DBA k={meta['dba']['k']}")
+    if meta.get("sv"):
+        parts.append(f"SV top {meta['sv']['top']}")
     return ", ".join(parts) + f", {meta['backend']}"
 
 
@@ -324,9 +431,11 @@ def format_table(report: dict) -> str:
         )
     t = report["seconds_per_query"]
     cached = " (embedding timed when the descriptors were cached)" if t["embed_from_cache"] else ""
+    verify = f" + verify {t['verify']:.4f}" if report["pipeline"].get("sv") else ""
     lines += [
         "",
-        f"seconds per query (median): {t['total']:.4f} = embed {t['embed']:.4f} + search {t['search']:.4f}{cached}",
+        f"seconds per query (median): {t['total']:.4f} = embed {t['embed']:.4f} + search {t['search']:.4f}"
+        f"{verify}{cached}",
         "row: | " + describe(report) + " | " + " | ".join(_pct(report["map"][p]) for p in protocols)
         + f" | {t['total']:.3f} |",
     ]
@@ -400,6 +509,20 @@ def plot_evaluation(evaluation: Evaluation, path) -> None:
 # ---------------------------------------------------------------- command
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m precompute.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, help="roxford5k, rparis6k, oxford5k or paris6k")
@@ -414,6 +537,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="PCA-whitening learned on the database descriptors (unsupervised)")
     search.add_argument("--whiten-shrinkage", type=float, default=0.5, help="eigenvalue shrinkage (default 0.5)")
     add_rerank_options(parser)
+    sv = parser.add_argument_group("spatial verification")
+    sv.add_argument("--sv", type=_count, default=0, metavar="N",
+                    help="re-rank the top N of each ranking by SIFT/RANSAC inliers, after QE and DBA (default 0: off)")
+    sv.add_argument("--sv-min-inliers", type=_positive, default=None, metavar="M",
+                    help="fewest inliers that verify an image (default: retrieval.verify.DEFAULT_MIN_INLIERS)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="descriptor cache (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="image decoding threads")
@@ -442,18 +570,21 @@ def main(argv=None) -> int:
               f"{len(dataset.query_ids)} of {dataset.total_queries} queries")
     if args.whiten:
         print("whitening: learned on the database descriptors (unsupervised, no labels)")
-    bar = tqdm(total=len(dataset.db_ids), unit="img", desc="embedding database", delay=1, dynamic_ncols=True)
+    bars = [tqdm(total=len(dataset.db_ids), unit="img", desc=desc, delay=1, dynamic_ncols=True, disable=off)
+            for desc, off in (("embedding database", False), ("local features (SV)", not args.sv))]
     try:
         evaluation = run_evaluation(
             dataset, network, pipeline, backend=args.backend, whiten=args.whiten,
-            whiten_shrinkage=args.whiten_shrinkage, qe=qe, dba=dba, alpha=args.alpha,
-            cache_dir=args.cache_dir, batch_size=args.batch_size, workers=args.workers, progress=bar.update,
+            whiten_shrinkage=args.whiten_shrinkage, qe=qe, dba=dba, alpha=args.alpha, sv=args.sv,
+            sv_min_inliers=args.sv_min_inliers, cache_dir=args.cache_dir, batch_size=args.batch_size,
+            workers=args.workers, progress=bars[0].update, sv_progress=bars[1].update,
         )
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     print(format_table(evaluation.report))
     if args.json:
         write_json(evaluation.report, args.json)

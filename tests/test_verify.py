@@ -1,0 +1,309 @@
+"""Spatial verification on synthetic textures with a known homography, and the evaluate command's --sv."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from precompute import evaluate as cmd
+from retrieval import verify
+from retrieval.datasets import Dataset
+from retrieval.features import Pipeline
+from retrieval.verify import (
+    DEFAULT_MIN_INLIERS, FeatureStore, LocalFeatures, count_inliers, detect_sift, local_features, match_features,
+    rerank_by_inliers, root_sift, spatial_rerank, verify_top,
+)
+
+# A mild perspective: rotation, shear, shift and a little foreshortening.
+H = np.array([[0.9, 0.12, 18.0], [-0.08, 0.95, 14.0], [2e-4, -1e-4, 1.0]])
+SIZE = (320, 240)
+
+
+def texture(seed: int, size=SIZE) -> np.ndarray:
+    """Returns an (h, w, 3) uint8 RGB image of random discs, boxes and lines on noise: plenty of corners."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    img = rng.integers(90, 166, (h, w)).astype(np.uint8)
+    for _ in range(80):
+        c = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        colour = int(rng.integers(0, 256))
+        kind = rng.integers(3)
+        if kind == 0:
+            cv2.circle(img, c, int(rng.integers(3, 25)), colour, -1)
+        elif kind == 1:
+            cv2.rectangle(img, c, (c[0] + int(rng.integers(4, 40)), c[1] + int(rng.integers(4, 40))), colour, -1)
+        else:
+            cv2.line(img, c, (int(rng.integers(0, w)), int(rng.integers(0, h))), colour, int(rng.integers(1, 4)))
+    return np.stack([cv2.GaussianBlur(img, (3, 3), 0)] * 3, axis=-1)
+
+
+def warped(image: np.ndarray) -> np.ndarray:
+    return cv2.warpPerspective(image, H, SIZE)
+
+
+@pytest.fixture(scope="module")
+def feats():
+    """Features of the original texture, its warp and four unrelated textures."""
+    original = texture(0)
+    return {
+        "original": local_features(original),
+        "warped": local_features(warped(original)),
+        "others": [local_features(texture(s)) for s in range(1, 5)],
+    }
+
+
+# ---------------------------------------------------------------- features
+
+
+def test_local_features_shapes_and_rootsift(feats):
+    kp, desc = feats["original"]
+    assert kp.dtype == np.float32 and desc.dtype == np.float32
+    assert kp.shape == (len(desc), 2) and desc.shape[1] == 128 and len(kp) > 200
+    np.testing.assert_allclose(np.linalg.norm(desc, axis=1), 1.0, atol=1e-5)
+    assert desc.min() >= 0
+    assert (kp[:, 0] < SIZE[0]).all() and (kp[:, 1] < SIZE[1]).all() and (kp >= 0).all()
+
+
+def test_images_are_scaled_down_to_max_side_and_features_capped():
+    big = cv2.resize(texture(0), (960, 720), interpolation=cv2.INTER_LINEAR)
+    kp, sift = detect_sift(big, max_side=200, max_features=50)
+    assert sift.dtype == np.uint8 and sift.shape == (50, 128) and kp.shape == (50, 2)
+    assert kp[:, 0].max() < 200 and kp[:, 1].max() < 150
+    # strongest first: the first 50 of an uncapped run are the capped run
+    kp_all, sift_all = detect_sift(big, max_side=200, max_features=None)
+    assert len(kp_all) > 50
+    np.testing.assert_array_equal(kp_all[:50], kp)
+    np.testing.assert_array_equal(sift_all[:50], sift)
+
+
+def test_pil_images_and_arrays_give_the_same_features():
+    image = texture(3)
+    from_array = local_features(image)
+    from_pil = local_features(Image.fromarray(image))
+    np.testing.assert_array_equal(from_array.keypoints, from_pil.keypoints)
+    np.testing.assert_array_equal(from_array.descriptors, from_pil.descriptors)
+
+
+def test_root_sift_by_hand():
+    sift = np.zeros((2, 128), np.uint8)
+    sift[0, :2] = (1, 3)
+    out = root_sift(sift)
+    np.testing.assert_allclose(out[0, :2], [0.5, np.sqrt(0.75)], rtol=1e-6)
+    assert out[0, 2:].sum() == 0 and not out[1].any()  # a zero row stays zero
+
+
+# ---------------------------------------------------------------- matching and geometry
+
+
+def test_match_features_ratio_and_mutual_by_hand():
+    e = np.eye(128, dtype=np.float32)
+    a = LocalFeatures(np.zeros((3, 2), np.float32), e[[0, 1, 2]])
+    close = (e[1] + 0.05 * e[5]) / np.linalg.norm(e[1] + 0.05 * e[5])
+    # b0 = a0 exactly; b1 and b2 are equally close to a1 (ambiguous); nothing near a2
+    b = LocalFeatures(np.zeros((4, 2), np.float32), np.stack([e[0], close, close, e[9]]))
+    assert match_features(a, b, ratio=0.8, mutual=True).tolist() == [[0, 0]]
+    # without the ratio test a1 keeps the first of its tie; a2's nearest (b0, a tie at 0) prefers a0
+    assert match_features(a, b, ratio=None, mutual=True).tolist() == [[0, 0], [1, 1]]
+    assert match_features(a, b, ratio=None, mutual=False).tolist() == [[0, 0], [1, 1], [2, 0]]
+
+
+def test_known_homography_is_recovered(feats):
+    a, b = feats["original"], feats["warped"]
+    pairs = match_features(a, b)
+    moved = cv2.perspectiveTransform(a.keypoints[pairs[:, 0]][None].astype(np.float64), H)[0]
+    fits = np.linalg.norm(moved - b.keypoints[pairs[:, 1]], axis=1) < verify.DEFAULT_THRESHOLD
+    # the oracle: distinct position pairs that the true homography maps onto each other
+    oracle = len(np.unique(np.concatenate([a.keypoints[pairs[fits, 0]], b.keypoints[pairs[fits, 1]]], 1), axis=0))
+    inliers = count_inliers(a, b)
+    assert oracle > 100
+    assert 0.95 * oracle <= inliers <= len(pairs)
+
+
+def test_unrelated_images_have_few_inliers(feats):
+    counts = [count_inliers(feats["original"], other) for other in feats["others"]]
+    counts += [count_inliers(feats["warped"], other) for other in feats["others"]]
+    assert max(counts) < DEFAULT_MIN_INLIERS
+
+
+def test_every_model_verifies_the_warp_and_not_the_others(feats):
+    for model in verify.MODELS:
+        threshold = 2.0 if model == "fundamental" else verify.DEFAULT_THRESHOLD
+        good = count_inliers(feats["original"], feats["warped"], model=model, threshold=threshold)
+        bad = max(count_inliers(feats["original"], o, model=model, threshold=threshold) for o in feats["others"])
+        # a similarity cannot follow the perspective everywhere, but still explains many matches
+        assert good > 60 and good > 5 * bad, model
+
+
+def test_results_repeat(feats):
+    image = warped(texture(0))
+    again = local_features(image)
+    np.testing.assert_array_equal(again.keypoints, feats["warped"].keypoints)
+    np.testing.assert_array_equal(again.descriptors, feats["warped"].descriptors)
+    for model in ("homography", "affine"):
+        first = count_inliers(feats["original"], feats["warped"], model=model)
+        cv2.setRNGSeed(12345)  # disturbing the global generator must not matter
+        assert count_inliers(feats["original"], feats["warped"], model=model) == first
+
+
+def test_at_least_skips_only_what_cannot_reach_it(feats):
+    a, b = feats["original"], feats["warped"]
+    full = count_inliers(a, b)
+    assert count_inliers(a, b, at_least=full) == full
+    assert count_inliers(a, b, at_least=len(match_features(a, b)) + 1) == 0
+
+
+# ---------------------------------------------------------------- re-ranking
+
+
+def test_rerank_by_inliers_by_hand():
+    ranking = np.array([5, 3, 9, 1, 7, 2])
+    # verified: 3 (30), 9 (10), 1 (30); 5 (2) fails; 7 and 2 were not verified
+    out = rerank_by_inliers(ranking, np.array([2, 30, 10, 30]), min_inliers=8)
+    assert out.tolist() == [3, 1, 9, 5, 7, 2]
+    assert rerank_by_inliers(ranking, np.array([], dtype=np.int64)).tolist() == ranking.tolist()
+
+
+def test_spatial_rerank_puts_the_verified_image_first(feats):
+    db = [feats["others"][0], feats["others"][1], feats["warped"], feats["others"][2], feats["others"][3]]
+    ranking = np.array([0, 1, 3, 2, 4])
+    inliers = verify_top(ranking, feats["original"], db, top=5)
+    assert inliers[3] > 100 and np.delete(inliers, 3).max() < DEFAULT_MIN_INLIERS
+    assert spatial_rerank(ranking, feats["original"], db, top=5).tolist() == [2, 0, 1, 3, 4]
+    # a callable lookup works the same; a top that stops short of the match leaves the ranking alone
+    assert spatial_rerank(ranking, feats["original"], db.__getitem__, top=4).tolist() == [2, 0, 1, 3, 4]
+    assert spatial_rerank(ranking, feats["original"], db, top=3).tolist() == ranking.tolist()
+
+
+def test_bad_inputs_are_refused(feats):
+    a = feats["original"]
+    with pytest.raises(ValueError, match="uint8"):
+        local_features(np.zeros((50, 50, 3), np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        local_features(np.zeros((50, 50, 4), np.uint8))
+    with pytest.raises(ValueError, match="max_side"):
+        local_features(texture(0), max_side=0)
+    with pytest.raises(ValueError, match="max_features"):
+        local_features(texture(0), max_features=0)
+    with pytest.raises(ValueError, match="keypoints"):
+        count_inliers(LocalFeatures(np.zeros((3, 3), np.float32), np.zeros((3, 128), np.float32)), a)
+    with pytest.raises(ValueError, match="descriptors"):
+        count_inliers(a, LocalFeatures(np.zeros((3, 2), np.float32), np.zeros((4, 128), np.float32)))
+    with pytest.raises(ValueError, match="NaN"):
+        count_inliers(a, LocalFeatures(np.full((1, 2), np.nan, np.float32), np.zeros((1, 128), np.float32)))
+    with pytest.raises(ValueError, match="unknown model"):
+        count_inliers(a, a, model="projective")
+    with pytest.raises(ValueError, match="threshold"):
+        count_inliers(a, a, threshold=0)
+    with pytest.raises(ValueError, match="ratio"):
+        match_features(a, a, ratio=1.5)
+    with pytest.raises(ValueError, match="more than once"):
+        spatial_rerank(np.array([0, 0]), a, [a])
+    with pytest.raises(ValueError, match="1-D integer"):
+        spatial_rerank(np.array([0.0, 1.0]), a, [a, a])
+    with pytest.raises(ValueError, match="min_inliers"):
+        spatial_rerank(np.array([0]), a, [a], min_inliers=0)
+    with pytest.raises(ValueError, match="at most 2"):
+        rerank_by_inliers(np.array([0, 1]), np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="non-negative"):
+        root_sift(-np.ones((1, 128)))
+
+
+def test_no_features_gives_no_inliers():
+    blank = local_features(np.full((64, 64), 128, np.uint8))
+    assert blank.keypoints.shape == (0, 2) and blank.descriptors.shape == (0, 128)
+    assert count_inliers(blank, local_features(texture(0))) == 0
+
+
+# ---------------------------------------------------------------- storage
+
+
+def test_feature_store_round_trip(tmp_path):
+    images = [texture(0), np.full((40, 40), 7, np.uint8), texture(1)]  # the middle one has no keypoints
+    store = FeatureStore.from_sift([detect_sift(i) for i in images])
+    np.savez(tmp_path / "f.npz", **store.to_arrays())
+    with np.load(tmp_path / "f.npz") as z:
+        loaded = FeatureStore.from_arrays(z)
+    assert len(loaded) == 3 and loaded.offsets[1] == loaded.offsets[2]
+    for i, image in enumerate(images):
+        direct = local_features(image)
+        np.testing.assert_array_equal(loaded[i].keypoints, direct.keypoints)
+        np.testing.assert_array_equal(loaded[i].descriptors, direct.descriptors)
+    np.testing.assert_array_equal(loaded[-1].keypoints, loaded[2].keypoints)
+    with pytest.raises(IndexError):
+        loaded[3]
+    with pytest.raises(ValueError, match="offsets"):
+        FeatureStore(store.keypoints, store.descriptors, store.offsets[::-1])
+    with pytest.raises(ValueError, match="uint8"):
+        FeatureStore(store.keypoints, store.descriptors.astype(np.float32), store.offsets)
+
+
+# ---------------------------------------------------------------- the evaluate command's --sv
+
+PIPE = Pipeline(max_side=64)
+
+
+@pytest.fixture()
+def synthetic(tmp_path):
+    """A 4-image benchmark: the query's only positive is a warp of it (row 2), the rest unrelated."""
+    jpg, crops = tmp_path / "synthetic" / "jpg", tmp_path / "synthetic" / "query_crops"
+    jpg.mkdir(parents=True)
+    crops.mkdir()
+    query = texture(0)
+    Image.fromarray(query).save(crops / "q.jpg", quality=95)
+    images = {"u1": texture(1), "u2": texture(2), "match": warped(query), "u3": texture(3)}
+    for name, image in images.items():
+        Image.fromarray(image).save(jpg / f"{name}.jpg", quality=95)
+    empty = np.zeros(0, np.int64)
+    return Dataset(name="synthetic", root=tmp_path, kind="revisited", db_ids=list(images), query_ids=["q"],
+                   query_boxes=[None], gnd=[{"easy": np.array([2]), "hard": empty, "junk": empty}],
+                   total_db=4, total_queries=1, images_dir=jpg, crops_dir=crops)
+
+
+def test_evaluate_sv_reranks_caches_and_reports(synthetic, tmp_path, monkeypatch):
+    # The global search is stubbed to rank the match last, so only verification can lift it;
+    # no network is needed for that.
+    network = SimpleNamespace(name="stub", weights="none")
+    found = cmd.Descriptors(np.eye(4, dtype=np.float32), np.eye(1, 4, dtype=np.float32), np.full(1, 0.01))
+    monkeypatch.setattr(cmd, "dataset_descriptors", lambda *a, **k: found)
+    monkeypatch.setattr(cmd, "rank_queries", lambda *a, **k: (np.array([[0, 1, 3, 2]]), np.full(1, 0.001)))
+    calls = []
+    real = verify.detect_sift
+    monkeypatch.setattr(verify, "detect_sift", lambda image, **k: calls.append(image) or real(image, **k))
+
+    def database_calls():
+        return sum(isinstance(c, Path) for c in calls)
+
+    cache = tmp_path / "cache"
+    plain = cmd.run_evaluation(synthetic, network, PIPE, cache_dir=cache).report
+    # one positive at 0-based position 3: AP = (0 / 3 + 1 / 4) / 2
+    assert plain["map"]["easy"] == pytest.approx(0.125, abs=1e-6)
+    assert plain["per_query"][0]["top10"][-1] == "match" and plain["pipeline"]["sv"] is None
+    first = cmd.run_evaluation(synthetic, network, PIPE, sv=4, cache_dir=cache).report
+    assert first["per_query"][0]["top10"] == ["match", "u1", "u2", "u3"]
+    assert first["map"] == {"easy": 1.0, "medium": 1.0, "hard": None}
+    assert database_calls() == 4 and len(calls) == 5  # the database, then the query
+    assert len(list(cache.glob("synthetic-sift-*.npz"))) == 1
+    sv = first["pipeline"]["sv"]
+    assert sv["top"] == 4 and sv["min_inliers"] == DEFAULT_MIN_INLIERS and sv["descriptor"] == "RootSIFT"
+    t = first["seconds_per_query"]
+    assert t["verify"] > 0 and t["total"] == pytest.approx(t["embed"] + t["search"] + t["verify"], abs=1e-5)
+    assert "SV top 4" in cmd.describe(first) and "+ verify" in cmd.format_table(first)
+    # the database's local features come from the cache now; a top of 3 stops short of the match
+    short = cmd.run_evaluation(synthetic, network, PIPE, sv=3, cache_dir=cache).report
+    assert database_calls() == 4 and len(calls) == 6
+    assert short["per_query"][0]["top10"] == ["u1", "u2", "u3", "match"]
+    json.dumps(first)  # the report stays JSON-ready
+
+
+def test_evaluate_sv_options():
+    args = cmd.parse_args(["--dataset", "rparis6k", "--data-root", "."])
+    assert args.sv == 0 and args.sv_min_inliers is None
+    args = cmd.parse_args(["--dataset", "rparis6k", "--data-root", ".", "--sv", "50", "--sv-min-inliers", "12"])
+    assert (args.sv, args.sv_min_inliers) == (50, 12)
+    for bad in (["--sv", "-1"], ["--sv-min-inliers", "0"]):
+        with pytest.raises(SystemExit):
+            cmd.parse_args(["--dataset", "rparis6k", "--data-root", ".", *bad])
