@@ -229,3 +229,8 @@ def test_an_image_folder_is_indexed_then_served(rparis, tmp_path):
     assert sorted(r["id"] for r in results) == sorted(names[:2] + [f"sub/{names[2]}"])
     assert results[0]["id"] == "paris_louvre_000050"
     assert "3 images (3 embedded, 0 reused, 0 skipped)" in (tmp_path / "app.log").read_text()
+
+
+def test_readme_shows_the_api_example_that_the_tests_run():
+    readme = (ROOT / "README.md").read_text()
+    assert "```python\n" + API_EXAMPLE.read_text().rstrip("\n") + "\n```" in readme
