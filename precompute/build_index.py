@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from precompute.options import (
-    add_network_options, add_pipeline_options, add_rerank_options, network_from_args, pipeline_from_args,
+    add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options, network_from_args, pipeline_from_args,
     rerank_from_args,
 )
 
@@ -29,8 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_rerank_options(parser)
     parser.add_argument("--whiten", action="store_true", help="learn and store a PCA-whitening of the descriptors")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature type")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    add_extraction_options(parser)
     parser.add_argument("--source", default=None, help="name of the source collection, for the dataset card")
     parser.add_argument("--push", metavar="REPO_ID", default=None,
                         help="then push the index to this Hugging Face dataset repo (token: HF_TOKEN or the hub login)")

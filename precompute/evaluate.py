@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from precompute.options import (
-    ALPHA, add_network_options, add_pipeline_options, add_rerank_options, network_from_args, pipeline_from_args,
-    rerank_from_args,
+    ALPHA, add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options,
+    network_from_args, nonnegative_int, pipeline_from_args, positive_int, rerank_from_args,
 )
 from retrieval.datasets import Dataset, DatasetError, load_dataset
 from retrieval.evaluate import KAPPAS, PROTOCOLS, evaluate_ranks, precision_recall, protocol_gnd
@@ -509,20 +509,6 @@ def plot_evaluation(evaluation: Evaluation, path) -> None:
 # ---------------------------------------------------------------- command
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m precompute.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, help="roxford5k, rparis6k, oxford5k or paris6k")
@@ -538,13 +524,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     search.add_argument("--whiten-shrinkage", type=float, default=0.5, help="eigenvalue shrinkage (default 0.5)")
     add_rerank_options(parser)
     sv = parser.add_argument_group("spatial verification")
-    sv.add_argument("--sv", type=_count, default=0, metavar="N",
+    sv.add_argument("--sv", type=nonnegative_int, default=0, metavar="N",
                     help="re-rank the top N of each ranking by SIFT/RANSAC inliers, after QE and DBA (default 0: off)")
-    sv.add_argument("--sv-min-inliers", type=_positive, default=None, metavar="M",
+    sv.add_argument("--sv-min-inliers", type=positive_int, default=None, metavar="M",
                     help="fewest inliers that verify an image (default: retrieval.verify.DEFAULT_MIN_INLIERS)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="descriptor cache (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    add_extraction_options(parser)
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     parser.add_argument("--plot", default=None, metavar="FILE", help="draw per-query AP and PR curves to a PNG")
     return parser.parse_args(argv)

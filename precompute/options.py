@@ -71,19 +71,34 @@ def network_from_args(args: argparse.Namespace):
     return build_network(args.network, weights=args.weights)
 
 
-def _count(text: str) -> int:
+def nonnegative_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def add_extraction_options(parser: argparse.ArgumentParser) -> None:
+    """Adds --batch-size and --workers (image decoding threads)."""
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per network call (default 8)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="image decoding threads (default 2)")
+
+
 def add_rerank_options(parser: argparse.ArgumentParser) -> None:
     """Adds --qe and --dba (defaults: the measured best, or off with --preset report)."""
     group = parser.add_argument_group("re-ranking")
-    group.add_argument("--qe", type=_count, default=None, metavar="K",
+    group.add_argument("--qe", type=nonnegative_int, default=None, metavar="K",
                        help=f"alpha query expansion with the top K, 0 for none (default {DEFAULT_QE}; 0 with --preset report)")
-    group.add_argument("--dba", type=_count, default=None, metavar="K",
+    group.add_argument("--dba", type=nonnegative_int, default=None, metavar="K",
                        help=f"database-side augmentation with K neighbours, 0 for none (default {DEFAULT_DBA}; "
                        "0 with --preset report)")
     group.add_argument("--alpha", type=float, default=ALPHA, help=f"similarity exponent of QE and DBA ({ALPHA:g})")
