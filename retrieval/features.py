@@ -350,9 +350,11 @@ def iter_features(
                 buckets.setdefault(key, []).append((pos, scale_idx, arr))
                 if len(buckets[key]) >= batch_size:
                     yield from run_bucket(key)
-            # Many odd shapes would otherwise wait for company forever: flush the fullest bucket.
+            # Odd shapes would otherwise wait for company forever: flush the bucket waiting longest
+            # (dicts keep insertion order). Flushing the fullest instead kept cutting the common
+            # shapes' batches short: 220 network calls for the 409 Paris photos instead of 142.
             if len(pending) > lookahead:
-                yield from run_bucket(max(buckets, key=lambda k: len(buckets[k])))
+                yield from run_bucket(next(iter(buckets)))
         while buckets:
             yield from run_bucket(max(buckets, key=lambda k: len(buckets[k])))
 
