@@ -212,6 +212,11 @@ def _pipeline(cfg: dict):
     return REPORT_PIPELINE if cfg["pipeline"] == "report" else Pipeline(max_side=int(cfg["max_side"]))
 
 
+def _query_expansion(cfg: dict) -> dict | None:
+    # As build_index records it in index.json, for SearchEngine to apply.
+    return {"k": int(cfg["qe"]), "alpha": float(cfg["alpha"])} if cfg.get("qe") else None
+
+
 def part_latency(cfg: dict) -> dict:
     """Image file in, ranked ids out, through SearchEngine over a synthetic database."""
     from retrieval.engine import SearchEngine
@@ -225,7 +230,8 @@ def part_latency(cfg: dict) -> dict:
     n = int(cfg["n_db"])
     features = unit_rows(n, dim, seed=cfg.get("seed", 0))
     ids = np.asarray([ID_FORMAT.format(i) for i in range(n)])
-    meta = {"network": network.name, "weights": network.weights, "pipeline": pipeline.to_meta()}
+    meta = {"network": network.name, "weights": network.weights, "pipeline": pipeline.to_meta(),
+            "query_expansion": _query_expansion(cfg)}
     index = Index(Path("synthetic"), features, ids, meta)
     t0 = time.perf_counter()
     engine = SearchEngine(index, network, backend=cfg["backend"])
@@ -245,7 +251,7 @@ def part_latency(cfg: dict) -> dict:
     return {
         "network": network.name, "pipeline": cfg["pipeline"], "max_side": pipeline.max_side,
         "squash": pipeline.squash, "pooling": pipeline.pooling, "dim": dim, "n_db": n,
-        "backend": cfg["backend"], "tree_build_s": tree_s, "distinct_query_images": len(queries),
+        "backend": cfg["backend"], "qe": engine.qe_k, "tree_build_s": tree_s, "distinct_query_images": len(queries),
         "total": summarize(total), "embed": summarize(embed), "search": summarize(search),
     }
 
@@ -323,8 +329,9 @@ def part_build(cfg: dict) -> dict:
         with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
             folder = linked_folder(files, Path(tmp) / "images")
             cpu = time.process_time()
-            report = build_index(folder, Path(tmp) / "index", network, pipeline,
-                                 batch_size=bs, workers=int(cfg["workers"]))
+            report = build_index(folder, Path(tmp) / "index", network, pipeline, batch_size=bs,
+                                 workers=int(cfg["workers"]), dba=int(cfg["dba"]), qe=int(cfg["qe"]),
+                                 alpha=float(cfg["alpha"]))
             cpu = time.process_time() - cpu
     finally:
         networks.forward = counter.inner
@@ -354,6 +361,7 @@ def part_make_index(cfg: dict) -> dict:
     meta = {
         "network": cfg["network"], "weights": cfg["weights"],
         "pipeline": Pipeline(max_side=int(cfg["max_side"])).to_meta(), "source": "synthetic benchmark rows",
+        "query_expansion": _query_expansion(cfg),
     }
     out = Path(cfg["out"])
     save_index(out, unit_rows(n, dim, seed=cfg.get("seed", 0)), [ID_FORMAT.format(i) for i in range(n)], meta,

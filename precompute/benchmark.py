@@ -25,7 +25,7 @@ from pathlib import Path
 
 from precompute.bench_parts import RESULT_PREFIX, mem_available_bytes
 from precompute.bench_report import format_report, plot_search
-from precompute.options import DEFAULT_MAX_SIDE
+from precompute.options import ALPHA, DEFAULT_DBA, DEFAULT_MAX_SIDE, DEFAULT_QE
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "rparis6k"
@@ -60,6 +60,10 @@ class Plan:
     size_rows: int = 5063
     thumbnail_sources: int = 409
     max_side: int = DEFAULT_MAX_SIDE
+    # What build_index records by default (the report's pipeline uses none): QE at query time, DBA at build.
+    qe: int = DEFAULT_QE
+    dba: int = DEFAULT_DBA
+    alpha: float = ALPHA
 
 
 FULL = Plan()
@@ -136,6 +140,7 @@ def measure_latency(plan: Plan, say) -> list[dict]:
                 "network": network, "weights": WEIGHTS[network], "pipeline": pipeline, "max_side": plan.max_side,
                 "n_db": plan.latency_db, "n_queries": plan.latency_queries, "warm_queries": plan.warm_queries,
                 "queries_dir": str(DATA / "query_crops"), "k": 10, "backend": "kdtree",
+                "qe": 0 if pipeline == "report" else plan.qe, "alpha": plan.alpha,
             }
             # float32 rows, the KD-tree's float64 copy, the finiteness check's bools, and the network.
             need = plan.latency_db * dim * 13 + 2 * GB
@@ -177,7 +182,8 @@ def measure_build(plan: Plan, say) -> list[dict]:
     for network, n_images in plan.builds:
         config = {"network": network, "weights": WEIGHTS[network], "images_dir": str(DATA / "jpg"),
                   "n_images": n_images, "batch_size": plan.batch_size, "workers": plan.workers,
-                  "max_side": plan.max_side, "forward_budget_s": plan.forward_budget_s, "decode_images": 32}
+                  "max_side": plan.max_side, "forward_budget_s": plan.forward_budget_s, "decode_images": 32,
+                  "dba": plan.dba, "qe": plan.qe, "alpha": plan.alpha}
         say(f"build {network} on {n_images} photos")
         rows.append({"network": network, **run_part("build", config, timeout_s=6 * plan.cell_budget_s)})
     return rows
@@ -186,7 +192,7 @@ def measure_build(plan: Plan, say) -> list[dict]:
 def measure_index(plan: Plan, say, tmp: Path) -> tuple[dict, list[dict]]:
     """Section 4: the index size against the report's, and the cold start per network."""
     base = {"images_dir": str(DATA / "jpg"), "thumbnail_sources": plan.thumbnail_sources, "weights": "none",
-            "max_side": plan.max_side, "dtype": "float16"}
+            "max_side": plan.max_side, "dtype": "float16", "qe": plan.qe, "alpha": plan.alpha}
     say("index size")
     config = {**base, "n": plan.size_rows, "dim": CHANNELS["efficientnet-b7"], "network": "efficientnet-b7",
               "out": str(tmp / "size")}
