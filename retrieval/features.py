@@ -185,9 +185,12 @@ def crop_box(image: Image.Image, box) -> Image.Image:
     return image.crop((x0, y0, x1, y1))
 
 
-def prepare_image(image: Image.Image, pipeline: Pipeline, scale: float = 1.0) -> np.ndarray:
-    """Returns the network input for one scale: (h, w, 3) float32 RGB in [0, 255]."""
-    size = pipeline.target_size(*image.size, scale)
+def prepare_image(image: Image.Image, pipeline: Pipeline, scale: float = 1.0, *, source_size=None) -> np.ndarray:
+    """Returns the network input for one scale: (h, w, 3) float32 RGB in [0, 255].
+
+    `source_size` is the (width, height) of the full image when `image` was decoded smaller.
+    """
+    size = pipeline.target_size(*(source_size or image.size), scale)
     if image.size != size:
         image = image.resize(size, Image.BILINEAR)
     return np.asarray(image, dtype=np.float32)
@@ -246,13 +249,14 @@ def make_thumbnail(image: Image.Image, side: int = THUMBNAIL_SIDE, quality: int 
 
 def _decode(source, pipeline: Pipeline, thumbnail_side: int | None):
     """Runs in a worker thread: decode, resize per scale, thumbnail. PIL drops the GIL here."""
-    draft = None
-    if not isinstance(source, Image.Image):
-        draft = _draft_size(source, pipeline)
-    image = source if isinstance(source, Image.Image) else load_image(source, draft_size=draft)
     if isinstance(source, Image.Image):
-        image = _to_rgb(image)
-    arrays = [prepare_image(image, pipeline, s) for s in pipeline.scales]
+        image, size = _to_rgb(source), None
+    else:
+        draft, size = _draft_size(source, pipeline)
+        image = load_image(source, draft_size=draft)
+    # The network input size comes from the full image's size, not the drafted one, so an indexed
+    # file and the same file sent as a query are resized to the same shape.
+    arrays = [prepare_image(image, pipeline, s, source_size=size) for s in pipeline.scales]
     thumb = make_thumbnail(image, thumbnail_side) if thumbnail_side else None
     return arrays, thumb
 
@@ -266,10 +270,10 @@ def _draft_size(source, pipeline: Pipeline):
             if _exif_transposes(probe):
                 w, h = h, w
     except Exception:
-        return None
+        return None, None
     tw, th = pipeline.target_size(w, h, max(pipeline.scales))
     need = max(THUMBNAIL_SIDE, 1)
-    return max(tw, min(w, need)), max(th, min(h, need))
+    return (max(tw, min(w, need)), max(th, min(h, need))), (w, h)
 
 
 def iter_features(

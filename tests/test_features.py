@@ -163,3 +163,24 @@ def test_find_images_recursive(tmp_path):
         "a.jpg", "e.tiff", "sub/b.PNG", "sub/deeper/c.webp"]
     with pytest.raises(FileNotFoundError):
         find_images(tmp_path / "missing")
+
+
+def test_indexed_jpeg_gets_the_query_input_size(tiny, tmp_path, monkeypatch):
+    # The build decodes JPEGs at reduced size (draft); the network input size must still come
+    # from the full image, as it does for the same file sent as a query.
+    import retrieval.features as features
+
+    shapes = []
+    real_prepare = features.prepare_image
+
+    def spy(*args, **kwargs):
+        arr = real_prepare(*args, **kwargs)
+        shapes.append(arr.shape)
+        return arr
+
+    monkeypatch.setattr(features, "prepare_image", spy)
+    # 1000x665 decodes at half size as 500x333, which alone would resize to 384x256.
+    photo(1000, 665).save(tmp_path / "odd.jpg", quality=95)
+    list(iter_features(tiny, [tmp_path / "odd.jpg"], Pipeline(max_side=384)))
+    assert shapes == [(255, 384, 3)]
+    assert Pipeline(max_side=384).target_size(500, 333) == (384, 256)
