@@ -59,6 +59,16 @@ def positive_positions(ranking, positives, junk=()) -> np.ndarray:
     return np.flatnonzero(is_positive[keep])
 
 
+def _ap_positions(positions, n_positives: int) -> np.ndarray:
+    """Returns the positions as float64 after checking that n_positives can hold them."""
+    positions = _index_array(positions).astype(np.float64)
+    if n_positives <= 0 or n_positives < len(positions):
+        raise ValueError(
+            f"n_positives must be >= 1 and >= {len(positions)} found positives, got {n_positives}"
+        )
+    return positions
+
+
 def compute_ap(positions, n_positives: int) -> float:
     """Returns the average precision by the Oxford/revisitop definition.
 
@@ -80,11 +90,7 @@ def compute_ap(positions, n_positives: int) -> float:
         ValueError: if ``n_positives`` is not positive or smaller than the
             number of positions.
     """
-    positions = _index_array(positions).astype(np.float64)
-    if n_positives <= 0 or n_positives < len(positions):
-        raise ValueError(
-            f"n_positives must be >= 1 and >= {len(positions)} found positives, got {n_positives}"
-        )
+    positions = _ap_positions(positions, n_positives)
     found = np.arange(len(positions), dtype=np.float64)
     before = np.where(positions == 0, 1.0, found / np.maximum(positions, 1.0))
     after = (found + 1.0) / (positions + 1.0)
@@ -112,11 +118,7 @@ def compute_ap_report(positions, n_positives: int) -> float:
         ValueError: if ``n_positives`` is not positive or smaller than the
             number of positions.
     """
-    positions = _index_array(positions).astype(np.float64)
-    if n_positives <= 0 or n_positives < len(positions):
-        raise ValueError(
-            f"n_positives must be >= 1 and >= {len(positions)} found positives, got {n_positives}"
-        )
+    positions = _ap_positions(positions, n_positives)
     found = np.arange(1, len(positions) + 1, dtype=np.float64)
     return float(np.sum(found / (positions + 1.0)) / n_positives)
 
