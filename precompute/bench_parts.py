@@ -25,28 +25,30 @@ RESULT_PREFIX = "BENCH_RESULT "
 ID_FORMAT = "paris_synthetic_{:06d}"
 
 
-def peak_rss_bytes() -> int:
-    """Returns this process's peak resident set size (VmHWM) in bytes."""
+def _proc_kb(path: str, key: str) -> int | None:
+    """Returns the kB value of `key:` in a /proc file, or None when it cannot be read."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
     except OSError:
         pass
-    import resource
+    return None
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+def peak_rss_bytes() -> int:
+    """Returns this process's peak resident set size (VmHWM) in bytes."""
+    kb = _proc_kb("/proc/self/status", "VmHWM")
+    if kb is None:
+        import resource
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    return kb * 1024
 
 
 def mem_available_bytes() -> int:
     """Returns MemAvailable from /proc/meminfo in bytes (0 when unknown)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return (_proc_kb("/proc/meminfo", "MemAvailable") or 0) * 1024
 
 
 def summarize(seconds) -> dict:
