@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import math
-import queue
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -323,7 +323,7 @@ def iter_features(
             yield Embedded(pos, l2_normalize(np.mean(parts, axis=0))[0], thumbnail=item.thumbnail)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool_:
-        futures: queue.Queue = queue.Queue()
+        futures: deque = deque()  # decodes in flight, in submission order
         it = iter(enumerate(sources))
 
         def submit_one() -> bool:
@@ -331,14 +331,14 @@ def iter_features(
                 pos, src = next(it)
             except StopIteration:
                 return False
-            futures.put((pos, pool_.submit(_decode, src, pipeline, thumbnail_side)))
+            futures.append((pos, pool_.submit(_decode, src, pipeline, thumbnail_side)))
             return True
 
         for _ in range(lookahead):
             if not submit_one():
                 break
-        while not futures.empty():
-            pos, fut = futures.get()
+        while futures:
+            pos, fut = futures.popleft()
             submit_one()
             try:
                 arrays, thumb = fut.result()
