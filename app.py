@@ -467,7 +467,7 @@ def build_from_images(images: Path, out: Path, network_name: str, weights: str) 
     from tqdm import tqdm
 
     from retrieval.build import build_index
-    from retrieval.features import Pipeline
+    from retrieval.defaults import DEFAULT
 
     print(f"Indexing {images} into {out} with {network_name}", file=sys.stderr, flush=True)
     with tqdm(total=0, unit="img", desc="embedding", dynamic_ncols=True) as bar:
@@ -476,8 +476,8 @@ def build_from_images(images: Path, out: Path, network_name: str, weights: str) 
             bar.total = total
             bar.update(done - bar.n)
 
-        report = build_index(images, out, build_network(network_name, weights=weights), Pipeline(),
-                             progress=progress, log=tqdm.write)
+        report = build_index(images, out, build_network(network_name, weights=weights), DEFAULT.descriptor,
+                             dba=DEFAULT.dba, qe=DEFAULT.qe, alpha=DEFAULT.alpha, progress=progress, log=tqdm.write)
     print(f"{report.count} images ({report.embedded} embedded, {report.reused} reused, "
           f"{len(report.skipped)} skipped)", file=sys.stderr, flush=True)
     return out

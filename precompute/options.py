@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from retrieval.defaults import DEFAULT
 from retrieval.features import REPORT_PIPELINE, Pipeline
 
-# Chosen by measurement with EfficientNet-Lite0 on the mini RParis (see README, "Evaluation"): of 224, 384,
-# 448, 512, 768 and 1024, 384 is best on Easy and Medium, within noise on Hard, and faster than larger sides.
-DEFAULT_MAX_SIDE = 384
-# Alpha query expansion with the top 5 and database-side augmentation with 3 neighbours
-# (alpha 3): where the measured grid levels off (README, "Evaluation").
-DEFAULT_QE = 5
-DEFAULT_DBA = 3
-ALPHA = 3.0
+# The library's default pipeline (retrieval/defaults.py), as the options' defaults.
+DEFAULT_MAX_SIDE = DEFAULT.descriptor.max_side
+DEFAULT_QE = DEFAULT.qe
+DEFAULT_DBA = DEFAULT.dba
+ALPHA = DEFAULT.alpha
 
 
 def add_network_options(parser: argparse.ArgumentParser) -> None:
@@ -37,13 +35,14 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
         help="report: the student report's pipeline (224x224 squash, flattened 7x7xC map); "
         "other pipeline options are then ignored",
     )
-    group.add_argument("--pooling", choices=("gem", "mac", "spoc", "flatten"), default="gem")
+    group.add_argument("--pooling", choices=("gem", "mac", "spoc", "flatten"), default=DEFAULT.descriptor.pooling)
     group.add_argument("--max-side", type=int, default=None, help=f"aspect-preserving resize (default {DEFAULT_MAX_SIDE})")
     group.add_argument("--squash", type=int, default=None, help="resize to SxS ignoring aspect ratio instead")
     group.add_argument(
         "--scales", default="1", help="comma-separated input scales averaged, e.g. 1,0.707,0.5 (default 1)"
     )
-    group.add_argument("--gem-p", type=float, default=3.0, help="GeM exponent (default 3)")
+    group.add_argument("--gem-p", type=float, default=DEFAULT.descriptor.gem_p,
+                       help=f"GeM exponent (default {DEFAULT.descriptor.gem_p:g})")
 
 
 def pipeline_from_args(args: argparse.Namespace) -> Pipeline:

@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from precompute import benchmark
-from precompute.benchmark import compute_targets, estimate_seconds, memory_skip, run_part, search_need_bytes
+from benchmarks import benchmark
+from benchmarks.benchmark import compute_targets, estimate_seconds, memory_skip, run_part, search_need_bytes
 
 GB = 1e9
 

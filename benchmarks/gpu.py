@@ -1,6 +1,6 @@
 """Index build throughput of EfficientNetB7 on an accelerator: build_index against the pure forward.
 
-    KERAS_BACKEND=torch python -m precompute.bench_gpu --images DIR [--repeat 8] [--json FILE]
+    KERAS_BACKEND=torch python -m benchmarks.gpu --images DIR [--repeat 8] [--json FILE]
 
 Made for machines with PyTorch but no TensorFlow: Keras 3 runs on its torch backend, and
 `retrieval.networks` (which imports TensorFlow) is replaced in this process by a stand-in whose
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from precompute.bench_parts import (
+from benchmarks.parts import (
     ForwardCounter,
     common_input_shape,
     decode_throughput,
@@ -215,7 +215,7 @@ def format_markdown(r: dict) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m precompute.bench_gpu", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n")[0])
     parser.add_argument("--images", required=True, help="folder of photos")
     parser.add_argument("--repeat", type=int, default=8, help="take each photo this many times")
     parser.add_argument("--batch-size", type=int, default=8)

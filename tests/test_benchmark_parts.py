@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from precompute.bench_parts import (
+from benchmarks.parts import (
     ForwardCounter,
     common_input_shape,
     exact_search_blocked,

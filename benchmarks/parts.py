@@ -1,6 +1,6 @@
 """The benchmark's measurements, each run in a process of its own so that its peak memory is its own.
 
-    python -m precompute.bench_parts PART CONFIG_JSON    # prints one line: RESULT_PREFIX + JSON
+    python -m benchmarks.parts PART CONFIG_JSON    # prints one line: RESULT_PREFIX + JSON
 
 Parts (see `PARTS`): latency (image file in, ranked ids out), search (search alone on synthetic
 rows), build (build_index against the network's pure forward), make_index (a synthetic index
@@ -407,7 +407,7 @@ PARTS = {
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] not in PARTS:
-        print(f"usage: python -m precompute.bench_parts {{{'|'.join(PARTS)}}} CONFIG_JSON", file=sys.stderr)
+        print(f"usage: python -m benchmarks.parts {{{'|'.join(PARTS)}}} CONFIG_JSON", file=sys.stderr)
         return 2
     result = PARTS[argv[0]](json.loads(argv[1]))
     result["peak_rss_bytes"] = peak_rss_bytes()

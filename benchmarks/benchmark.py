@@ -1,11 +1,11 @@
 """Speed and memory of the engine against the report's pipeline, as one markdown report.
 
-    python -m precompute.benchmark [--quick] [--json FILE] [--plot FILE]
+    python -m benchmarks.benchmark [--quick] [--json FILE] [--plot FILE]
 
 Sections: 1. query latency end to end (image file in, ranked ids out); 2. search alone against
 the database size; 3. index build throughput against the network's pure forward; 4. app cold
 start and index size; 5. peak memory of each part. Every measurement runs in a process of its
-own (`precompute.bench_parts`), which reports its own peak RSS. A cell that cannot fit in memory
+own (`benchmarks.parts`), which reports its own peak RSS. A cell that cannot fit in memory
 or in its time budget is shown as skipped, with the reason. Database vectors are synthetic unit
 vectors of the right shape; query and build images are the real photos in ../shared/data.
 """
@@ -23,8 +23,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from precompute.bench_parts import RESULT_PREFIX, mem_available_bytes
-from precompute.bench_report import format_report, plot_search
+from benchmarks.parts import RESULT_PREFIX, mem_available_bytes
+from benchmarks.report import format_report, plot_search
 from precompute.options import ALPHA, DEFAULT_DBA, DEFAULT_MAX_SIDE, DEFAULT_QE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ QUICK = replace(
 
 def run_part(part: str, config: dict, *, timeout_s: float) -> dict:
     """Returns one part's result, measured in a fresh process, or {"skipped": reason}."""
-    cmd = [sys.executable, "-m", "precompute.bench_parts", part, json.dumps(config)]
+    cmd = [sys.executable, "-m", "benchmarks.parts", part, json.dumps(config)]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
@@ -280,7 +280,7 @@ def run_benchmark(plan: Plan, *, command: str, say=lambda msg: None) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m precompute.benchmark", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a reduced run (Lite0 only, small N), under two minutes")
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     parser.add_argument("--plot", default=None, help="also write the search-versus-N log-log plot (PNG) here")
@@ -292,7 +292,7 @@ def main(argv=None) -> int:
     if not (DATA / "query_crops").is_dir() or not (DATA / "jpg").is_dir():
         print("error: the benchmark needs the photos in ../shared/data/rparis6k (see its README)", file=sys.stderr)
         return 2
-    command = "python -m precompute.benchmark" + (" --quick" if args.quick else "")
+    command = "python -m benchmarks.benchmark" + (" --quick" if args.quick else "")
     results = run_benchmark(QUICK if args.quick else FULL, command=command,
                             say=lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True))
     print(format_report(results))

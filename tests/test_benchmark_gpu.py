@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from precompute.bench_gpu import StandInNetwork, format_markdown, install_network_stand_in, keras_forward, measure
+from benchmarks.gpu import StandInNetwork, format_markdown, install_network_stand_in, keras_forward, measure
 from retrieval.features import Pipeline, extract_features, iter_features
 
 PIPE = Pipeline(max_side=64)

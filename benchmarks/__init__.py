@@ -1,0 +1,1 @@
+"""Developer benchmarks: speed, memory and scale measurements, apart from the library and the precompute steps."""

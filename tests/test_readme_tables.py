@@ -1,0 +1,34 @@
+"""README tables are generated from the results files, and a stale one fails here."""
+
+import json
+
+import pytest
+
+from benchmarks import readme_tables as rt
+
+
+def test_readme_tables_match_their_results_files():
+    text = (rt.ROOT / "README.md").read_text()
+    _, changed = rt.regenerate(text)
+    assert changed == [], f"README tables out of step with their results files: {changed}; run python -m benchmarks.readme_tables"
+
+
+def test_render_and_stale_detection(tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps({"tables": {"t": {"columns": ["a", "b"], "rows": [["x", 1.5]]}}}))
+    fresh = "<!-- table r.json#t -->\n| a | b |\n|---|---:|\n| x | 1.5 |\n<!-- /table -->\n"
+    assert rt.regenerate(fresh, root=tmp_path) == (fresh, [])
+    stale = fresh.replace("1.5", "1.4")
+    new, changed = rt.regenerate(stale, root=tmp_path)
+    assert changed == ["r.json#t"] and new == fresh
+    readme = tmp_path / "README.md"
+    readme.write_text(stale)
+    assert rt.main(["--readme", str(readme), "--check"]) == 1
+    assert rt.main(["--readme", str(readme)]) == 0 and readme.read_text() == fresh
+
+
+def test_missing_table_is_named(tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps({"tables": {}}))
+    with pytest.raises(ValueError, match="no table 'x'"):
+        rt.regenerate("<!-- table r.json#x -->\n<!-- /table -->\n", root=tmp_path)
+    with pytest.raises(ValueError, match="missing"):
+        rt.regenerate("<!-- table nope.json -->\n<!-- /table -->\n", root=tmp_path)
