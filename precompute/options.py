@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from retrieval.defaults import DEFAULT
-from retrieval.features import REPORT_PIPELINE, Pipeline
+from retrieval.features import BUCKET_FITS, REPORT_PIPELINE, Pipeline
 
 # The library's default pipeline (retrieval/defaults.py), as the options' defaults.
 DEFAULT_MAX_SIDE = DEFAULT.descriptor.max_side
@@ -43,6 +43,12 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--gem-p", type=float, default=DEFAULT.descriptor.gem_p,
                        help=f"GeM exponent (default {DEFAULT.descriptor.gem_p:g})")
+    group.add_argument(
+        "--bucket", choices=("none", *BUCKET_FITS), default=DEFAULT.descriptor.bucket or "none",
+        help="fixed-shape batches: map each image to the nearest of 7 aspect ratios (16:9 to 9:16) at the max "
+        "side, by resizing or by padding; none keeps every image's own shape "
+        f"(default {DEFAULT.descriptor.bucket or 'none'}; ignored with --squash)",
+    )
 
 
 def pipeline_from_args(args: argparse.Namespace) -> Pipeline:
@@ -60,7 +66,9 @@ def pipeline_from_args(args: argparse.Namespace) -> Pipeline:
     if args.squash is not None and args.max_side is not None:
         raise ValueError("give --max-side or --squash, not both")
     max_side = None if args.squash is not None else (args.max_side or DEFAULT_MAX_SIDE)
-    return Pipeline(pooling=args.pooling, max_side=max_side, squash=args.squash, scales=scales, gem_p=args.gem_p)
+    bucket = None if max_side is None or args.bucket == "none" else args.bucket
+    return Pipeline(pooling=args.pooling, max_side=max_side, squash=args.squash, scales=scales, gem_p=args.gem_p,
+                    bucket=bucket)
 
 
 def network_from_args(args: argparse.Namespace):

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from retrieval.features import THUMBNAIL_SIDE, Pipeline, find_images, iter_features
+from retrieval.features import THUMBNAIL_SIDE, Embedded, Pipeline, find_images, iter_features
 from retrieval.index import recover_index_folder, save_index
 from retrieval.rerank import database_augmentation
 from retrieval.whitening import apply_whitening, learn_whitening
@@ -99,6 +99,42 @@ def build_index(
     """
     t0 = time.perf_counter()
     say = log or (lambda _msg: None)
+    plan = plan_build(images_dir, out_dir, network, pipeline, thumbnail_side=thumbnail_side, log=say)
+    stream = iter_features(
+        network, [plan.files[rel] for rel in plan.todo], pipeline,
+        batch_size=batch_size, workers=workers, thumbnail_side=thumbnail_side,
+    )
+    record_results(plan, ((plan.todo[item.position], item) for item in stream),
+                   shard_size=shard_size, flush_seconds=flush_seconds, progress=progress, log=say)
+    return assemble_index(plan, network, pipeline, dtype=dtype, whiten=whiten, whiten_shrinkage=whiten_shrinkage,
+                          dba=dba, qe=qe, alpha=alpha, thumbnail_side=thumbnail_side, extra_meta=extra_meta,
+                          log=say, started=t0)
+
+
+@dataclass
+class BuildPlan:
+    """What a build has to do, from the folder and the cache: shared by every build engine.
+
+    Attributes:
+        files: relative path ('/'-separated) -> file, for every image under the folder.
+        todo: the relative paths to embed (new or changed), sorted.
+        entries: what the cache holds for the others (and, as shards are written, for these).
+    """
+
+    images_dir: Path
+    out_dir: Path
+    files: dict[str, Path]
+    stats: dict[str, os.stat_result]
+    todo: list[str]
+    cache: _Cache
+    entries: dict[str, _Entry]
+    report: BuildReport
+
+
+def plan_build(images_dir, out_dir, network, pipeline: Pipeline, *, thumbnail_side: int = THUMBNAIL_SIDE,
+               log: Callable[[str], None] | None = None) -> BuildPlan:
+    """Returns the plan of a build: lists the images, loads the cache and finds what to embed."""
+    say = log or (lambda _msg: None)
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     recover_index_folder(out_dir)
     files = {p.relative_to(images_dir).as_posix(): p for p in find_images(images_dir)}
@@ -112,35 +148,52 @@ def build_index(
     report.reused = len(files) - len(todo)
     for rel in [rel for rel in entries if rel not in files or rel in todo]:
         del entries[rel]
+    return BuildPlan(images_dir, out_dir, files, stats, todo, cache, entries, report)
 
-    fresh: dict[str, _Entry] = {}
-    last_flush = time.monotonic()
+
+def record_results(plan: BuildPlan, results: Iterable[tuple[str, Embedded]], *, shard_size: int = 256,
+                   flush_seconds: float = 30.0, progress: Callable[[int, int], None] | None = None,
+                   log: Callable[[str], None] | None = None) -> None:
+    """Stores (relative path, Embedded) results in cache shards as they come, and counts them in the report.
+
+    Whatever finished before an interruption or a crash is written, for the next run to reuse.
+    """
+    say = log or (lambda _msg: None)
+    report, fresh, last_flush, done = plan.report, {}, time.monotonic(), 0
     try:
-        stream = iter_features(
-            network, [files[rel] for rel in todo], pipeline,
-            batch_size=batch_size, workers=workers, thumbnail_side=thumbnail_side,
-        )
-        for done, item in enumerate(stream, 1):
-            rel = todo[item.position]
+        for done, (rel, item) in enumerate(results, 1):
             if item.error:
                 report.skipped.append((rel, item.error))
                 say(f"skipped {rel}: {item.error}")
             else:
-                size, mtime = _stamp(stats[rel])
+                size, mtime = _stamp(plan.stats[rel])
                 fresh[rel] = _Entry(size, mtime, item.vector, item.thumbnail)
             if progress:
-                progress(done, len(todo))
+                progress(done, len(plan.todo))
             if len(fresh) >= shard_size or (fresh and time.monotonic() - last_flush > flush_seconds):
-                cache.write_shard(fresh)
-                entries.update(fresh)
+                plan.cache.write_shard(fresh)
+                plan.entries.update(fresh)
                 fresh, last_flush = {}, time.monotonic()
     finally:
-        # Whatever finished before an interruption or crash is kept for the next run.
         if fresh:
-            cache.write_shard(fresh)
-            entries.update(fresh)
-    report.embedded = len(todo) - len(report.skipped)
+            plan.cache.write_shard(fresh)
+            plan.entries.update(fresh)
+    report.embedded += done - len(report.skipped)
 
+
+def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str = "float16", whiten: bool = False,
+                   whiten_shrinkage: float = 0.5, dba: int = 0, qe: int = 0, alpha: float = 3.0,
+                   thumbnail_side: int = THUMBNAIL_SIDE, extra_meta: dict | None = None,
+                   log: Callable[[str], None] | None = None, started: float | None = None) -> BuildReport:
+    """Writes the index folder from the cached descriptors (ids sorted by path) and returns the report.
+
+    `network` needs only `name` and `weights`. See `build_index` for the other arguments.
+
+    Raises:
+        BuildError: if no image at all could be indexed.
+    """
+    say = log or (lambda _msg: None)
+    report, entries = plan.report, plan.entries
     ids, vectors, thumbs, seen = [], [], [], {}
     for rel in sorted(entries):
         iid = image_id(rel)
@@ -153,8 +206,8 @@ def build_index(
         vectors.append(entries[rel].vector)
         thumbs.append(entries[rel].thumbnail)
     if not ids:
-        raise BuildError(f"no image under {images_dir} could be indexed ({len(report.skipped)} skipped)")
-    cache.compact(entries)
+        raise BuildError(f"no image under {plan.images_dir} could be indexed ({len(report.skipped)} skipped)")
+    plan.cache.compact(entries)
 
     features = np.stack(vectors).astype(np.float32)
     whitening = None
@@ -175,9 +228,9 @@ def build_index(
         "query_expansion": {"k": qe, "alpha": alpha} if qe > 0 else None,
         **(extra_meta or {}),
     }
-    save_index(out_dir, features, ids, meta, thumbnails=thumbs, whitening=whitening, dtype=dtype)
+    save_index(plan.out_dir, features, ids, meta, thumbnails=thumbs, whitening=whitening, dtype=dtype)
     report.count = len(ids)
-    report.seconds = time.perf_counter() - t0
+    report.seconds = time.perf_counter() - (started if started is not None else time.perf_counter())
     return report
 
 

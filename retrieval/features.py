@@ -27,6 +27,13 @@ MAX_PIXELS = 100_000_000
 THUMBNAIL_SIDE = 192
 # EfficientNetB7 halves sizes with floor five times: a side under 32 pixels leaves no feature map.
 MIN_SIDE = 32
+# Fixed-shape buckets: the shorter side is rounded to a multiple of the networks' stride, between
+# 9:16 and 16:9 (at max side 384: 224, 256, ..., 384, landscape and portrait, 11 shapes).
+BUCKET_STEP = 32
+BUCKET_MIN_RATIO = 9 / 16
+BUCKET_FITS = ("resize", "pad")
+# What a padded canvas is filled with: the ImageNet mean colour, which the network normalises to zero.
+PAD_RGB = (124, 116, 104)
 
 
 class ImageError(ValueError):
@@ -44,6 +51,10 @@ class Pipeline:
         squash: resize to squash x squash, ignoring the aspect ratio (the report used 224).
         scales: input scales whose descriptors are averaged (multi-scale).
         gem_p: the GeM exponent.
+        bucket: None (each image keeps its own aspect ratio), or map every image to the nearest
+            of a few shapes at `max_side` (`bucket_size`), so batches have fixed shapes: "resize"
+            stretches the image to the bucket's shape, "pad" fits it inside and pools over the
+            image's part of the feature map only.
     """
 
     pooling: str = "gem"
@@ -51,6 +62,7 @@ class Pipeline:
     squash: int | None = None
     scales: tuple[float, ...] = (1.0,)
     gem_p: float = 3.0
+    bucket: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
@@ -67,11 +79,15 @@ class Pipeline:
             raise ValueError("flatten pooling needs a fixed input size: use squash and a single scale")
         if self.pooling == "gem" and self.gem_p <= 0:
             raise ValueError(f"gem_p must be positive, got {self.gem_p}")
+        if self.bucket is not None and (self.bucket not in BUCKET_FITS or self.max_side is None):
+            raise ValueError(f"bucket is None or one of {', '.join(BUCKET_FITS)}, with max_side; got {self.bucket!r}")
 
     def to_meta(self) -> dict:
         """Returns the JSON-ready description stored in an index."""
         meta = asdict(self)
         meta["scales"] = list(self.scales)
+        if meta["bucket"] is None:
+            del meta["bucket"]  # as indexes made before buckets existed describe themselves
         return meta
 
     @classmethod
@@ -84,9 +100,28 @@ class Pipeline:
         if self.squash is not None:
             side = max(MIN_SIDE, round(self.squash * scale))
             return side, side
+        if self.bucket is not None:
+            return self.bucket_size(width, height, scale)
         ratio = self.max_side * scale / max(width, height)
         # Extreme panoramas are stretched to MIN_SIDE rather than leaving the network nothing.
         return max(MIN_SIDE, round(width * ratio)), max(MIN_SIDE, round(height * ratio))
+
+    def bucket_size(self, width: int, height: int, scale: float = 1.0) -> tuple[int, int]:
+        """Returns the (width, height) of the image's bucket: the longer side at max side, the shorter
+        rounded to a multiple of `BUCKET_STEP`, and no narrower than 9:16."""
+        long = max(MIN_SIDE, round(self.max_side * scale))
+        exact = long * min(width, height) / max(width, height, 1)
+        lowest = max(MIN_SIDE, BUCKET_STEP * round(long * BUCKET_MIN_RATIO / BUCKET_STEP))
+        short = min(long, max(lowest, BUCKET_STEP * round(exact / BUCKET_STEP)))
+        return (long, short) if width >= height else (short, long)
+
+    def content_size(self, width: int, height: int, scale: float = 1.0) -> tuple[int, int]:
+        """Returns the (width, height) of the image itself inside the network input (smaller when padded)."""
+        target = self.target_size(width, height, scale)
+        if self.bucket != "pad":
+            return target
+        ratio = min(target[0] / width, target[1] / height)
+        return (min(target[0], max(1, round(width * ratio))), min(target[1], max(1, round(height * ratio))))
 
 
 REPORT_PIPELINE = Pipeline(pooling="flatten", max_side=None, squash=224)
@@ -189,10 +224,17 @@ def prepare_image(image: Image.Image, pipeline: Pipeline, scale: float = 1.0, *,
     """Returns the network input for one scale: (h, w, 3) float32 RGB in [0, 255].
 
     `source_size` is the (width, height) of the full image when `image` was decoded smaller.
+    With `pipeline.bucket == "pad"` the image sits at the top left of a canvas of the bucket's
+    shape, filled with `PAD_RGB`; `pipeline.content_size` tells its extent.
     """
-    size = pipeline.target_size(*(source_size or image.size), scale)
-    if image.size != size:
-        image = image.resize(size, Image.BILINEAR)
+    full = source_size or image.size
+    size, content = pipeline.target_size(*full, scale), pipeline.content_size(*full, scale)
+    if image.size != content:
+        image = image.resize(content, Image.BILINEAR)
+    if content != size:
+        canvas = Image.new("RGB", size, PAD_RGB)
+        canvas.paste(image, (0, 0))
+        image = canvas
     return np.asarray(image, dtype=np.float32)
 
 
@@ -212,6 +254,23 @@ def pool(feature_map: np.ndarray, pooling: str, *, p: float = 3.0, eps: float = 
     if pooling == "flatten":
         return x.reshape(len(x), -1)
     raise ValueError(f"unknown pooling {pooling!r}")
+
+
+def pool_regions(feature_map: np.ndarray, pooling: str, contents, input_hw, *, p: float = 3.0) -> np.ndarray:
+    """Returns (b, d) descriptors pooled over each row's image part of a padded input, not normalised.
+
+    Args:
+        feature_map: (b, h', w', c) maps of (b, H, W, 3) inputs, `input_hw` = (H, W).
+        contents: b (width, height) of each image at the input's top left (`Pipeline.content_size`).
+    """
+    fm = np.asarray(feature_map, dtype=np.float32)
+    (fh, fw), (ih, iw) = fm.shape[1:3], input_hw
+    if all(tuple(c) == (iw, ih) for c in contents):
+        return pool(fm, pooling, p=p)
+    # A feature cell belongs to the image when its stride window starts inside it.
+    rows = [pool(fm[i : i + 1, : max(1, math.ceil(fh * ch / ih)), : max(1, math.ceil(fw * cw / iw))], pooling, p=p)
+            for i, (cw, ch) in enumerate(contents)]
+    return np.concatenate(rows)
 
 
 def descriptor_dim(channels: int, pipeline: Pipeline) -> int:
@@ -248,7 +307,10 @@ def make_thumbnail(image: Image.Image, side: int = THUMBNAIL_SIDE, quality: int 
 
 
 def _decode(source, pipeline: Pipeline, thumbnail_side: int | None):
-    """Runs in a worker thread: decode, resize per scale, thumbnail. PIL drops the GIL here."""
+    """Runs in a worker thread: decode, resize per scale, thumbnail. PIL drops the GIL here.
+
+    Returns (network inputs per scale, their `content_size` per scale, thumbnail JPEG or None).
+    """
     if isinstance(source, Image.Image):
         image, size = _to_rgb(source), None
     else:
@@ -257,8 +319,14 @@ def _decode(source, pipeline: Pipeline, thumbnail_side: int | None):
     # The network input size comes from the full image's size, not the drafted one, so an indexed
     # file and the same file sent as a query are resized to the same shape.
     arrays = [prepare_image(image, pipeline, s, source_size=size) for s in pipeline.scales]
+    contents = [pipeline.content_size(*(size or image.size), s) for s in pipeline.scales]
     thumb = make_thumbnail(image, thumbnail_side) if thumbnail_side else None
-    return arrays, thumb
+    return arrays, contents, thumb
+
+
+def decode_error(error: Exception) -> str:
+    """Returns the one-line reason a file was skipped, as every build engine reports it."""
+    return str(error) if isinstance(error, ImageError) else f"{type(error).__name__}: {error}"
 
 
 def _draft_size(source, pipeline: Pipeline):
@@ -274,6 +342,22 @@ def _draft_size(source, pipeline: Pipeline):
     tw, th = pipeline.target_size(w, h, max(pipeline.scales))
     need = max(THUMBNAIL_SIDE, 1)
     return (max(tw, min(w, need)), max(th, min(h, need))), (w, h)
+
+
+def embed_batch(network, batch: np.ndarray, pipeline: Pipeline, contents, *, forward=None) -> np.ndarray:
+    """Returns (b, d) float32 L2-normalised descriptors of one (b, h, w, 3) batch of network inputs.
+
+    Args:
+        contents: each input's image extent, (width, height) (`Pipeline.content_size`); only
+            padded inputs use it, to pool over the image and not the padding.
+        forward: the forward function, `retrieval.networks.forward` when None.
+    """
+    if forward is None:
+        from retrieval.networks import forward
+    maps = forward(network, batch)
+    if pipeline.bucket == "pad":
+        return l2_normalize(pool_regions(maps, pipeline.pooling, contents, batch.shape[1:3], p=pipeline.gem_p))
+    return l2_normalize(pool(maps, pipeline.pooling, p=pipeline.gem_p))
 
 
 def iter_features(
@@ -310,10 +394,10 @@ def iter_features(
 
     def run_bucket(key):
         entries = buckets.pop(key)
-        batch = np.stack([arr for _, _, arr in entries])
-        vectors = pool(forward(network, batch), pipeline.pooling, p=pipeline.gem_p)
+        batch = np.stack([arr for _, _, arr, _ in entries])
+        vectors = embed_batch(network, batch, pipeline, [content for *_, content in entries], forward=forward)
         done = []
-        for (pos, scale_idx, _), vec in zip(entries, l2_normalize(vectors)):
+        for (pos, scale_idx, _, _), vec in zip(entries, vectors):
             pending[pos].parts.append((scale_idx, vec))
             if len(pending[pos].parts) == n_scales:
                 done.append(pos)
@@ -341,17 +425,14 @@ def iter_features(
             pos, fut = futures.popleft()
             submit_one()
             try:
-                arrays, thumb = fut.result()
-            except ImageError as e:
-                yield Embedded(pos, error=str(e))
-                continue
+                arrays, contents, thumb = fut.result()
             except Exception as e:  # any decoder failure on one file must not stop the run
-                yield Embedded(pos, error=f"{type(e).__name__}: {e}")
+                yield Embedded(pos, error=decode_error(e))
                 continue
             pending[pos] = _Pending(thumbnail=thumb)
-            for scale_idx, arr in enumerate(arrays):
+            for scale_idx, (arr, content) in enumerate(zip(arrays, contents)):
                 key = arr.shape
-                buckets.setdefault(key, []).append((pos, scale_idx, arr))
+                buckets.setdefault(key, []).append((pos, scale_idx, arr, content))
                 if len(buckets[key]) >= batch_size:
                     yield from run_bucket(key)
             # Odd shapes would otherwise wait for company forever: flush the bucket waiting longest
