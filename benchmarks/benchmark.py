@@ -1,6 +1,7 @@
 """Speed and memory of the engine against the report's pipeline, as one markdown report.
 
-    python -m benchmarks.benchmark [--quick] [--json FILE] [--plot FILE]
+    python -m benchmarks.benchmark [--quick] [--only SECTION] [--json FILE] [--plot FILE]
+    python -m benchmarks.benchmark --only build --json results/benchmark_build.json
 
 Sections: 1. query latency end to end (image file in, ranked ids out); 2. search alone against
 the database size; 3. index build throughput against the network's pure forward; 4. app cold
@@ -24,8 +25,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from benchmarks.parts import RESULT_PREFIX, mem_available_bytes
-from benchmarks.report import format_report, plot_search
+from benchmarks.report import build_table, format_report, plot_search
 from precompute.options import ALPHA, DEFAULT_DBA, DEFAULT_MAX_SIDE, DEFAULT_QE
+from retrieval.defaults import DEFAULT
+
+DEFAULT_BUCKET = DEFAULT.descriptor.bucket or "none"
+SECTIONS = ("latency", "search", "build", "index")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "rparis6k"
@@ -51,7 +56,11 @@ class Plan:
     report_search: tuple[int, int] = (5063, 125_440)  # (n, d): B7 7x7 flatten
     search_queries: int = 20
     cell_budget_s: float = 180.0
-    builds: tuple[tuple[str, int], ...] = (("efficientnet-lite0", 409), ("efficientnet-b7", 48))
+    # (network, photos, bucket): the default fixed-shape buckets, and Lite0 without for comparison.
+    builds: tuple[tuple[str, int, str], ...] = (
+        ("efficientnet-lite0", 409, "none"), ("efficientnet-lite0", 409, DEFAULT_BUCKET),
+        ("efficientnet-b7", 48, DEFAULT_BUCKET),
+    )
     batch_size: int = 8
     workers: int = 2
     forward_budget_s: float = 20.0
@@ -70,7 +79,7 @@ FULL = Plan()
 QUICK = replace(
     FULL, latency_networks=("efficientnet-lite0",), latency_db=1000, latency_queries=10, warm_queries=1,
     search_ns=(1000, 5063), report_search=(1000, 62_720), search_queries=8, cell_budget_s=40.0,
-    builds=(("efficientnet-lite0", 24),), forward_budget_s=4.0, coldstart_networks=("efficientnet-lite0",),
+    builds=(("efficientnet-lite0", 24, DEFAULT_BUCKET),), forward_budget_s=4.0, coldstart_networks=("efficientnet-lite0",),
     thumbnail_sources=16,
 )
 
@@ -179,13 +188,14 @@ def measure_search(plan: Plan, say) -> list[dict]:
 def measure_build(plan: Plan, say) -> list[dict]:
     """Section 3: build_index on the real photos against the pure forward, per network."""
     rows = []
-    for network, n_images in plan.builds:
-        config = {"network": network, "weights": WEIGHTS[network], "images_dir": str(DATA / "jpg"),
+    for network, n_images, bucket in plan.builds:
+        config = {"network": network, "weights": WEIGHTS[network], "images_dir": str(DATA / "jpg"), "bucket": bucket,
                   "n_images": n_images, "batch_size": plan.batch_size, "workers": plan.workers,
                   "max_side": plan.max_side, "forward_budget_s": plan.forward_budget_s, "decode_images": 32,
                   "dba": plan.dba, "qe": plan.qe, "alpha": plan.alpha}
-        say(f"build {network} on {n_images} photos")
-        rows.append({"network": network, **run_part("build", config, timeout_s=6 * plan.cell_budget_s)})
+        say(f"build {network} on {n_images} photos, buckets {bucket}")
+        rows.append({"network": network, "bucket": bucket,
+                     **run_part("build", config, timeout_s=6 * plan.cell_budget_s)})
     return rows
 
 
@@ -234,7 +244,7 @@ def _target(name: str, goal_key: str, baseline: float, ours: float, what: str, *
 def compute_targets(results: dict) -> list[dict]:
     """Returns every target with its baseline, our figure, their ratio and PASS/MISS; pure."""
     targets = []
-    search = [r for r in results["search"] if "skipped" not in r]
+    search = [r for r in results.get("search", []) if "skipped" not in r]
     report = next((r for r in search if r["report"]), None)
     if report:
         for r in (r for r in search if not r["report"] and r["n"] == report["n"]):
@@ -244,44 +254,53 @@ def compute_targets(results: dict) -> list[dict]:
             if "query_1thread" in r:
                 targets.append(_target(f"{name}, 1 BLAS thread", "search", baseline,
                                        r["query_1thread"]["median_ms"], "median query ms"))
-    latency = {(r["network"], r["pipeline"]): r for r in results["latency"] if "skipped" not in r}
+    latency = {(r["network"], r["pipeline"]): r for r in results.get("latency", []) if "skipped" not in r}
     for network in dict.fromkeys(n for n, _ in latency):
         if (network, "report") in latency and (network, "default") in latency:
             ours = latency[network, "default"]
             targets.append(_target(
                 f"end to end, {network}: report pipeline / default (max side {ours['max_side']})", "end_to_end",
                 latency[network, "report"]["total"]["median_ms"], ours["total"]["median_ms"], "median query ms"))
-    size = results["index_size"]
+    size = results.get("index_size", {"skipped": "not measured"})
     if "skipped" not in size:
         targets.append(_target(f"index size, N={size['n']}: report float32 d={size['report_dim']} / ours GeM "
                                f"{size['dtype']} d={size['dim']} (+ ids both)", "index_size",
                                size["report_bytes"], size["ours_bytes"], "bytes"))
-    for r in results["build"]:
+    for r in results.get("build", []):
         if "skipped" not in r:
-            targets.append(_target(f"build throughput, {r['network']}: build_index / pure forward", "build",
+            targets.append(_target(f"build throughput, {r['network']} (buckets {r.get('bucket', 'none')}): "
+                                   "build_index / pure forward", "build",
                                    r["forward_images_per_s"], r["build_images_per_s"], "images/s",
                                    higher_is_better=True))
     return targets
 
 
-def run_benchmark(plan: Plan, *, command: str, say=lambda msg: None) -> dict:
-    """Runs every section and returns all figures and targets as one JSON-ready dict."""
+def run_benchmark(plan: Plan, *, command: str, say=lambda msg: None, sections=SECTIONS) -> dict:
+    """Runs the sections named (default: all) and returns their figures and targets as one JSON-ready dict."""
     t0 = time.perf_counter()
     results = {"command": command, "machine": machine_info(), "plan": asdict(plan)}
-    results["latency"] = measure_latency(plan, say)
-    results["search"] = measure_search(plan, say)
-    results["build"] = measure_build(plan, say)
-    with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
-        results["index_size"], results["coldstart"] = measure_index(plan, say, Path(tmp))
+    if "latency" in sections:
+        results["latency"] = measure_latency(plan, say)
+    if "search" in sections:
+        results["search"] = measure_search(plan, say)
+    if "build" in sections:
+        results["build"] = measure_build(plan, say)
+    if "index" in sections:
+        with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
+            results["index_size"], results["coldstart"] = measure_index(plan, say, Path(tmp))
     results["machine"]["load_end"] = list(os.getloadavg())
     results["seconds"] = time.perf_counter() - t0
     results["targets"] = compute_targets(results)
+    if "build" in sections:
+        results["tables"] = {"build": build_table(results)}
     return results
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a reduced run (Lite0 only, small N), under two minutes")
+    parser.add_argument("--only", choices=SECTIONS, default=None,
+                        help="run one section alone (its results file then holds that section and its targets)")
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     parser.add_argument("--plot", default=None, help="also write the search-versus-N log-log plot (PNG) here")
     return parser.parse_args(argv)
@@ -292,13 +311,15 @@ def main(argv=None) -> int:
     if not (DATA / "query_crops").is_dir() or not (DATA / "jpg").is_dir():
         print("error: the benchmark needs the photos in ../shared/data/rparis6k (see its README)", file=sys.stderr)
         return 2
-    command = "python -m benchmarks.benchmark" + (" --quick" if args.quick else "")
+    command = ("python -m benchmarks.benchmark" + (" --quick" if args.quick else "")
+               + (f" --only {args.only}" if args.only else ""))
     results = run_benchmark(QUICK if args.quick else FULL, command=command,
-                            say=lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True))
+                            say=lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True),
+                            sections=(args.only,) if args.only else SECTIONS)
     print(format_report(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    if args.plot:
+    if args.plot and "search" in results:
         plot_search(results, Path(args.plot))
     return 0
 

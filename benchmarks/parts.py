@@ -211,7 +211,10 @@ def linked_folder(files, folder: Path, *, repeat: int = 1) -> Path:
 def _pipeline(cfg: dict):
     from retrieval.features import REPORT_PIPELINE, Pipeline
 
-    return REPORT_PIPELINE if cfg["pipeline"] == "report" else Pipeline(max_side=int(cfg["max_side"]))
+    if cfg["pipeline"] == "report":
+        return REPORT_PIPELINE
+    bucket = cfg.get("bucket", "none")
+    return Pipeline(max_side=int(cfg["max_side"]), bucket=None if bucket == "none" else bucket)
 
 
 def _query_expansion(cfg: dict) -> dict | None:
@@ -315,7 +318,7 @@ def part_build(cfg: dict) -> dict:
     from retrieval.features import THUMBNAIL_SIDE, find_images
 
     files = find_images(Path(cfg["images_dir"]))[: int(cfg["n_images"])]
-    pipeline = _pipeline({"pipeline": "default", "max_side": cfg["max_side"]})
+    pipeline = _pipeline({"pipeline": "default", "max_side": cfg["max_side"], "bucket": cfg.get("bucket", "none")})
     shape, shape_count = common_input_shape(files, pipeline)
     network = networks.build_network(cfg["network"], weights=cfg["weights"])
     bs = int(cfg["batch_size"])
@@ -341,7 +344,8 @@ def part_build(cfg: dict) -> dict:
     # CPU time of all threads per image: steadier than wall time when other processes share the cores.
     build_cpu_ms = cpu * 1000 / report.count
     return {
-        "network": network.name, "images": report.count, "skipped_files": len(report.skipped),
+        "network": network.name, "bucket": pipeline.bucket or "none", "images": report.count,
+        "skipped_files": len(report.skipped),
         "batch_size": bs, "workers": int(cfg["workers"]), "max_side": pipeline.max_side,
         "common_shape": list(shape), "common_shape_images": shape_count,
         "forward_images_per_s": pure["images_per_s"], "forward": pure, "forward_batch1": single,

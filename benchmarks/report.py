@@ -28,8 +28,10 @@ def format_report(results: dict) -> str:
         f"{m['python']}; load average {m['load_start'][0]:.2f} at start, {m['load_end'][0]:.2f} at end; "
         f"{results['seconds']:.0f} s in all.",
     ]
+    present = {_latency: "latency", _search: "search", _build: "build", _index: "index_size"}
     for section in (_latency, _search, _build, _index, _memory, _targets):
-        out += ["", *section(results)]
+        if present.get(section, "targets") in results or section in (_memory, _targets):
+            out += ["", *section(results)]
     return "\n".join(out) + "\n"
 
 
@@ -83,30 +85,39 @@ def _search(results: dict) -> list[str]:
 
 def _build(results: dict) -> list[str]:
     plan = results["plan"]
+    table = build_table(results)
     out = [
         "## 3. Index build throughput", "",
         f"build_index (batch {plan['batch_size']}, {plan['workers']} decode workers, DBA k={plan['dba']}, "
         "thumbnails, cache, sha256) on "
         "the real photos, against the network's pure forward on ready arrays at the same batch size and the photos' "
-        "most common input shape (in brackets: at batch 1). CPU ms/img counts every thread of the process, so it "
+        "most common input shape (in brackets: at batch 1). Buckets: the pipeline's fixed-shape batching (none: "
+        "every photo its own shape). CPU ms/img counts every thread of the process, so it "
         "moves less than wall time when other programs share the cores.", "",
-        *_table("network", "photos", "input (most common)", "pure forward img/s", "build_index img/s", "ratio",
-                "CPU ms/img forward / build (ratio)", "network calls", "mean batch", "forward s / build s",
-                "decode ms/img (1 thread)", "peak RSS GB"),
+        *_table(*table["columns"]), *(_row(*cells) for cells in table["rows"]),
     ]
+    return out
+
+
+def build_table(results: dict) -> dict:
+    """Returns the build section as a README table: {"columns", "align", "rows"} of formatted cells."""
+    columns = ["network", "buckets", "photos", "input (most common)", "pure forward img/s", "build_index img/s",
+               "ratio", "CPU ms/img forward / build (ratio)", "network calls", "mean batch",
+               "forward s / build s", "decode ms/img (1 thread)", "peak RSS GB"]
+    rows = []
     for r in results["build"]:
         if "skipped" in r:
-            out.append(_row(r["network"], r["skipped"], *[""] * 10))
+            rows.append([r["network"], r.get("bucket", "none"), r["skipped"], *[""] * 10])
             continue
         h, w, _ = r["common_shape"]
-        out.append(_row(
-            r["network"], r["images"], f"{w}x{h} ({r['common_shape_images']} photos)",
+        rows.append([
+            r["network"], r.get("bucket", "none"), r["images"], f"{w}x{h} ({r['common_shape_images']} photos)",
             f"{r['forward_images_per_s']:.2f} ({r['forward_batch1']['images_per_s']:.2f})",
             f"{r['build_images_per_s']:.2f}", f"{r['ratio']:.2f}",
             f"{r['forward']['cpu_ms_per_image']:.0f} / {r['build_cpu_ms_per_image']:.0f} ({r['cpu_ratio']:.2f})",
             r["forward_calls"], f"{r['mean_batch']:.2f}", f"{r['forward_seconds']:.1f} / {r['build_s']:.1f}",
-            f"{r['decode_1thread']['median_ms']:.1f}", _gb(r["peak_rss_bytes"])))
-    return out
+            f"{r['decode_1thread']['median_ms']:.1f}", _gb(r["peak_rss_bytes"])])
+    return {"columns": columns, "align": "ll" + "r" * (len(columns) - 2), "rows": rows}
 
 
 def _index(results: dict) -> list[str]:
@@ -142,10 +153,11 @@ def _memory(results: dict) -> list[str]:
     out = ["## 5. Peak memory (RSS) of each part", "", "Each part ran in a process of its own (VmHWM at its end).",
            "", *_table("part", "peak RSS GB")]
     names = (
-        [(f"latency {r['network']} {r['pipeline']} (N={r['n_db']}, d={r['dim']})", r) for r in results["latency"]]
-        + [(f"search N={r['n']:,} d={r['d']} {r['backend']} {r['storage']}", r) for r in results["search"]]
-        + [(f"build {r['network']} ({r.get('images')} photos)", r) for r in results["build"]]
-        + [(f"cold start {r['network']} ({r.get('rows')} rows)", r) for r in results["coldstart"]]
+        [(f"latency {r['network']} {r['pipeline']} (N={r['n_db']}, d={r['dim']})", r)
+         for r in results.get("latency", [])]
+        + [(f"search N={r['n']:,} d={r['d']} {r['backend']} {r['storage']}", r) for r in results.get("search", [])]
+        + [(f"build {r['network']} ({r.get('images')} photos)", r) for r in results.get("build", [])]
+        + [(f"cold start {r['network']} ({r.get('rows')} rows)", r) for r in results.get("coldstart", [])]
     )
     out += [_row(name, _gb(r["peak_rss_bytes"])) for name, r in names if "peak_rss_bytes" in r]
     return out

@@ -1,9 +1,11 @@
 """Build or update an index of a folder of images.
 
     python -m precompute.build_index --images DIR --out DIR [--network efficientnet-lite0] [--push USER/NAME]
+    python -m precompute.build_index --images DIR --out DIR --engine ray [--address auto|ray://HOST:10001]
 
 Rerunning on the same folder embeds only new or changed images and drops deleted ones; an
-interrupted run resumes where it stopped.
+interrupted run resumes where it stopped. `--engine ray` embeds on a Ray cluster (a local one
+without --address) and writes the same index; it needs `pip install -r requirements-ray.txt`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from tqdm import tqdm
 
 from precompute.options import (
     add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options, network_from_args, pipeline_from_args,
-    rerank_from_args,
+    positive_int, rerank_from_args,
 )
 
 
@@ -30,10 +32,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--whiten", action="store_true", help="learn and store a PCA-whitening of the descriptors")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature type")
     add_extraction_options(parser)
+    group = parser.add_argument_group("engine")
+    group.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: threads in this process (default); ray: a Ray Data pipeline")
+    group.add_argument("--address", default=None,
+                       help="with --engine ray: join this cluster (auto, ray://HOST:10001); default: start a local Ray")
+    group.add_argument("--actors", type=positive_int, default=None,
+                       help="with --engine ray: embedding actors (default: one per GPU, or one per 8 CPUs)")
     parser.add_argument("--source", default=None, help="name of the source collection, for the dataset card")
     parser.add_argument("--push", metavar="REPO_ID", default=None,
                         help="then push the index to this Hugging Face dataset repo (token: HF_TOKEN or the hub login)")
     return parser.parse_args(argv)
+
+
+def _build_on_ray(args: argparse.Namespace, pipeline, common: dict):
+    from functools import partial
+
+    try:
+        import ray  # noqa: F401  (the engine imports it lazily; fail here, with the remedy)
+    except ImportError as e:
+        raise SystemExit(f"error: --engine ray needs Ray: pip install -r requirements-ray.txt ({e})") from None
+    from retrieval.build_ray import build_index_ray
+    from retrieval.networks import build_network
+
+    make_network = partial(build_network, args.network, weights=args.weights)
+    return build_index_ray(args.images, args.out, make_network, pipeline, address=args.address,
+                           actors=args.actors, **common)
 
 
 def main(argv=None) -> int:
@@ -45,7 +69,7 @@ def main(argv=None) -> int:
     try:
         pipeline = pipeline_from_args(args)
         qe, dba = rerank_from_args(args)
-        network = network_from_args(args)
+        network = network_from_args(args) if args.engine == "local" else None
     except (ValueError, NetworkError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -58,13 +82,13 @@ def main(argv=None) -> int:
     # Only the folder name: a local path would end up in the public dataset card.
     extra = {"source": args.source or Path(args.images).resolve().name}
     try:
-        report = build_index(
-            args.images, args.out, network, pipeline,
-            batch_size=args.batch_size, workers=args.workers, dtype=args.dtype, whiten=args.whiten,
-            qe=qe, dba=dba, alpha=args.alpha,
-            extra_meta=extra, progress=progress, log=lambda msg: tqdm.write(msg),
-        )
-    except (BuildError, FileNotFoundError, ImageError) as e:
+        common = dict(batch_size=args.batch_size, dtype=args.dtype, whiten=args.whiten, qe=qe, dba=dba,
+                      alpha=args.alpha, extra_meta=extra, progress=progress, log=lambda msg: tqdm.write(msg))
+        if args.engine == "ray":
+            report = _build_on_ray(args, pipeline, common)
+        else:
+            report = build_index(args.images, args.out, network, pipeline, workers=args.workers, **common)
+    except (BuildError, FileNotFoundError, ImageError, NetworkError) as e:
         bar.close()
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -211,11 +211,7 @@ def build_index_ray(
         batch_size: images per network call.
         assemble: dtype, whiten, whiten_shrinkage, dba, qe, alpha, extra_meta, as `build_index` takes them.
 
-    Returns:
-        A `BuildReport`.
-
-    Raises:
-        BuildError: if no image at all could be indexed.
+    Returns the `BuildReport`; raises `BuildError` when no image at all could be indexed.
     """
     t0 = time.perf_counter()
     say = log or (lambda _msg: None)

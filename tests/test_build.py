@@ -141,3 +141,19 @@ def test_command_reports_bad_options(capsys, tmp_path):
     assert "unknown network 'vgg'" in capsys.readouterr().err
     assert build_cmd.main(["--images", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
                            "--network", "efficientnet-lite0", "--max-side", "64", "--squash", "64"]) == 2
+
+
+@pytest.mark.parametrize("fit", ["resize", "pad"])
+def test_bucketed_build_descriptor_equals_the_query_descriptor(tiny, tmp_path, fit):
+    from retrieval.engine import SearchEngine
+
+    pipe = Pipeline(max_side=96, bucket=fit)
+    root = tmp_path / "photos"
+    for i, size in enumerate([(400, 250), (250, 400), (300, 300), (500, 180), (320, 240), (330, 240)]):
+        save_photo(root / f"p{i}.jpg", i, size)
+    build_index(root, tmp_path / "idx", tiny, pipe, batch_size=4, dtype="float32")
+    idx = load_index(tmp_path / "idx")
+    assert idx.pipeline == pipe and idx.meta["pipeline"]["bucket"] == fit
+    engine = SearchEngine(idx, tiny)  # queries take the index's pipeline, buckets included
+    for i in range(6):
+        np.testing.assert_allclose(engine.embed(root / f"p{i}.jpg"), idx.features[idx.row_of(f"p{i}")], atol=1e-5)

@@ -6,7 +6,7 @@ from PIL import Image
 
 from retrieval.features import (
     REPORT_PIPELINE, ImageError, Pipeline, crop_box, descriptor_dim, embed_image, extract_features,
-    find_images, iter_features, load_image, pool, prepare_image,
+    find_images, iter_features, load_image, pool, pool_regions, prepare_image,
 )
 
 
@@ -184,3 +184,60 @@ def test_indexed_jpeg_gets_the_query_input_size(tiny, tmp_path, monkeypatch):
     list(iter_features(tiny, [tmp_path / "odd.jpg"], Pipeline(max_side=384)))
     assert shapes == [(255, 384, 3)]
     assert Pipeline(max_side=384).target_size(500, 333) == (384, 256)
+
+
+@pytest.mark.parametrize("size, bucket", [
+    ((1024, 768), (384, 288)),    # 4:3
+    ((768, 1024), (288, 384)),    # 3:4
+    ((1500, 1000), (384, 256)),   # 3:2
+    ((1024, 683), (384, 256)),    # 3:2, rounded
+    ((1000, 1500), (256, 384)),   # 2:3
+    ((1920, 1080), (384, 224)),   # 16:9: 216 rounds to 224
+    ((1080, 1920), (224, 384)),   # 9:16
+    ((1000, 1000), (384, 384)),   # 1:1
+    ((1000, 900), (384, 352)),    # 10:9
+    ((1250, 1000), (384, 320)),   # 5:4 (307) rounds to 320
+    ((20000, 10), (384, 224)),    # panoramas clamp at 16:9
+    ((10, 20000), (224, 384)),
+    ((1, 1), (384, 384)),
+])
+def test_every_aspect_ratio_has_its_bucket(size, bucket):
+    for fit in ("resize", "pad"):
+        assert Pipeline(max_side=384, bucket=fit).target_size(*size) == bucket
+    assert Pipeline(max_side=384, bucket="resize").content_size(*size) == bucket
+    assert Pipeline(max_side=384, bucket="resize").target_size(*size, 0.5) == tuple(
+        Pipeline(max_side=192, bucket="resize").target_size(*size))
+
+
+def test_buckets_are_few_and_stride_aligned():
+    pipe = Pipeline(max_side=384, bucket="resize")
+    shapes = {pipe.target_size(w, 1000) for w in range(100, 10000, 7)}
+    assert len(shapes) == 11 and all(w % 32 == 0 and h % 32 == 0 for w, h in shapes)
+
+
+def test_padded_image_keeps_its_aspect_ratio_on_a_mean_colour_canvas():
+    pipe = Pipeline(max_side=64, bucket="pad")
+    assert pipe.target_size(100, 50) == (64, 32) and pipe.content_size(100, 50) == (64, 32)
+    assert pipe.target_size(90, 50) == (64, 32) and pipe.content_size(90, 50) == (58, 32)
+    arr = prepare_image(photo(90, 50), pipe)
+    assert arr.shape == (32, 64, 3)
+    np.testing.assert_array_equal(arr[:, 58:], np.broadcast_to(np.float32([124, 116, 104]), (32, 6, 3)))
+    np.testing.assert_array_equal(arr[:, :58], np.asarray(photo(90, 50).resize((58, 32), Image.BILINEAR), "f"))
+
+
+def test_padded_pooling_covers_only_the_image_cells():
+    fm = np.arange(2 * 2 * 4 * 1, dtype=np.float32).reshape(2, 2, 4, 1)
+    # Input 64x128 (h x w): the first image fills it, the second is 64 wide: cells 0-1 of each row.
+    out = pool_regions(fm, "mac", [(128, 64), (64, 64)], (64, 128))
+    np.testing.assert_allclose(out, [[7.0], [13.0]])  # image 2: max of 8, 9, 12, 13
+    np.testing.assert_allclose(pool_regions(fm, "spoc", [(128, 64)] * 2, (64, 128)), pool(fm, "spoc"))
+
+
+def test_bucket_recorded_and_old_pipelines_still_read():
+    pipe = Pipeline(max_side=384, bucket="pad")
+    assert pipe.to_meta()["bucket"] == "pad" and Pipeline.from_meta(pipe.to_meta()) == pipe
+    old = {"pooling": "gem", "max_side": 384, "squash": None, "scales": [1.0], "gem_p": 3.0}  # before buckets
+    assert Pipeline.from_meta(old).bucket is None and Pipeline().to_meta() == old
+    for bad in [dict(bucket="crop"), dict(max_side=None, squash=224, bucket="resize")]:
+        with pytest.raises(ValueError, match="bucket"):
+            Pipeline(**bad)
