@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from benchmarks.parts import RESULT_PREFIX, mem_available_bytes
-from benchmarks.report import build_table, format_report, plot_search
+from benchmarks.report import build_table, cost_table, format_report, plot_search
 from precompute.options import ALPHA, DEFAULT_DBA, DEFAULT_MAX_SIDE, DEFAULT_QE
 from retrieval.defaults import DEFAULT
 
@@ -292,7 +292,7 @@ def run_benchmark(plan: Plan, *, command: str, say=lambda msg: None, sections=SE
     results["seconds"] = time.perf_counter() - t0
     results["targets"] = compute_targets(results)
     if "build" in sections:
-        results["tables"] = {"build": build_table(results)}
+        results["tables"] = {"build": build_table(results), "cost": cost_table(results)}
     return results
 
 

@@ -120,6 +120,30 @@ def build_table(results: dict) -> dict:
     return {"columns": columns, "align": "ll" + "r" * (len(columns) - 2), "rows": rows}
 
 
+# B7's pure forward at batch 8 (384x288) on one NVIDIA H200, measured by `python -m benchmarks.gpu` in an
+# earlier session (README, "Benchmark"); no GPU was lent to the session that wrote this table.
+GPU_B7_IMAGES_PER_S = 38.8
+COST_WORKERS = (1, 8, 64)
+
+
+def cost_table(results: dict) -> dict:
+    """Returns the hours a build of 1M and 10M images takes on N workers, from measured forward rates.
+
+    On paper: N workers each at the network's pure forward rate (the build keeps up with it), decoding
+    on the same nodes' CPUs; index assembly (DBA's neighbour search) is not counted.
+    """
+    rates = [(r["network"], "2-core CPU machine (this run, batch 8)", r["forward_images_per_s"])
+             for r in results["build"] if "skipped" not in r and r.get("bucket") != "none"]
+    rates.append(("efficientnet-b7", "NVIDIA H200 GPU (earlier session, batch 8)", GPU_B7_IMAGES_PER_S))
+    rows = []
+    for network, where, rate in rates:
+        for n in COST_WORKERS:
+            rows.append([network, where, f"{rate:.2f}", n, f"{1e6 / (rate * n) / 3600:.1f}",
+                         f"{1e7 / (rate * n) / 3600:.1f}"])
+    return {"columns": ["network", "worker", "img/s per worker", "workers", "1M images, hours", "10M images, hours"],
+            "align": "llrrrr", "rows": rows}
+
+
 def _index(results: dict) -> list[str]:
     out = ["## 4. Index size and app cold start", ""]
     s = results["index_size"]

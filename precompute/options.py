@@ -45,8 +45,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                        help=f"GeM exponent (default {DEFAULT.descriptor.gem_p:g})")
     group.add_argument(
         "--bucket", choices=("none", *BUCKET_FITS), default=DEFAULT.descriptor.bucket or "none",
-        help="fixed-shape batches: map each image to the nearest of 7 aspect ratios (16:9 to 9:16) at the max "
-        "side, by resizing or by padding; none keeps every image's own shape "
+        help="fixed-shape batches: the longer side at --max-side, the shorter rounded to a multiple of 32 "
+        "(16:9 to 9:16, 11 shapes at 384), reached by resizing or by padding; none keeps every image's own shape "
         f"(default {DEFAULT.descriptor.bucket or 'none'}; ignored with --squash)",
     )
 
