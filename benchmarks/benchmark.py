@@ -79,8 +79,8 @@ FULL = Plan()
 QUICK = replace(
     FULL, latency_networks=("efficientnet-lite0",), latency_db=1000, latency_queries=10, warm_queries=1,
     search_ns=(1000, 5063), report_search=(1000, 62_720), search_queries=8, cell_budget_s=40.0,
-    builds=(("efficientnet-lite0", 24, DEFAULT_BUCKET),), forward_budget_s=4.0, coldstart_networks=("efficientnet-lite0",),
-    thumbnail_sources=16,
+    builds=(("efficientnet-lite0", 24, DEFAULT_BUCKET),), forward_budget_s=4.0,
+    coldstart_networks=("efficientnet-lite0",), thumbnail_sources=16,
 )
 
 

@@ -35,6 +35,7 @@ from benchmarks.parts import (
     time_forward,
 )
 from precompute.options import DEFAULT_MAX_SIDE
+from retrieval.defaults import DEFAULT
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ def say(message: str) -> None:
 
 
 def measure(images: Path, *, repeat: int, batch_size: int, workers: list[int], max_side: int,
-            forward_batches: list[int], forward_budget_s: float, network: StandInNetwork | None = None) -> dict:
+            forward_batches: list[int], forward_budget_s: float, network: StandInNetwork | None = None,
+            bucket: str = "none") -> dict:
     """Returns every figure of the GPU build benchmark as a plain dict.
 
     Args:
@@ -132,7 +134,7 @@ def measure(images: Path, *, repeat: int, batch_size: int, workers: list[int], m
     from retrieval.features import THUMBNAIL_SIDE, Pipeline, find_images, iter_features, pool
 
     files = find_images(images)
-    pipeline = Pipeline(max_side=max_side)
+    pipeline = Pipeline(max_side=max_side, bucket=None if bucket == "none" else bucket)
     shape, shape_count = common_input_shape(files, pipeline)
     forward = {}
     for b in sorted(set(forward_batches) | {batch_size}):
@@ -170,7 +172,7 @@ def measure(images: Path, *, repeat: int, batch_size: int, workers: list[int], m
         pool_times.append(time.perf_counter() - t0)
     return {
         **device, "network": network.name, "build_network_s": build_network_s, "photos": len(files),
-        "repeat": repeat, "batch_size": batch_size, "max_side": max_side, "common_shape": list(shape),
+        "repeat": repeat, "batch_size": batch_size, "max_side": max_side, "bucket": bucket, "common_shape": list(shape),
         "common_shape_photos": shape_count, "distinct_shapes": len(shapes), "first_pass_s": warm_s,
         "forward": {str(b): v for b, v in forward.items()},
         "builds": builds, "gem_pool_per_batch": summarize(pool_times),
@@ -221,6 +223,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", default="2,8", help="comma-separated decode worker counts to try")
     parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE)
+    parser.add_argument("--bucket", choices=("none", "resize", "pad"), default=DEFAULT.descriptor.bucket or "none",
+                        help="fixed-shape buckets (default: the default pipeline's)")
     parser.add_argument("--forward-batches", default="8,32", help="batch sizes of the pure forward")
     parser.add_argument("--forward-budget", type=float, default=20.0, help="seconds per pure forward measure")
     parser.add_argument("--json", default=None, help="also write the figures here")
@@ -231,7 +235,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     result = measure(
         Path(args.images), repeat=args.repeat, batch_size=args.batch_size,
-        workers=[int(w) for w in args.workers.split(",")], max_side=args.max_side,
+        workers=[int(w) for w in args.workers.split(",")], max_side=args.max_side, bucket=args.bucket,
         forward_batches=[int(b) for b in args.forward_batches.split(",")], forward_budget_s=args.forward_budget,
     )
     print(format_markdown(result))
