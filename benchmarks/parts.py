@@ -104,8 +104,8 @@ def exact_search_blocked(features: np.ndarray, query: np.ndarray, k: int, *, blo
     return sims[best], best.astype(np.int64)
 
 
-def common_input_shape(files, pipeline) -> tuple[tuple[int, int, int], int]:
-    """Returns the most common network input shape (h, w, 3) among image files, and its count.
+def input_shapes(files, pipeline) -> Counter:
+    """Returns how many image files get each network input shape (h, w, 3).
 
     Read from the headers, upright per EXIF, without decoding the pixels.
     """
@@ -121,6 +121,12 @@ def common_input_shape(files, pipeline) -> tuple[tuple[int, int, int], int]:
                 w, h = h, w
         tw, th = pipeline.target_size(w, h)
         shapes[(th, tw, 3)] += 1
+    return shapes
+
+
+def common_input_shape(files, pipeline) -> tuple[tuple[int, int, int], int]:
+    """Returns the most common network input shape (h, w, 3) among image files, and its count."""
+    shapes = input_shapes(files, pipeline)
     if not shapes:
         raise ValueError("no images to read shapes from")
     return shapes.most_common(1)[0]
@@ -172,6 +178,25 @@ def time_forward(forward, network, shape, batch_size: int, *, max_images: int, b
     return {"images_per_s": batch_size * len(times) / sum(times), "calls": len(times),
             "cpu_ms_per_image": cpu * 1000 / (batch_size * len(times)), "first_call_s": first_call_s,
             **summarize(times)}
+
+
+def time_forward_mix(forward, network, shapes: Counter, batch_size: int, *, calls: int = 3) -> float:
+    """Returns the pure forward's images per second over a mix of input shapes, at one batch size.
+
+    Each shape (already warmed up) is timed over `calls` full batches (median); the rate is that
+    of the images as `shapes` counts them, each at its shape's time per image: what the network
+    alone needs for the same images, batch and shapes as a build.
+    """
+    total_s = 0.0
+    for (h, w, _), count in shapes.items():
+        batch = np.zeros((batch_size, h, w, 3), dtype=np.float32)
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            forward(network, batch)
+            times.append(time.perf_counter() - t0)
+        total_s += count * float(np.median(times)) / batch_size
+    return sum(shapes.values()) / total_s
 
 
 def time_decode(files, pipeline, *, thumbnail_side: int) -> dict:
@@ -328,6 +353,14 @@ def part_build(cfg: dict) -> dict:
     single = time_forward(networks.forward, network, shape, 1,
                           max_images=len(files), budget_s=cfg["forward_budget_s"] / 2)
     decode = time_decode(files[: cfg["decode_images"]], pipeline, thumbnail_side=THUMBNAIL_SIDE)
+    # One untimed call per input shape of the photos, as the pure forward had its warm-up calls: the
+    # first call at a shape sets up its kernels, once per build of any size.
+    shapes = input_shapes(files, pipeline)
+    t0 = time.perf_counter()
+    for h, w, _ in shapes:
+        networks.forward(network, np.zeros((bs, h, w, 3), dtype=np.float32))
+    warm_up_s = time.perf_counter() - t0
+    mix = time_forward_mix(networks.forward, network, shapes, bs, calls=int(cfg.get("mix_calls", 3)))
     counter = ForwardCounter(networks.forward)
     networks.forward = counter  # iter_features looks forward up at call time
     try:
@@ -347,10 +380,12 @@ def part_build(cfg: dict) -> dict:
         "network": network.name, "bucket": pipeline.bucket or "none", "images": report.count,
         "skipped_files": len(report.skipped),
         "batch_size": bs, "workers": int(cfg["workers"]), "max_side": pipeline.max_side,
-        "common_shape": list(shape), "common_shape_images": shape_count,
+        "common_shape": list(shape), "common_shape_images": shape_count, "input_shapes": len(shapes),
+        "warm_up_s": warm_up_s,
         "forward_images_per_s": pure["images_per_s"], "forward": pure, "forward_batch1": single,
         "build_images_per_s": build_ips, "build_s": report.seconds,
-        "ratio": build_ips / pure["images_per_s"], "build_cpu_ms_per_image": build_cpu_ms,
+        "forward_mix_images_per_s": mix, "ratio": build_ips / mix, "ratio_common_shape": build_ips / pure["images_per_s"],
+        "build_cpu_ms_per_image": build_cpu_ms,
         "cpu_ratio": pure["cpu_ms_per_image"] / build_cpu_ms, "decode_1thread": decode, **counter.stats(),
     }
 

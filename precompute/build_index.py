@@ -48,10 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _build_on_ray(args: argparse.Namespace, pipeline, common: dict):
     from functools import partial
 
+    import logging
+
     try:
-        import ray  # noqa: F401  (the engine imports it lazily; fail here, with the remedy)
+        import ray.data  # the engine imports it lazily; fail here, with the remedy
     except ImportError as e:
         raise SystemExit(f"error: --engine ray needs Ray: pip install -r requirements-ray.txt ({e})") from None
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our progress bar instead of Ray Data's log lines
     from retrieval.build_ray import build_index_ray
     from retrieval.networks import build_network
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import sys
-import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -28,13 +25,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # Refuse to decode more than this many pixels: a 12000x12000 photo decodes to 432 MB of RGB.
 MAX_PIXELS = 100_000_000
 THUMBNAIL_SIDE = 192
-# How much lower than the network's threads the decoding threads run (Linux niceness; 0: the same).
-DECODE_NICE = 10
 # EfficientNetB7 halves sizes with floor five times: a side under 32 pixels leaves no feature map.
 MIN_SIDE = 32
 # Fixed-shape buckets: the shorter side is rounded to a multiple of the networks' stride, between
 # 9:16 and 16:9 (at max side 384: 224, 256, ..., 384, landscape and portrait, 11 shapes).
 BUCKET_STEP = 32
+BUCKET_LOOKAHEAD = 5
 BUCKET_MIN_RATIO = 9 / 16
 BUCKET_FITS = ("resize", "pad")
 # What a padded canvas is filled with: the ImageNet mean colour, which the network normalises to zero.
@@ -113,11 +109,14 @@ class Pipeline:
 
     def bucket_size(self, width: int, height: int, scale: float = 1.0) -> tuple[int, int]:
         """Returns the (width, height) of the image's bucket: the longer side at max side, the shorter
-        rounded to a multiple of `BUCKET_STEP`, and no narrower than 9:16."""
+        a multiple of `BUCKET_STEP` (the nearest when resizing, the next up when padding, so that the
+        image keeps its size), and no narrower than 9:16."""
         long = max(MIN_SIDE, round(self.max_side * scale))
         exact = long * min(width, height) / max(width, height, 1)
         lowest = max(MIN_SIDE, BUCKET_STEP * round(long * BUCKET_MIN_RATIO / BUCKET_STEP))
-        short = min(long, max(lowest, BUCKET_STEP * round(exact / BUCKET_STEP)))
+        # Padding: up to the next multiple, less a pixel of rounding (1024x683 at 384 is 384x256.1).
+        steps = math.ceil((exact - 1) / BUCKET_STEP) if self.bucket == "pad" else round(exact / BUCKET_STEP)
+        short = min(long, max(lowest, BUCKET_STEP * steps))
         return (long, short) if width >= height else (short, long)
 
     def content_size(self, width: int, height: int, scale: float = 1.0) -> tuple[int, int]:
@@ -365,18 +364,6 @@ def embed_batch(network, batch: np.ndarray, pipeline: Pipeline, contents, *, for
     return l2_normalize(pool(maps, pipeline.pooling, p=pipeline.gem_p))
 
 
-def _lower_thread_priority() -> None:
-    # Decoding threads yield the cores to the network's threads: TensorFlow's parallel ops wait for
-    # their slowest thread, so a decode preempting one of them stalls all; decoding fills the gaps
-    # instead, and the lookahead keeps the network fed. Linux sets niceness per thread.
-    if DECODE_NICE and sys.platform.startswith("linux"):
-        try:
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + DECODE_NICE))
-        except OSError:
-            pass
-
-
 def iter_features(
     network,
     sources: Sequence,
@@ -407,7 +394,9 @@ def iter_features(
     pending: dict[int, _Pending] = {}
     buckets: dict[tuple, list] = {}
     # Keep a bounded number of images decoded ahead, so memory stays flat on any collection size.
-    lookahead = max(2 * batch_size, 4 * workers)
+    # With fixed-shape buckets there are a dozen shapes to fill at once: waiting for more images
+    # makes full batches (about 100 MB of inputs at batch 8 and max side 384).
+    lookahead = max(2 * batch_size, 4 * workers) * (BUCKET_LOOKAHEAD if pipeline.bucket else 1)
 
     def run_bucket(key):
         entries = buckets.pop(key)
@@ -423,7 +412,7 @@ def iter_features(
             parts = [v for _, v in sorted(item.parts, key=lambda t: t[0])]
             yield Embedded(pos, l2_normalize(np.mean(parts, axis=0))[0], thumbnail=item.thumbnail)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), initializer=_lower_thread_priority) as pool_:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool_:
         futures: deque = deque()  # decodes in flight, in submission order
         it = iter(enumerate(sources))
 

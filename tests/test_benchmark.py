@@ -114,7 +114,8 @@ def test_quick_benchmark_reports_every_section_with_sane_numbers(tmp_path, capsy
         assert r["build_s"] >= 0 and _positive(r["search_ram_bytes"]) and _positive(r["peak_rss_bytes"])
     (build,) = results["build"]
     assert build["images"] > 0 and _positive(build["forward_images_per_s"]) and _positive(build["build_images_per_s"])
-    assert build["ratio"] == pytest.approx(build["build_images_per_s"] / build["forward_images_per_s"])
+    assert build["ratio"] == pytest.approx(build["build_images_per_s"] / build["forward_mix_images_per_s"])
+    assert build["ratio_common_shape"] == pytest.approx(build["build_images_per_s"] / build["forward_images_per_s"])
     assert 1 <= build["mean_batch"] <= build["batch_size"]
     size = results["index_size"]
     assert size["ours_bytes"] == size["file_bytes"]["feature_list.npy"] + size["file_bytes"]["feature_id.npy"]

@@ -15,7 +15,7 @@ from retrieval.features import Pipeline
 from retrieval.index import load_index
 from retrieval.networks import tiny_network
 
-PIPE = Pipeline(max_side=64, bucket="resize")
+PIPE = Pipeline(max_side=64, bucket="pad")
 MAKE_TINY = functools.partial(tiny_network, seed=0, channels=8)
 SIZES = [(96, 64), (64, 96), (80, 80), (120, 60), (90, 70), (50, 100)]
 
@@ -152,3 +152,14 @@ def test_command_hands_the_ray_engine_its_options(monkeypatch, tmp_path, capsys)
     assert (calls["address"], calls["actors"], calls["batch_size"], calls["dba"]) == ("auto", 3, 32, 0)
     assert calls["pipeline"].bucket == "pad" and calls["make_network"].args == ("efficientnet-lite0",)
     assert "3 images (2 embedded, 1 reused, 0 removed, 1 skipped)" in capsys.readouterr().out
+
+
+def test_ray_stays_out_of_the_library_until_the_engine_is_chosen():
+    import subprocess
+    import sys
+
+    code = ("import sys, retrieval.build, retrieval.build_ray, retrieval.engine, precompute.build_index; "
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.strip() == "False"

@@ -209,20 +209,28 @@ def test_every_aspect_ratio_has_its_bucket(size, bucket):
         Pipeline(max_side=192, bucket="resize").target_size(*size))
 
 
+def test_padding_rounds_the_shorter_side_up_so_the_image_keeps_the_max_side():
+    assert Pipeline(max_side=384, bucket="resize").target_size(1000, 700) == (384, 256)  # 268.8: nearest
+    pad = Pipeline(max_side=384, bucket="pad")
+    assert pad.target_size(1000, 700) == (384, 288) and pad.content_size(1000, 700) == (384, 269)
+    assert pad.content_size(700, 1000) == (269, 384)
+
+
 def test_buckets_are_few_and_stride_aligned():
-    pipe = Pipeline(max_side=384, bucket="resize")
-    shapes = {pipe.target_size(w, 1000) for w in range(100, 10000, 7)}
-    assert len(shapes) == 11 and all(w % 32 == 0 and h % 32 == 0 for w, h in shapes)
+    for fit in ("resize", "pad"):
+        pipe = Pipeline(max_side=384, bucket=fit)
+        shapes = {pipe.target_size(w, 1000) for w in range(100, 10000, 7)}
+        assert len(shapes) == 11 and all(w % 32 == 0 and h % 32 == 0 for w, h in shapes)
 
 
 def test_padded_image_keeps_its_aspect_ratio_on_a_mean_colour_canvas():
     pipe = Pipeline(max_side=64, bucket="pad")
     assert pipe.target_size(100, 50) == (64, 32) and pipe.content_size(100, 50) == (64, 32)
-    assert pipe.target_size(90, 50) == (64, 32) and pipe.content_size(90, 50) == (58, 32)
-    arr = prepare_image(photo(90, 50), pipe)
-    assert arr.shape == (32, 64, 3)
-    np.testing.assert_array_equal(arr[:, 58:], np.broadcast_to(np.float32([124, 116, 104]), (32, 6, 3)))
-    np.testing.assert_array_equal(arr[:, :58], np.asarray(photo(90, 50).resize((58, 32), Image.BILINEAR), "f"))
+    assert pipe.target_size(100, 60) == (64, 64) and pipe.content_size(100, 60) == (64, 38)
+    arr = prepare_image(photo(100, 60), pipe)
+    assert arr.shape == (64, 64, 3)
+    np.testing.assert_array_equal(arr[38:], np.broadcast_to(np.float32([124, 116, 104]), (26, 64, 3)))
+    np.testing.assert_array_equal(arr[:38], np.asarray(photo(100, 60).resize((64, 38), Image.BILINEAR), "f"))
 
 
 def test_padded_pooling_covers_only_the_image_cells():
