@@ -104,7 +104,7 @@ def build_table(results: dict) -> dict:
     """Returns the build section as a README table: {"columns", "align", "rows"} of formatted cells."""
     columns = ["network", "buckets", "photos", "input shapes (most common)",
                "pure forward img/s: the photos' shapes / most common (batch 1)", "build_index img/s",
-               "ratio (to the common shape)", "CPU ms/img forward / build (ratio)", "network calls", "mean batch",
+               "ratio (to the most common shape)", "CPU ms/img forward / build (ratio)", "network calls", "mean batch",
                "forward s / build s", "decode ms/img (1 thread)", "peak RSS GB"]
     rows = []
     for r in results["build"]:
@@ -137,7 +137,8 @@ def cost_table(results: dict) -> dict:
     On paper: N workers each at the network's pure forward rate (the build keeps up with it), decoding
     on the same nodes' CPUs; index assembly (DBA's neighbour search) is not counted.
     """
-    rates = [(r["network"], "2-core CPU machine (this run, batch 8)", r["forward_images_per_s"])
+    rates = [(r["network"], "2-core CPU machine (this run, batch 8)",
+              r.get("forward_mix_images_per_s", r["forward_images_per_s"]))
              for r in results["build"] if "skipped" not in r and r.get("bucket") != "none"]
     rates.append(("efficientnet-b7", "NVIDIA H200 GPU (earlier session, batch 8)", GPU_B7_IMAGES_PER_S))
     rows = []
