@@ -131,7 +131,10 @@ def test_main_writes_json_and_plot(dataset, tiny, cache, tmp_path, monkeypatch, 
     assert report["dataset"] == "rparis6k" and set(report["map"]) == {"easy", "medium", "hard"}
     assert all(0 <= v <= 1 for v in report["map"].values())
     assert all(0 <= v <= 1 for m in report["mp_at_k"].values() for v in m.values())
-    assert report["pipeline"]["pipeline"] == PIPE.to_meta() and report["pipeline"]["backend"] == "kdtree"
+    from retrieval.defaults import DEFAULT
+
+    want = Pipeline(max_side=64, bucket=DEFAULT.descriptor.bucket)  # the command's default buckets
+    assert report["pipeline"]["pipeline"] == want.to_meta() and report["pipeline"]["backend"] == "kdtree"
     assert report["pipeline"]["dba"] == {"k": 1, "alpha": 3.0} and report["pipeline"]["qe"] is None
     t = report["seconds_per_query"]
     assert t["embed"] > 0 and t["search"] > 0 and t["total"] >= t["search"]
