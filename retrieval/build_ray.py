@@ -23,7 +23,7 @@ import numpy as np
 
 from retrieval.build import BuildReport, assemble_index, plan_build, record_results
 from retrieval.features import (
-    THUMBNAIL_SIDE, Embedded, Pipeline, _decode, _draft_size, decode_error, embed_batch,
+    THUMBNAIL_SIDE, Embedded, Pipeline, _decode, _draft_size, decode_error, descriptor_dim, embed_batch,
 )
 from retrieval.search import l2_normalize
 
@@ -93,7 +93,7 @@ class Embedder:
             images = [np.asarray(batch[f"pixels_{s}"][i]) for i in ok]
             part = self._embed_scale(images, batch[f"content_{s}"][ok])
             total = part if total is None else total + part
-        vectors = np.zeros((n, self.network.channels if total is None else total.shape[1]), dtype=np.float32)
+        vectors = np.zeros((n, descriptor_dim(self.network.channels, self.pipeline)), dtype=np.float32)
         if ok:
             # Multi-scale: the normalised mean of the normalised scales, as `iter_features` gives.
             vectors[ok] = l2_normalize(total / len(self.pipeline.scales))
