@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.ann import build_ann
+from retrieval.defaults import DEFAULT
 from retrieval.features import THUMBNAIL_SIDE, Pipeline, find_images, iter_features
 from retrieval.index import recover_index_folder, save_index
 from retrieval.rerank import database_augmentation
@@ -69,6 +71,7 @@ def build_index(
     dba: int = 0,
     qe: int = 0,
     alpha: float = 3.0,
+    ann: bool | None = None,
     shard_size: int = 256,
     flush_seconds: float = 30.0,
     thumbnail_side: int = THUMBNAIL_SIDE,
@@ -87,6 +90,8 @@ def build_index(
         dba: database-side augmentation with this many neighbours (fewer on a tiny index), 0 for none.
         qe: alpha query expansion with the top `qe` results, recorded for the search engine.
         alpha: the similarity exponent of DBA and query expansion.
+        ann: build the ANN structure (`retrieval.ann`) too; None builds it from
+            `retrieval.defaults.DEFAULT.ann_rows` images up.
         extra_meta: more metadata for index.json (source collection, evaluation...).
         progress: called as progress(done, total) after each image embedded in this run.
         log: called with one line per skipped file and per notable event.
@@ -175,7 +180,11 @@ def build_index(
         "query_expansion": {"k": qe, "alpha": alpha} if qe > 0 else None,
         **(extra_meta or {}),
     }
-    save_index(out_dir, features, ids, meta, thumbnails=thumbs, whitening=whitening, dtype=dtype)
+    structure = None
+    if ann or (ann is None and len(features) >= DEFAULT.ann_rows):
+        say(f"building the ANN structure over {len(features)} images")
+        structure = build_ann(features.astype(dtype).astype(np.float32), log=say)  # the rows as stored
+    save_index(out_dir, features, ids, meta, thumbnails=thumbs, whitening=whitening, dtype=dtype, ann=structure)
     report.count = len(ids)
     report.seconds = time.perf_counter() - t0
     return report
