@@ -207,7 +207,7 @@ def exact_search_blocks(features: np.ndarray, queries: np.ndarray, k: int, *,
 
 
 def ann_neighbours(ann: AnnIndex, features: np.ndarray, k: int, *, rerank: int = 16,
-                   block: int = 8192, nprobe: int | None = None) -> np.ndarray:
+                   block: int = 2048, nprobe: int | None = None) -> np.ndarray:
     """Returns (n, k) int64: every row's k nearest other rows, through the ANN (for DBA at scale).
 
     Each row asks the ANN for `rerank` candidates (besides itself), re-scored exactly; batched
