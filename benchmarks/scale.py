@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.parts import mem_available_bytes, peak_rss_bytes, summarize, _proc_kb
+from benchmarks.parts import _proc_kb, mem_available_bytes, summarize
 
 K = 20
 NETWORKS = (("efficientnet-lite0", "imagenet", 1280), ("efficientnet-b7", "none", 2560))
@@ -305,4 +305,3 @@ def load_json(path) -> dict | None:
         return None
 
 
-__all__ = ["measure_search_scale", "scale_tables", "scale_targets", "merge_cells", "PARTS", "peak_rss_bytes"]

@@ -38,12 +38,12 @@ from precompute.options import (
     ALPHA, add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options,
     network_from_args, nonnegative_int, pipeline_from_args, positive_int, rerank_from_args,
 )
+from retrieval.database import add_distractors, augment_database, full_ranking, make_searcher
 from retrieval.datasets import Dataset, DatasetError, load_dataset
 from retrieval.evaluate import KAPPAS, PROTOCOLS, evaluate_ranks, precision_recall, protocol_gnd
 from retrieval.features import Pipeline, embed_image, extract_features
-from retrieval.rerank import alpha_query_expansion, database_augmentation
-from retrieval.search import BACKENDS, Searcher
-from retrieval.database import DistractorError, add_distractors, augment_database, full_ranking, make_searcher
+from retrieval.rerank import alpha_query_expansion
+from retrieval.search import BACKENDS
 from retrieval.whitening import apply_whitening, learn_whitening
 
 CACHE_VERSION = 1
