@@ -43,6 +43,7 @@ MAX_K = 100
 QUERY_MAX_SIDE = 2048
 N_EXAMPLES = 8
 PREVIEW_SIDE = 320
+PLACEHOLDER_SIDE = 192  # the longest side of a thumbnail (retrieval.features.THUMBNAIL_SIDE)
 # Measured on 2 CPU cores (tests/appserver/latency.py): 20 queries at once finish as soon with
 # 1 as with 2 or 4 running together, and each waits least with 1; TensorFlow already spreads one
 # forward pass over the cores. 64 queued queries are about 15 s of work.
@@ -150,12 +151,25 @@ class Thumbnails:
         self.folder = Path(folder)
 
     def image(self, image_id: str) -> Image.Image:
-        """Returns the thumbnail of an index image, decoded."""
-        return Image.open(io.BytesIO(self.index.thumbnail(image_id))).convert("RGB")
+        """Returns the thumbnail of an index image, decoded; a plain grey placeholder when it has none."""
+        data = self.index.thumbnail(image_id)
+        if not data:  # an index built from descriptors (build_index --vectors) has no thumbnails
+            return self.image_placeholder()
+        return Image.open(io.BytesIO(data)).convert("RGB")
 
     def jpeg(self, image_id: str) -> str:
-        """Returns the path of the stored JPEG thumbnail, for galleries."""
-        return self._file(image_id, ".jpg", lambda: self.index.thumbnail(image_id))
+        """Returns the path of the stored JPEG thumbnail (or the placeholder), for galleries."""
+        return self._file(image_id, ".jpg", lambda: self.index.thumbnail(image_id) or self._placeholder_jpeg())
+
+    def _placeholder_jpeg(self) -> bytes:
+        buffer = io.BytesIO()
+        self.image_placeholder().save(buffer, format="JPEG")
+        return buffer.getvalue()
+
+    @staticmethod
+    def image_placeholder() -> Image.Image:
+        """Returns the placeholder shown for an image without a thumbnail."""
+        return Image.new("RGB", (PLACEHOLDER_SIDE, PLACEHOLDER_SIDE * 3 // 4), (200, 200, 200))
 
     def png(self, image_id: str) -> str:
         """Returns the path of a lossless PNG of the decoded thumbnail, for the editor (see `is_unedited`)."""

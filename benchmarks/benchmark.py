@@ -301,10 +301,43 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a reduced run (Lite0 only, small N), under two minutes")
     parser.add_argument("--only", choices=SECTIONS, default=None,
-                        help="run one section alone (its results file then holds that section and its targets)")
+                        help="run one section alone (its results file then holds that section and its targets); "
+                        "search: the search section at scale (ann, exact, kdtree up to 1M rows; benchmarks/scale.py), "
+                        "merged into --json")
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     parser.add_argument("--plot", default=None, help="also write the search-versus-N log-log plot (PNG) here")
+    parser.add_argument("--sizes", default=None, help="with --only search: comma-separated N (default 100000,1000000)")
+    parser.add_argument("--networks", default=None, help="with --only search: lite0, b7 or both (default)")
+    parser.add_argument("--no-sweep", action="store_true", help="with --only search: skip the index-type comparison")
+    parser.add_argument("--work", default=None, help="with --only search: folder for the generated indexes "
+                        "(default: a temporary folder; 1M x 2,560 needs about 11 GB)")
     return parser.parse_args(argv)
+
+
+def run_search_section(args) -> int:
+    """--only search: runs benchmarks/scale.py's section, merges it into --json, prints its tables."""
+    from benchmarks import scale
+    from benchmarks.readme_tables import render_table
+
+    sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else scale.SIZES
+    wanted = args.networks.split(",") if args.networks else ["lite0", "b7"]
+    networks = tuple(n for n in scale.NETWORKS if any(w in n[0] for w in wanted))
+    command = "python -m benchmarks.benchmark --only search" + (f" --sizes {args.sizes}" if args.sizes else "") + \
+        (f" --networks {args.networks}" if args.networks else "") + (" --no-sweep" if args.no_sweep else "")
+    say = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=args.work) as tmp:
+        found = scale.measure_search_scale(run_part, say, Path(tmp), sizes=sizes, networks=networks,
+                                           sweep=not args.no_sweep, data_root=str(DATA.parent),
+                                           cache_dir=str(ROOT / ".cache" / "evaluate"))
+    found.update({"command": command, "machine": machine_info()})
+    results = scale.merge_cells(scale.load_json(args.json) if args.json else None, found)
+    results["targets"] = scale.scale_targets(results)
+    results["tables"] = scale.scale_tables(results)
+    for table in results["tables"].values():
+        print(render_table(table))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -312,6 +345,8 @@ def main(argv=None) -> int:
     if not (DATA / "query_crops").is_dir() or not (DATA / "jpg").is_dir():
         print("error: the benchmark needs the photos in ../shared/data/rparis6k (see its README)", file=sys.stderr)
         return 2
+    if args.only == "search":
+        return run_search_section(args)
     command = ("python -m benchmarks.benchmark" + (" --quick" if args.quick else "")
                + (f" --only {args.only}" if args.only else ""))
     results = run_benchmark(QUICK if args.quick else FULL, command=command,

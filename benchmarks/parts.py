@@ -445,6 +445,9 @@ PARTS = {
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from benchmarks.scale import PARTS as SCALE_PARTS  # the search section at scale (ANN)
+
+    PARTS.update(SCALE_PARTS)
     if len(argv) != 2 or argv[0] not in PARTS:
         print(f"usage: python -m benchmarks.parts {{{'|'.join(PARTS)}}} CONFIG_JSON", file=sys.stderr)
         return 2

@@ -2,10 +2,13 @@
 
     python -m precompute.build_index --images DIR --out DIR [--network efficientnet-lite0] [--push USER/NAME]
     python -m precompute.build_index --images DIR --out DIR --engine ray [--address auto|ray://HOST:10001]
+    python -m precompute.build_index --vectors X.npy [--ids IDS.npy] --network NAME --out DIR
 
 Rerunning on the same folder embeds only new or changed images and drops deleted ones; an
 interrupted run resumes where it stopped. `--engine ray` embeds on a Ray cluster (a local one
 without --address) and writes the same index; it needs `pip install -r requirements-ray.txt`.
+--vectors makes an index of descriptors computed elsewhere, without thumbnails. --ann adds the
+FAISS structure (automatic from retrieval.defaults.DEFAULT.ann_rows rows).
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ from precompute.options import (
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m precompute.build_index", description=__doc__.split("\n")[0])
-    parser.add_argument("--images", required=True, help="folder of images, searched recursively")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", help="folder of images, searched recursively")
+    source.add_argument("--vectors", metavar="X.npy",
+                        help="(n, d) descriptors computed elsewhere by --network with the pipeline options")
+    parser.add_argument("--ids", metavar="IDS.npy", default=None, help="with --vectors: n unique ids (default vec_0000000...)")
+    parser.add_argument("--ann", action=argparse.BooleanOptionalAction, default=None,
+                        help="build the FAISS ANN structure (default: from 50,000 rows up)")
     parser.add_argument("--out", required=True, help="index folder to create or update")
     add_network_options(parser)
     add_pipeline_options(parser)
@@ -72,10 +81,15 @@ def main(argv=None) -> int:
     try:
         pipeline = pipeline_from_args(args)
         qe, dba = rerank_from_args(args)
-        network = network_from_args(args) if args.engine == "local" else None
+        network = None if args.vectors or args.engine == "ray" else network_from_args(args)
     except (ValueError, NetworkError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.vectors:
+        code = build_vectors(args, pipeline, qe, dba)
+        if code == 0 and args.push:
+            _push(args)
+        return code
     bar = tqdm(total=0, unit="img", desc="embedding", dynamic_ncols=True)
 
     def progress(done: int, total: int) -> None:
@@ -86,7 +100,8 @@ def main(argv=None) -> int:
     extra = {"source": args.source or Path(args.images).resolve().name}
     try:
         common = dict(batch_size=args.batch_size, dtype=args.dtype, whiten=args.whiten, qe=qe, dba=dba,
-                      alpha=args.alpha, extra_meta=extra, progress=progress, log=lambda msg: tqdm.write(msg))
+                      alpha=args.alpha, ann=args.ann,
+                      extra_meta=extra, progress=progress, log=lambda msg: tqdm.write(msg))
         if args.engine == "ray":
             report = _build_on_ray(args, pipeline, common)
         else:
@@ -105,10 +120,41 @@ def main(argv=None) -> int:
         f"{report.removed} removed, {len(report.skipped)} skipped) in {report.seconds:.1f} s"
     )
     if args.push:
-        from retrieval.hub import push_index
+        _push(args)
+    return 0
 
-        commit = push_index(args.out, args.push)
-        print(f"pushed to {args.push} (commit {commit})")
+
+def _push(args: argparse.Namespace) -> None:
+    from retrieval.hub import push_index
+
+    commit = push_index(args.out, args.push)
+    print(f"pushed to {args.push} (commit {commit})")
+
+
+def build_vectors(args: argparse.Namespace, pipeline, qe: int, dba: int) -> int:
+    """The --vectors path: checks and indexes a descriptor matrix; returns the exit status."""
+    import numpy as np
+
+    from retrieval.vectors import VectorsError, build_from_vectors
+
+    if args.whiten:
+        print("error: --whiten is not available with --vectors", file=sys.stderr)
+        return 2
+    try:
+        vectors = np.load(args.vectors, mmap_mode="r", allow_pickle=False)
+        ids = np.load(args.ids, allow_pickle=False) if args.ids else None
+        report = build_from_vectors(
+            vectors, args.out, network=args.network, weights=args.weights, pipeline=pipeline, ids=ids,
+            dba=dba, qe=qe, alpha=args.alpha, ann=args.ann, dtype=args.dtype,
+            extra_meta={"source": args.source or Path(args.vectors).name}, log=lambda msg: print(msg, file=sys.stderr),
+        )
+    except (OSError, ValueError) as e:  # VectorsError is a ValueError; so is an unreadable .npy
+        kind = "the descriptors are refused" if isinstance(e, VectorsError) else "cannot read the input"
+        print(f"error: {kind}: {e}", file=sys.stderr)
+        return 1
+    times = ", ".join(f"{k} {v:.1f} s" for k, v in report["seconds"].items())
+    ann = f", ANN {report['ann']['factory']}" if report["ann"] else ""
+    print(f"index: {args.out}: {report['count']} descriptors of dimension {report['dim']}{ann} ({times})")
     return 0
 
 

@@ -9,6 +9,12 @@ that changes only the search options (whitening, query expansion, DBA, backend) 
 network. Query descriptors are computed one query at a time from the decoded crop and timed,
 as the app embeds an upload; the embedding time is kept in the cache with them.
 
+With --distractors DIR the rows of the index at DIR (same network and pipeline) join the
+database after the dataset's own images (the +R1M protocol). With --backend ann the database is
+searched through FAISS (`retrieval.ann`): each ranking is the ANN's top --ann-k, re-ranked
+exactly, then everything else with the distractors first (so a positive the ANN missed counts
+as found at the very end).
+
 With --sv N the top N of each final ranking are spatially verified (`retrieval.verify`: SIFT,
 RootSIFT, RANSAC); the database's local features are cached beside the descriptors, and each
 query's timed verification covers its own SIFT extraction and the N matches.
@@ -32,11 +38,12 @@ from precompute.options import (
     ALPHA, add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options,
     network_from_args, nonnegative_int, pipeline_from_args, positive_int, rerank_from_args,
 )
+from retrieval.database import add_distractors, augment_database, full_ranking, make_searcher
 from retrieval.datasets import Dataset, DatasetError, load_dataset
 from retrieval.evaluate import KAPPAS, PROTOCOLS, evaluate_ranks, precision_recall, protocol_gnd
 from retrieval.features import Pipeline, embed_image, extract_features
-from retrieval.rerank import alpha_query_expansion, database_augmentation
-from retrieval.search import BACKENDS, Searcher
+from retrieval.rerank import alpha_query_expansion
+from retrieval.search import BACKENDS
 from retrieval.whitening import apply_whitening, learn_whitening
 
 CACHE_VERSION = 1
@@ -256,7 +263,8 @@ def verify_queries(
 
 
 def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree", whitening=None,
-                 qe: int = 0, dba: int = 0, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
+                 qe: int = 0, dba: int = 0, alpha: float = ALPHA, ann_k: int = 1000,
+                 ann=None) -> tuple[np.ndarray, np.ndarray]:
     """Returns (m, n) database rows per query, best first, and (m,) seconds of search per query.
 
     The database is whitened then augmented (DBA) once, offline. Each query is then timed
@@ -267,24 +275,29 @@ def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree"
         queries: (m, d) raw L2-normalised query descriptors.
         whitening: a `Whitening` applied to both, or None.
         qe: alpha query expansion with this many top images; 0 for none.
-        dba: database-side augmentation with this many neighbours; 0 for none.
+        dba: database-side augmentation with this many neighbours; 0 for none. From
+            `DEFAULT.ann_rows` rows up its neighbours come through an ANN, whatever the backend.
+        ann_k: with backend "ann", the top rows taken from the ANN and re-ranked exactly; the
+            rest of the ranking follows in a fixed order (see `full_ranking`).
+        ann: with backend "ann", a trained `AnnIndex` to refill with these rows instead of training one.
     """
     if whitening is not None:
         db = apply_whitening(db, whitening)
     if dba:
-        db = database_augmentation(db, k=dba, alpha=alpha)
-    searcher = Searcher(db, backend=backend)
+        db = augment_database(db, k=dba, alpha=alpha, ann=ann)
+    searcher = make_searcher(db, backend, ann)
     n = len(searcher)
+    depth = min(ann_k, n) if backend == "ann" else n
     ranks = np.empty((len(queries), n), dtype=np.int64)
     seconds = np.empty(len(queries))
     for i, query in enumerate(queries):
         t0 = time.perf_counter()
         q = apply_whitening(query, whitening) if whitening is not None else query[None]
-        _, rows = searcher.search(q, n)
+        _, rows = searcher.search(q, depth)
         if qe:
-            _, rows = searcher.search(alpha_query_expansion(q, db, rows, k=qe, alpha=alpha), n)
+            _, rows = searcher.search(alpha_query_expansion(q, db, rows, k=min(qe, depth), alpha=alpha), depth)
         seconds[i] = time.perf_counter() - t0
-        ranks[i] = rows[0]
+        ranks[i] = full_ranking(rows[0], n) if depth < n else rows[0]
     return ranks, seconds
 
 
@@ -305,6 +318,8 @@ def run_evaluation(
     alpha: float = ALPHA,
     sv: int = 0,
     sv_min_inliers: int | None = None,
+    distractors=None,
+    ann_k: int = 1000,
     cache_dir=None,
     batch_size: int = 8,
     workers: int = 2,
@@ -326,6 +341,9 @@ def run_evaluation(
         qe, dba, alpha: alpha query expansion and database-side augmentation (0: off).
         sv: spatially verify the top sv images of each final ranking (0: off).
         sv_min_inliers: fewest inliers that count as verified; None for the library's default.
+        distractors: an index folder whose rows join the database after the dataset's (+R1M);
+            it must be of the same network, weights and pipeline, without DBA or whitening.
+        ann_k: with backend "ann", the ANN's top rows re-ranked exactly (see `rank_queries`).
         cache_dir: descriptor (and local feature) cache folder, or None.
         progress, sv_progress: called with 1 per database image embedded / given local features.
 
@@ -335,9 +353,12 @@ def run_evaluation(
     """
     found = dataset_descriptors(dataset, network, pipeline, cache_dir=cache_dir, batch_size=batch_size,
                                 workers=workers, progress=progress)
-    whitening = learn_whitening(found.db, shrinkage=whiten_shrinkage) if whiten else None
-    ranks, search_seconds = rank_queries(found.db, found.queries, backend=backend, whitening=whitening,
-                                         qe=qe, dba=dba, alpha=alpha)
+    db, added, ann = found.db, None, None
+    if distractors is not None:
+        db, added, ann = add_distractors(found.db, distractors, network=network, pipeline=pipeline)
+    whitening = learn_whitening(db, shrinkage=whiten_shrinkage) if whiten else None
+    ranks, search_seconds = rank_queries(db, found.queries, backend=backend, whitening=whitening,
+                                         qe=qe, dba=dba, alpha=alpha, ann_k=ann_k, ann=ann)
     verify_seconds, sv_meta = np.zeros(len(ranks)), None
     if sv:
         ranks, verify_seconds, sv_meta = verify_queries(dataset, ranks, top=sv, min_inliers=sv_min_inliers,
@@ -349,7 +370,8 @@ def run_evaluation(
             "id": qid,
             "ap": {p: _number(metrics[p]["aps"][i]) for p in protocols},
             "report_ap": {p: _number(metrics[p]["report_aps"][i]) for p in protocols},
-            "top10": [dataset.db_ids[r] for r in ranks[i, :TOP_IDS]],
+            "top10": [dataset.db_ids[r] if r < len(dataset.db_ids) else f"distractor:{r - len(dataset.db_ids)}"
+                      for r in ranks[i, :TOP_IDS]],
         }
         for i, qid in enumerate(dataset.query_ids)
     ]
@@ -374,8 +396,10 @@ def run_evaluation(
             "qe": {"k": qe, "alpha": alpha} if qe else None,
             "dba": {"k": dba, "alpha": alpha} if dba else None,
             "backend": backend,
+            "ann_k": ann_k if backend == "ann" else None,
             "sv": sv_meta,
         },
+        "distractors": added,
         "seconds_per_query": {
             "embed": _number(np.median(found.embed_seconds)),
             "search": _number(np.median(search_seconds)),
@@ -412,12 +436,16 @@ def describe(report: dict) -> str:
         parts.append(f"DBA k={meta['dba']['k']}")
     if meta.get("sv"):
         parts.append(f"SV top {meta['sv']['top']}")
-    return ", ".join(parts) + f", {meta['backend']}"
+    backend = f"ann top {meta['ann_k']}" if meta.get("ann_k") else meta["backend"]
+    distractors = f", +{report['distractors']['count']:,} distractors" if report.get("distractors") else ""
+    return ", ".join(parts) + f", {backend}{distractors}"
 
 
 def format_table(report: dict) -> str:
     """Returns the markdown table of a report, a timing line and a one-line README row."""
     protocols = list(report["map"])
+    added = report.get("distractors")
+    database = f"{report['database_size']}+{added['count']}" if added else str(report["database_size"])
     lines = [
         "| protocol | queries | database | mAP | mP@1 | mP@5 | mP@10 | mAP, report's AP formula |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -425,13 +453,15 @@ def format_table(report: dict) -> str:
     for p in protocols:
         mp = report["mp_at_k"][p]
         lines.append(
-            f"| {p} | {report['queries'][p]} | {report['database_size']} | {_pct(report['map'][p])} | "
+            f"| {p} | {report['queries'][p]} | {database} | {_pct(report['map'][p])} | "
             + " | ".join(_pct(mp[str(k)]) for k in KAPPAS)
             + f" | {_pct(report['report_map'][p])} |"
         )
     t = report["seconds_per_query"]
     cached = " (embedding timed when the descriptors were cached)" if t["embed_from_cache"] else ""
     verify = f" + verify {t['verify']:.4f}" if report["pipeline"].get("sv") else ""
+    if added:
+        lines += ["", f"distractors: {added['count']:,} rows of {added['source']} added after the dataset's {report['database_size']}"]
     lines += [
         "",
         f"seconds per query (median): {t['total']:.4f} = embed {t['embed']:.4f} + search {t['search']:.4f}"
@@ -519,6 +549,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_pipeline_options(parser)
     search = parser.add_argument_group("search")
     search.add_argument("--backend", choices=BACKENDS, default="kdtree")
+    search.add_argument("--ann-k", type=positive_int, default=1000, metavar="K",
+                        help="with --backend ann: the ANN's top K re-ranked exactly, then the rest (default 1000)")
+    search.add_argument("--distractors", default=None, metavar="DIR",
+                        help="add the rows of this index (same network and pipeline) to the database (+R1M)")
     search.add_argument("--whiten", action="store_true",
                         help="PCA-whitening learned on the database descriptors (unsupervised)")
     search.add_argument("--whiten-shrinkage", type=float, default=0.5, help="eigenvalue shrinkage (default 0.5)")
@@ -561,7 +595,8 @@ def main(argv=None) -> int:
         evaluation = run_evaluation(
             dataset, network, pipeline, backend=args.backend, whiten=args.whiten,
             whiten_shrinkage=args.whiten_shrinkage, qe=qe, dba=dba, alpha=args.alpha, sv=args.sv,
-            sv_min_inliers=args.sv_min_inliers, cache_dir=args.cache_dir, batch_size=args.batch_size,
+            sv_min_inliers=args.sv_min_inliers, distractors=args.distractors, ann_k=args.ann_k,
+            cache_dir=args.cache_dir, batch_size=args.batch_size,
             workers=args.workers, progress=bars[0].update, sv_progress=bars[1].update,
         )
     except (ValueError, OSError) as e:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.ann import build_ann
+from retrieval.defaults import DEFAULT
 from retrieval.features import THUMBNAIL_SIDE, Embedded, Pipeline, find_images, iter_features
 from retrieval.index import recover_index_folder, save_index
 from retrieval.rerank import database_augmentation
@@ -69,6 +71,7 @@ def build_index(
     dba: int = 0,
     qe: int = 0,
     alpha: float = 3.0,
+    ann: bool | None = None,
     shard_size: int = 256,
     flush_seconds: float = 30.0,
     thumbnail_side: int = THUMBNAIL_SIDE,
@@ -87,6 +90,8 @@ def build_index(
         dba: database-side augmentation with this many neighbours (fewer on a tiny index), 0 for none.
         qe: alpha query expansion with the top `qe` results, recorded for the search engine.
         alpha: the similarity exponent of DBA and query expansion.
+        ann: build the ANN structure (`retrieval.ann`) too; None builds it from
+            `retrieval.defaults.DEFAULT.ann_rows` images up.
         extra_meta: more metadata for index.json (source collection, evaluation...).
         progress: called as progress(done, total) after each image embedded in this run.
         log: called with one line per skipped file and per notable event.
@@ -107,8 +112,8 @@ def build_index(
     record_results(plan, ((plan.todo[item.position], item) for item in stream),
                    shard_size=shard_size, flush_seconds=flush_seconds, progress=progress, log=say)
     return assemble_index(plan, network, pipeline, dtype=dtype, whiten=whiten, whiten_shrinkage=whiten_shrinkage,
-                          dba=dba, qe=qe, alpha=alpha, thumbnail_side=thumbnail_side, extra_meta=extra_meta,
-                          log=say, started=t0)
+                          dba=dba, qe=qe, alpha=alpha, ann=ann, thumbnail_side=thumbnail_side,
+                          extra_meta=extra_meta, log=say, started=t0)
 
 
 @dataclass
@@ -183,7 +188,7 @@ def record_results(plan: BuildPlan, results: Iterable[tuple[str, Embedded]], *, 
 
 def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str = "float16", whiten: bool = False,
                    whiten_shrinkage: float = 0.5, dba: int = 0, qe: int = 0, alpha: float = 3.0,
-                   thumbnail_side: int = THUMBNAIL_SIDE, extra_meta: dict | None = None,
+                   ann: bool | None = None, thumbnail_side: int = THUMBNAIL_SIDE, extra_meta: dict | None = None,
                    log: Callable[[str], None] | None = None, started: float | None = None) -> BuildReport:
     """Writes the index folder from the cached descriptors (ids sorted by path) and returns the report.
 
@@ -228,7 +233,11 @@ def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str =
         "query_expansion": {"k": qe, "alpha": alpha} if qe > 0 else None,
         **(extra_meta or {}),
     }
-    save_index(plan.out_dir, features, ids, meta, thumbnails=thumbs, whitening=whitening, dtype=dtype)
+    structure = None
+    if ann or (ann is None and len(features) >= DEFAULT.ann_rows):
+        say(f"building the ANN structure over {len(features)} images")
+        structure = build_ann(features.astype(dtype).astype(np.float32), log=say)  # the rows as stored
+    save_index(plan.out_dir, features, ids, meta, thumbnails=thumbs, whitening=whitening, dtype=dtype, ann=structure)
     report.count = len(ids)
     report.seconds = time.perf_counter() - (started if started is not None else time.perf_counter())
     return report

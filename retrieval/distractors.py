@@ -56,7 +56,7 @@ def fit_distractor_model(features: np.ndarray, *, rank: int = 64) -> DistractorM
 
 
 def sample_distractors(model: DistractorModel, n: int, *, seed: int = 0, cluster_size: int = 20,
-                       spread: float = 0.5) -> np.ndarray:
+                       spread: float = 0.8, out: np.ndarray | None = None) -> np.ndarray:
     """Returns (n, d) float32 L2-normalised synthetic descriptors, in clusters of about `cluster_size`.
 
     Args:
@@ -65,6 +65,8 @@ def sample_distractors(model: DistractorModel, n: int, *, seed: int = 0, cluster
         seed: the same seed gives the same rows.
         cluster_size: mean number of rows around one centre (1 for no clusters).
         spread: within-cluster spread as a fraction of the fitted spread (0 < spread <= 1).
+        out: an (n, d) array to fill instead (e.g. a float16 memory map: a million rows of 2,560
+            never exist as float32 at once); it is returned.
     """
     if n < 0:
         raise ValueError(f"n must be 0 or more, got {n}")
@@ -73,11 +75,16 @@ def sample_distractors(model: DistractorModel, n: int, *, seed: int = 0, cluster
     rng = np.random.default_rng(seed)
     centres = _draw(model, max(1, -(-n // max(cluster_size, 1))), rng)
     which = rng.integers(0, len(centres), size=n)
-    out = np.empty((n, model.dim), np.float32)
+    if out is None:
+        out = np.empty((n, model.dim), np.float32)
+    elif out.shape != (n, model.dim):
+        raise ValueError(f"out must have shape {(n, model.dim)}, got {out.shape}")
     for start in range(0, n, 65536):  # in blocks, so a million rows never need a (n, d) float64 temporary
         stop = min(start + 65536, n)
         noise = _draw(model, stop - start, rng, centred=True) * spread
-        out[start:stop] = l2_normalize(centres[which[start:stop]] * np.sqrt(1 - spread**2) + noise)
+        # Around the mean: a centre's offset shrunk so that centre + noise keeps the fitted spread.
+        offsets = (centres[which[start:stop]] - model.mean) * np.sqrt(1 - spread**2)
+        out[start:stop] = l2_normalize(model.mean + offsets + noise)
     return out
 
 
@@ -88,3 +95,24 @@ def _draw(model: DistractorModel, n: int, rng: np.random.Generator, *, centred: 
     if not centred:
         x += model.mean
     return x
+
+
+def distribution_stats(features: np.ndarray, *, max_rows: int = 2000, seed: int = 0) -> dict:
+    """Returns what the generator is judged by, on up to `max_rows` rows of (n, d) L2-normalised descriptors.
+
+    nn1 / nn5: median similarity of a row to its nearest and fifth-nearest other row; mean_sim:
+    median similarity of two rows; var_top10 / var_top64: share of the variance in the top 10 /
+    64 principal directions. Compare sets of the same size: nearest neighbours get closer as
+    a set grows.
+    """
+    x = as_rows(features, name="features")
+    if len(x) > max_rows:
+        x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_rows, replace=False))]
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    nearest = -np.sort(-sims, axis=1)
+    ev = np.linalg.svd(x - x.mean(axis=0), compute_uv=False) ** 2
+    ev /= ev.sum()
+    return {"rows": len(x), "nn1": float(np.median(nearest[:, 0])), "nn5": float(np.median(nearest[:, min(4, len(x) - 2)])),
+            "mean_sim": float(np.median(sims[np.isfinite(sims)])), "var_top10": float(ev[:10].sum()),
+            "var_top64": float(ev[:64].sum())}

@@ -33,7 +33,9 @@ class SearchEngine:
     Args:
         index: a loaded `Index`.
         network: a `retrieval.networks.Network`; it must be the one that built the index.
-        backend: "kdtree" or "exact" (see `Searcher`).
+        backend: "kdtree", "exact" or "ann" (see `Searcher`); None takes "ann" when the index
+            has an ANN structure, else the KD-tree. "ann" needs the index's own: the engine
+            never trains one.
         query_expansion: alpha query expansion with this many top results; None takes the
             index's setting (index.json "query_expansion"), 0 turns it off.
 
@@ -41,7 +43,7 @@ class SearchEngine:
         IndexFormatError: if the network is not the one recorded in the index.
     """
 
-    def __init__(self, index: Index, network, *, backend: str = "kdtree", query_expansion: int | None = None):
+    def __init__(self, index: Index, network, *, backend: str | None = None, query_expansion: int | None = None):
         if network.name != index.meta["network"]:
             raise IndexFormatError(
                 f"the index was built with {index.meta['network']!r} but the network given is {network.name!r}"
@@ -49,7 +51,11 @@ class SearchEngine:
         self.index = index
         self.network = network
         self.pipeline = index.pipeline
-        self.searcher = Searcher(index.features, backend=backend)
+        if backend is None:
+            backend = "ann" if index.ann is not None else "kdtree"
+        if backend == "ann" and index.ann is None:
+            raise IndexFormatError(f"{index.path} has no ANN structure: build it with precompute.build_index --ann")
+        self.searcher = Searcher(index.features, backend=backend, ann=index.ann)
         qe = index.meta.get("query_expansion") or {}
         self.qe_k = min(qe.get("k", 0) if query_expansion is None else query_expansion, len(index))
         self.qe_alpha = float(qe.get("alpha", 3.0))

@@ -6,6 +6,7 @@ Layout:
     thumbnails.bin          every image's JPEG thumbnail, concatenated
     thumbnails_offsets.npy  (n + 1,) int64 byte offsets into thumbnails.bin
     whitening_mean.npy, whitening_projection.npy   only when the index is whitened
+    ann.faiss               only with an ANN structure: a FAISS index in FAISS's format (`retrieval.ann`)
     index.json              format version, network, weights, pipeline, dim, dtype, count,
                             whitening, versions, and the sha256 of every file above
 """
@@ -34,7 +35,14 @@ META_FILE = "index.json"
 DATA_FILES = ("feature_list.npy", "feature_id.npy", "thumbnails.bin", "thumbnails_offsets.npy")
 WHITENING_FILES = ("whitening_mean.npy", "whitening_projection.npy")
 INDEX_FILES = (META_FILE, *DATA_FILES)
+ANN_FILE = "ann.faiss"
 DTYPES = ("float16", "float32")
+# Above this many matrix elements (128 MB as float32: 13,000 rows of 2,560) load_index maps the
+# feature matrix from disk instead of widening it to float32 in memory; smaller indexes keep the
+# faster in-memory float32 rows.
+IN_MEMORY_ELEMENTS = 1 << 25
+# Rows written or checked at once when a matrix is handled in blocks.
+_BLOCK = 65536
 
 
 class IndexFormatError(ValueError):
@@ -47,10 +55,12 @@ class Index:
 
     Attributes:
         path: the folder it came from.
-        features: (n, d) float32 L2-normalised rows.
+        features: (n, d) L2-normalised rows: float32 in memory, or for a large index the file's
+            own float16/float32 rows memory-mapped read-only (`np.memmap`).
         ids: (n,) unicode ids, row i describes ids[i].
         meta: the parsed index.json.
         whitening: applied to raw query descriptors before search, or None.
+        ann: the index's ANN structure (`retrieval.ann.AnnIndex`), or None.
     """
 
     path: Path
@@ -61,6 +71,8 @@ class Index:
     _thumbnails: bytes = field(default=b"", repr=False)
     _offsets: np.ndarray | None = field(default=None, repr=False)
     _rows: dict = field(default_factory=dict, repr=False)
+    ann: object = None
+    _thumbnail_file: Path | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self._rows = {str(i): r for r, i in enumerate(self.ids)}
@@ -87,9 +99,14 @@ class Index:
             raise KeyError(f"image id {image_id!r} is not in this index") from None
 
     def thumbnail(self, image_id: str) -> bytes:
-        """Returns the JPEG thumbnail bytes of `image_id`."""
+        """Returns the JPEG thumbnail bytes of `image_id`; b"" for an image without one (`--vectors`)."""
         row = self.row_of(image_id)
-        return self._thumbnails[self._offsets[row] : self._offsets[row + 1]]
+        start, stop = int(self._offsets[row]), int(self._offsets[row + 1])
+        if self._thumbnail_file is None:
+            return self._thumbnails[start:stop]
+        with open(self._thumbnail_file, "rb") as f:  # read by offset: thumbnails.bin stays on disk
+            f.seek(start)
+            return f.read(stop - start)
 
     def project(self, raw: np.ndarray) -> np.ndarray:
         """Returns query descriptors in the index's space: whitened if the index is, (m, d) float32."""
@@ -121,10 +138,11 @@ def save_index(
     ids,
     meta: dict,
     *,
-    thumbnails: list[bytes],
+    thumbnails: list[bytes] | None,
     whitening: Whitening | None = None,
     dtype: str = "float16",
     keep: tuple[str, ...] = (".cache",),
+    ann=None,
 ) -> Path:
     """Writes an index folder atomically and returns its path.
 
@@ -134,21 +152,29 @@ def save_index(
 
     Args:
         out_dir: the index folder to create or replace.
-        features: (n, d) L2-normalised rows, already whitened if `whitening` is given.
+        features: (n, d) L2-normalised rows, already whitened if `whitening` is given; any float
+            dtype, a memory map included: they are converted and written in blocks.
         ids: n unique image ids.
         meta: at least network, weights and pipeline (a dict from `Pipeline.to_meta`); anything
             else (source, evaluation) is stored as given.
-        thumbnails: n JPEG byte strings.
+        thumbnails: n JPEG byte strings, or None for an index without thumbnails (descriptors
+            from elsewhere): every image then has an empty one, and the app a placeholder.
         whitening: the whitening applied to `features`, stored for queries.
         dtype: "float16" (half the size) or "float32".
+        ann: a `retrieval.ann.AnnIndex` over exactly these rows, saved as ann.faiss.
 
     Raises:
         ValueError: on inconsistent inputs.
     """
-    features = as_rows(features, name="features")
+    if not isinstance(features, np.ndarray) or features.ndim != 2:
+        features = as_rows(features, name="features")
     ids = np.asarray([str(i) for i in ids])
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if thumbnails is None:
+        thumbnails = [b""] * len(ids)
+    if ann is not None and (len(ann) != len(features) or ann.dim != features.shape[1]):
+        raise ValueError(f"the ANN index holds {len(ann)} rows of dimension {ann.dim}, not {features.shape}")
     if len(ids) != len(features) or len(thumbnails) != len(features):
         raise ValueError(f"{len(features)} rows, {len(ids)} ids and {len(thumbnails)} thumbnails must match")
     if len(set(ids.tolist())) != len(ids):
@@ -164,7 +190,7 @@ def save_index(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
     try:
-        np.save(tmp / "feature_list.npy", features.astype(dtype))
+        _save_rows(tmp / "feature_list.npy", features, dtype)
         np.save(tmp / "feature_id.npy", ids.astype(f"<U{max(1, max((len(i) for i in ids), default=1))}"))
         offsets = np.zeros(len(thumbnails) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(t) for t in thumbnails])
@@ -177,6 +203,11 @@ def save_index(
             np.save(tmp / "whitening_mean.npy", whitening.mean.astype(np.float32))
             np.save(tmp / "whitening_projection.npy", whitening.projection.astype(np.float32))
             files += WHITENING_FILES
+        if ann is not None:
+            from retrieval.ann import save_ann
+
+            save_ann(ann, tmp / ANN_FILE)
+            files.append(ANN_FILE)
         full_meta = {
             **meta,
             "format_version": FORMAT_VERSION,
@@ -184,6 +215,8 @@ def save_index(
             "dtype": dtype,
             "count": int(len(ids)),
             "whitening": whitening.to_meta() if whitening is not None else None,
+            "ann": ann.to_meta() if ann is not None else None,
+            "thumbnails": any(len(t) for t in thumbnails),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": _versions(),
             "files": {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in files},
@@ -195,6 +228,30 @@ def save_index(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _save_rows(path: Path, features: np.ndarray, dtype: str) -> None:
+    """Writes (n, d) rows as a .npy of `dtype`, block by block, refusing NaN or infinity."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=features.shape)
+    for start in range(0, len(features), _BLOCK):
+        block = np.asarray(features[start : start + _BLOCK], dtype=np.float32)
+        if not np.isfinite(block).all():
+            raise ValueError("features hold NaN or infinite values")
+        out[start : start + len(block)] = block
+    out.flush()
+    del out
+
+
+def _all_finite(path: Path) -> bool:
+    """Tells whether a .npy matrix holds only finite values, read through a mapping of its own.
+
+    The mapping is dropped afterwards, so the pages read do not stay in this process's memory.
+    """
+    rows = np.load(path, mmap_mode="r", allow_pickle=False)
+    try:
+        return all(np.isfinite(rows[s : s + _BLOCK]).all() for s in range(0, len(rows), _BLOCK))
+    finally:
+        del rows
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -285,6 +342,7 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
     if weights is not None and meta["weights"] != weights:
         raise IndexFormatError(f"{path} was built with weights {meta['weights']!r}, not {weights!r}")
     expected = list(DATA_FILES) + (list(WHITENING_FILES) if meta.get("whitening") else [])
+    expected += [ANN_FILE] if meta.get("ann") else []
     for name in expected:
         file = path / name
         if not file.is_file():
@@ -299,13 +357,14 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
             )
         if verify and file_sha256(file) != record["sha256"]:
             raise IndexFormatError(f"{path / name} does not match its sha256 in {META_FILE}: the file is corrupt or altered")
+    n, dim = meta["count"], meta["dim"]
+    mapped = isinstance(n, int) and isinstance(dim, int) and n * dim > IN_MEMORY_ELEMENTS
     try:
-        features = np.load(path / "feature_list.npy", allow_pickle=False)
+        features = np.load(path / "feature_list.npy", allow_pickle=False, mmap_mode="r" if mapped else None)
         ids = np.load(path / "feature_id.npy", allow_pickle=False)
         offsets = np.load(path / "thumbnails_offsets.npy", allow_pickle=False)
     except (OSError, ValueError) as e:
         raise IndexFormatError(f"{path}: an array file cannot be read ({e})") from None
-    n, dim = meta["count"], meta["dim"]
     if features.ndim != 2 or features.shape != (n, dim):
         raise IndexFormatError(f"{path}: feature_list.npy has shape {features.shape}, {META_FILE} says ({n}, {dim})")
     if str(features.dtype) != meta["dtype"]:
@@ -314,8 +373,8 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
         raise IndexFormatError(f"{path}: feature_id.npy holds {ids.shape} {ids.dtype}, expected {n} unicode ids")
     if len(set(ids.tolist())) != n:
         raise IndexFormatError(f"{path}: feature_id.npy has duplicate ids")
-    thumbs = (path / "thumbnails.bin").read_bytes()
-    if offsets.shape != (n + 1,) or offsets[0] != 0 or offsets[-1] != len(thumbs) or np.any(np.diff(offsets) < 0):
+    thumbs_bytes = (path / "thumbnails.bin").stat().st_size
+    if offsets.shape != (n + 1,) or offsets[0] != 0 or offsets[-1] != thumbs_bytes or np.any(np.diff(offsets) < 0):
         raise IndexFormatError(f"{path}: thumbnails_offsets.npy does not describe thumbnails.bin for {n} images")
     try:
         Pipeline.from_meta(meta["pipeline"])
@@ -328,7 +387,25 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
         if projection.ndim != 2 or projection.shape[1] != dim or mean.shape != (projection.shape[0],):
             raise IndexFormatError(f"{path}: whitening arrays {mean.shape}, {projection.shape} do not fit dim {dim}")
         whitening = Whitening(mean, projection, float(meta["whitening"].get("shrinkage", 0.0)))
-    features = np.ascontiguousarray(features, dtype=np.float32)
-    if not np.isfinite(features).all():
+    if not mapped:
+        features = np.ascontiguousarray(features, dtype=np.float32)
+    if not (_all_finite(path / "feature_list.npy") if mapped else np.isfinite(features).all()):
         raise IndexFormatError(f"{path}: feature_list.npy holds NaN or infinite values")
-    return Index(path, features, ids, meta, whitening, thumbs, offsets)
+    ann = _load_ann(path, meta) if meta.get("ann") else None
+    # Small indexes keep their thumbnails in memory; a large one reads each by offset when asked.
+    thumbs = (path / "thumbnails.bin").read_bytes() if not mapped else b""
+    return Index(path, features, ids, meta, whitening, thumbs, offsets, ann=ann,
+                 _thumbnail_file=path / "thumbnails.bin" if mapped else None)
+
+
+def _load_ann(path: Path, meta: dict):
+    from retrieval.ann import load_ann
+
+    try:
+        ann = load_ann(path / ANN_FILE, meta["ann"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise IndexFormatError(f"{path}: {ANN_FILE} cannot be used ({e})") from None
+    if len(ann) != meta["count"] or ann.dim != meta["dim"]:
+        raise IndexFormatError(f"{path}: {ANN_FILE} holds {len(ann)} rows of dimension {ann.dim}, "
+                               f"{META_FILE} says {meta['count']} of {meta['dim']}")
+    return ann

@@ -58,7 +58,8 @@ def alpha_query_expansion(queries: np.ndarray, db: np.ndarray, ranks: np.ndarray
     """
     k = _check(k, alpha)
     queries = as_rows(queries, name="queries")
-    db = as_rows(db, name="database")
+    if not isinstance(db, np.ndarray) or db.ndim != 2:
+        db = as_rows(db, name="database")  # a (memory-mapped) matrix is read only at the rows ranked
     ranks = np.asarray(ranks)
     if queries.shape[1] != db.shape[1]:
         raise ValueError(f"query dimension {queries.shape[1]} does not match the database's {db.shape[1]}")
@@ -68,7 +69,7 @@ def alpha_query_expansion(queries: np.ndarray, db: np.ndarray, ranks: np.ndarray
         raise ValueError(f"k = {k} exceeds the {ranks.shape[1]} ranked rows per query")
     if k == 0:
         return l2_normalize(queries)
-    return _weighted_sum(queries, db[ranks[:, :k]], alpha)
+    return _weighted_sum(queries, np.asarray(db[ranks[:, :k]], dtype=np.float32), alpha)
 
 
 def database_augmentation(db: np.ndarray, *, k: int, alpha: float = 3.0) -> np.ndarray:
@@ -99,4 +100,30 @@ def database_augmentation(db: np.ndarray, *, k: int, alpha: float = 3.0) -> np.n
         sims[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         out[start : start + len(block)] = _weighted_sum(block, db[part], alpha)
+    return out
+
+
+def augment_with_neighbours(db: np.ndarray, neighbours: np.ndarray, *, alpha: float = 3.0,
+                            out: np.ndarray | None = None, block: int = 8192) -> np.ndarray:
+    """Returns DBA rows from neighbours found elsewhere (an ANN, for a database too large for all pairs).
+
+    Row i becomes normalise(x_i + sum_j max(x_i . x_j, 0)^alpha x_j) over its given neighbours j,
+    as `database_augmentation` does with exact ones. Read and written block by block.
+
+    Args:
+        db: (n, d) L2-normalised rows, any float dtype (a memory map is fine).
+        neighbours: (n, k) int64 rows of each row's neighbours, itself excluded.
+        out: an (n, d) array to write into (e.g. a memory map); None allocates float32.
+    """
+    neighbours = np.asarray(neighbours)
+    if neighbours.ndim != 2 or len(neighbours) != len(db):
+        raise ValueError(f"neighbours must be ({len(db)}, k), got {neighbours.shape}")
+    _check(neighbours.shape[1], alpha)
+    out = np.empty(db.shape, dtype=np.float32) if out is None else out
+    for start in range(0, len(db), block):
+        centres = np.asarray(db[start : start + block], dtype=np.float32)
+        nb = neighbours[start : start + block]
+        uniq, inverse = np.unique(nb, return_inverse=True)  # sorted rows: a memory map is read in order
+        vecs = np.asarray(db[uniq], dtype=np.float32)[inverse.reshape(nb.shape)]
+        out[start : start + len(centres)] = _weighted_sum(centres, vecs, alpha)
     return out

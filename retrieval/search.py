@@ -1,4 +1,4 @@
-"""Nearest-neighbour search over L2-normalised descriptors: a KD-tree or exact inner products."""
+"""Nearest-neighbour search over L2-normalised descriptors: a KD-tree, exact inner products, or FAISS (ANN)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 from sklearn.neighbors import KDTree
 
-BACKENDS = ("kdtree", "exact")
+BACKENDS = ("kdtree", "exact", "ann")
 
 
 def as_rows(x: np.ndarray, *, name: str = "array") -> np.ndarray:
@@ -44,17 +44,32 @@ class Searcher:
         backend: "kdtree" (scikit-learn's KDTree, as the design asks) or "exact" (one matrix
             product in numpy; faster in high dimensions).
         leaf_size: KD-tree leaf size.
+        ann: for "ann", a `retrieval.ann.AnnIndex` built on `features`; None builds one here.
+
+    A memory-mapped `features` (a large index, see `retrieval.index.load_index`) is not read
+    into memory by "exact" and "ann": exact search widens one block of rows at a time, the ANN
+    reads only its candidates. The KD-tree always needs the rows in memory.
     """
 
-    def __init__(self, features: np.ndarray, *, backend: str = "kdtree", leaf_size: int = 40):
+    def __init__(self, features: np.ndarray, *, backend: str = "kdtree", leaf_size: int = 40, ann=None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown search backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        self.features = as_rows(features, name="features")
+        mapped = isinstance(features, np.memmap) and backend != "kdtree"
+        self.features = features if mapped else as_rows(features, name="features")
+        self._blocks = mapped and backend == "exact"
         if len(self.features) == 0:
             raise ValueError("cannot search an empty index")
         self.backend = backend
         # KDTree works in float64 internally; it copies the matrix once here, not per query.
         self._tree = KDTree(self.features, leaf_size=leaf_size) if backend == "kdtree" else None
+        self.ann = None
+        if backend == "ann":
+            from retrieval.ann import build_ann
+
+            self.ann = ann if ann is not None else build_ann(self.features)
+            if len(self.ann) != len(self.features) or self.ann.dim != self.dim:
+                raise ValueError(f"the ANN index holds {len(self.ann)} rows of dimension {self.ann.dim}, "
+                                 f"the features {len(self.features)} of dimension {self.dim}")
 
     def __len__(self) -> int:
         return len(self.features)
@@ -86,6 +101,12 @@ class Searcher:
         queries = as_rows(queries, name="queries")
         if queries.shape[1] != self.dim:
             raise ValueError(f"query dimension {queries.shape[1]} does not match the index dimension {self.dim}")
+        if self.ann is not None or self._blocks:
+            from retrieval.ann import exact_search_blocks
+
+            if self.ann is not None:
+                return self.ann.search(self.features, queries, k)
+            return exact_search_blocks(self.features, queries, k)
         if self._tree is not None:
             dist, rows = self._tree.query(queries, k=k, return_distance=True, sort_results=True)
             scores = 1.0 - dist.astype(np.float32) ** 2 / 2.0

@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 
 import huggingface_hub.constants
+import faiss
 import numpy as np
 import pytest
 import yaml
 
+from retrieval.ann import build_ann
 from retrieval.features import Pipeline
 from retrieval.hub import HubError, dataset_card, pull_index, pull_index_dir, push_index
 from retrieval.index import IndexFormatError, load_index, save_index
@@ -31,7 +33,7 @@ EVALUATION = {"dataset": "rparis6k-mini", "protocol": "medium", "map": 0.4321,
               "command": "python -m precompute.evaluate --index idx --dataset rparis6k"}
 
 
-def make_index(folder, *, seed=0, n=24, d=8, whiten=False, network="tiny", **extra) -> Path:
+def make_index(folder, *, seed=0, n=24, d=8, whiten=False, network="tiny", ann=False, **extra) -> Path:
     """A small index written by save_index, with a build cache beside it that must never be pushed."""
     rng = np.random.default_rng(seed)
     raw = l2_normalize(rng.standard_normal((n, d)))
@@ -40,7 +42,9 @@ def make_index(folder, *, seed=0, n=24, d=8, whiten=False, network="tiny", **ext
     ids = [f"paris/img_{seed}_{i:03d}" for i in range(n)]
     thumbnails = [rng.bytes(40 + i) for i in range(n)]
     meta = {"network": network, "weights": f"random-seed-{seed}", "pipeline": Pipeline().to_meta(), **extra}
-    out = save_index(folder, features, ids, meta, thumbnails=thumbnails, whitening=whitening, dtype="float32")
+    structure = build_ann(features, factory="IVF2,SQ8") if ann else None
+    out = save_index(folder, features, ids, meta, thumbnails=thumbnails, whitening=whitening, dtype="float32",
+                     ann=structure)
     (out / ".cache").mkdir(exist_ok=True)
     (out / ".cache" / "shard-000.npz").write_bytes(b"build cache, not part of the index")
     return out
@@ -52,6 +56,9 @@ def assert_same_index(pulled, built_dir):
     assert pulled.ids.tolist() == built.ids.tolist()
     assert pulled.meta == built.meta
     assert [pulled.thumbnail(i) for i in pulled.ids] == [built.thumbnail(i) for i in built.ids]
+    assert (pulled.ann is None) == (built.ann is None)
+    if built.ann is not None:
+        assert faiss.serialize_index(pulled.ann.index).tobytes() == faiss.serialize_index(built.ann.index).tobytes()
     if built.whitening is None:
         assert pulled.whitening is None
     else:
@@ -96,6 +103,16 @@ def test_push_then_pull_gives_the_same_index(tmp_path, upload_server, hub_proxy,
     assert_same_index(pulled, built)
     assert sorted(p.name for p in pulled.path.iterdir()) == sorted(n for n in committed
                                                                    if n not in (".gitattributes", "README.md"))
+
+
+def test_an_index_with_an_ann_structure_round_trips(tmp_path, upload_server, hub_proxy, hf_cache, hub_mirrors,
+                                                   repo_name):
+    built = make_index(tmp_path / "idx", ann=True, n=64)
+    commit = push_index(built, repo_name, endpoint=upload_server.url)
+    assert "ann.faiss" in git_show(hub_mirrors, repo_name, commit).split()
+    pulled = pull_index(repo_name, endpoint=hub_proxy().url, cache_dir=hf_cache, network="tiny")
+    assert_same_index(pulled, built)
+    assert pulled.meta["ann"]["factory"] == "IVF2,SQ8"
 
 
 def test_dataset_card_states_what_the_index_is(tmp_path, upload_server, hub_mirrors, repo_name):
@@ -282,9 +299,9 @@ def test_push_takes_the_token_from_hf_token(tmp_path, hub_mirrors, hf_cache, mon
 
 def test_push_index_command(tmp_path, upload_server, hub_proxy, hf_cache, repo_name):
     built = make_index(tmp_path / "idx")
-    env = {**os.environ, "HF_ENDPOINT": upload_server.url, "HF_HOME": str(hf_cache.parent),
-           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    env.pop("HF_TOKEN", None)
+    # Whatever HF_* the caller exported (HF_HUB_OFFLINE=1, a token, another cache) stays out.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE_"))}
+    env.update({"HF_ENDPOINT": upload_server.url, "HF_HOME": str(hf_cache.parent), "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
     done = subprocess.run([sys.executable, "-m", "precompute.push_index", str(built), repo_name, "--tag", "v1",
                            "--message", "first index"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)

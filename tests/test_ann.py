@@ -1,0 +1,195 @@
+"""The ANN backend against the exact oracle; indexes from descriptors (--vectors) with their ANN structure,
+memory-mapped, saved, tampered with; distractors in evaluation; the app over such an index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval.ann import ANN_FILE, ann_neighbours, build_ann, exact_search_blocks, rerank_exact
+from retrieval.distractors import fit_distractor_model, sample_distractors
+from retrieval.features import Pipeline
+from retrieval.index import IndexFormatError, load_index
+from retrieval.search import Searcher, l2_normalize
+from retrieval.vectors import build_from_vectors
+
+# ANN recall@10 against exact search on the structured data below must stay above this floor.
+RECALL_FLOOR = 0.9
+LITE0_DIM = 1280
+
+
+def structured(n: int, d: int, *, seed: int) -> np.ndarray:
+    """Returns n rows drawn from a clustered Gaussian fitted to seeded low-rank, positive 'real' rows."""
+    rng = np.random.default_rng(seed)
+    real = np.abs(rng.standard_normal((300, 24)) @ rng.standard_normal((24, d))).astype(np.float32)
+    return sample_distractors(fit_distractor_model(l2_normalize(real), rank=24), n, seed=seed + 1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    db = structured(20_000, 64, seed=0)
+    queries = l2_normalize(db[:40] + 0.05 * np.random.default_rng(9).standard_normal((40, 64)).astype(np.float32))
+    return db, queries
+
+
+@pytest.fixture(scope="module")
+def ann(data):
+    return build_ann(data[0], nprobe=64, rerank=128)  # a quarter of its 256 lists
+
+
+def test_ann_recall_against_the_exact_oracle_and_exact_scores(data, ann):
+    db, queries = data
+    exact_scores, exact_rows = Searcher(db, backend="exact").search(queries, 10)
+    scores, rows = Searcher(db, backend="ann", ann=ann).search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, exact_rows)])
+    assert recall >= RECALL_FLOOR
+    # Re-ranked exactly: the scores are the true inner products, best first.
+    np.testing.assert_allclose(scores, np.einsum("md,mkd->mk", queries, db[rows]), rtol=1e-5, atol=1e-6)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    assert ann.factory == "IVF256,SQ8"  # d = 64: no PCA stage
+
+
+def test_blocked_exact_search_and_rerank_break_ties_by_row():
+    features = np.zeros((50, 4), np.float16)
+    features[:, 0] = 1
+    features[[7, 3, 20], 1] = 1  # rows 3, 7 and 20 tie for first
+    scores, rows = exact_search_blocks(features, np.array([[0.6, 0.8, 0, 0]], np.float32), 5, block=8)
+    assert rows[0].tolist() == [3, 7, 20, 0, 1]
+    _, rows = rerank_exact(features, np.array([[0.6, 0.8, 0, 0]], np.float32), np.array([[20, 9, 7, -1, 3]]), 4)
+    assert rows[0].tolist() == [3, 7, 20, 9]
+
+
+def test_dba_neighbours_through_the_ann_match_exact_ones(data, ann):
+    db = data[0]
+    found = ann_neighbours(ann, db, 3, nprobe=ann.nprobe)
+    assert not (found == np.arange(len(db))[:, None]).any()
+    sims = db[:500] @ db.T
+    sims[np.arange(500), np.arange(500)] = -np.inf
+    exact = np.argpartition(-sims, 3, axis=1)[:, :3]
+    assert np.mean([len(set(a) & set(b)) / 3 for a, b in zip(found[:500], exact)]) >= RECALL_FLOOR
+
+
+@pytest.fixture(scope="module")
+def vectors_index(tmp_path_factory):
+    """An index of 3,000 Lite0-sized descriptors with an ANN structure, as build_index --vectors makes it."""
+    out = tmp_path_factory.mktemp("vectors") / "index"
+    rows = structured(3000, LITE0_DIM, seed=3) * 3.0  # not normalised: the build normalises
+    ids = np.asarray([f"photo_{i:05d}" for i in range(len(rows))])
+    build_from_vectors(rows, out, network="efficientnet-lite0", weights="imagenet", pipeline=Pipeline(max_side=384),
+                       ids=ids, dba=2, qe=3, ann=True)
+    return out, l2_normalize(rows), ids
+
+
+def test_vectors_index_round_trip_with_its_ann(vectors_index, monkeypatch):
+    out, rows, ids = vectors_index
+    index = load_index(out, network="efficientnet-lite0")
+    assert index.ann is not None and index.meta["ann"]["factory"] == index.ann.factory
+    assert index.meta["files"][ANN_FILE]["bytes"] == (out / ANN_FILE).stat().st_size
+    assert index.ids.tolist() == ids.tolist() and index.thumbnail("photo_00010") == b""
+    assert index.meta["dba"]["k"] == 2 and index.meta["query_expansion"]["k"] == 3
+    queries = index.features[:5]
+    in_memory = Searcher(index.features, backend="ann", ann=index.ann).search(queries, 5)
+    # A large index is memory-mapped: same rows, same answers from the exact blocks and the ANN.
+    monkeypatch.setattr("retrieval.index.IN_MEMORY_ELEMENTS", 1000)
+    mapped = load_index(out)
+    assert isinstance(mapped.features, np.memmap) and mapped.features.dtype == np.float16
+    exact = Searcher(mapped.features, backend="exact").search(queries, 5)
+    np.testing.assert_array_equal(exact[1][:, 0], np.arange(5))
+    np.testing.assert_array_equal(Searcher(mapped.features, backend="ann", ann=mapped.ann).search(queries, 5)[1],
+                                  in_memory[1])
+
+
+def test_tampered_ann_file_is_refused(vectors_index, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(vectors_index[0], copy)
+    data = bytearray((copy / ANN_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / ANN_FILE).write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match="ann.faiss does not match its sha256"):
+        load_index(copy)
+    (copy / ANN_FILE).unlink()
+    with pytest.raises(IndexFormatError, match="ann.faiss is missing"):
+        load_index(copy)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("nan", "row 7 of the descriptors is not finite"),
+    ("dim", "dimension 1000, but efficientnet-lite0"),
+    ("duplicate", "ids must be unique"),
+    ("count", "one id per row: 20 rows"),
+])
+def test_vectors_command_refuses_bad_input(case, message, tmp_path, capsys):
+    from precompute.build_index import main
+
+    rows = structured(20, 1000 if case == "dim" else LITE0_DIM, seed=5)
+    ids = np.asarray([f"i{j}" for j in range(20)])
+    if case == "nan":
+        rows[7, 3] = np.nan
+    if case == "duplicate":
+        ids[4] = ids[2]
+    if case == "count":
+        ids = ids[:19]
+    np.save(tmp_path / "x.npy", rows)
+    np.save(tmp_path / "ids.npy", ids)
+    out = tmp_path / "index"
+    assert main(["--vectors", str(tmp_path / "x.npy"), "--ids", str(tmp_path / "ids.npy"),
+                 "--network", "efficientnet-lite0", "--out", str(out)]) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_distractors_of_another_network_or_pipeline_are_refused(vectors_index):
+    from types import SimpleNamespace
+
+    from retrieval.database import DistractorError, add_distractors
+
+    db = structured(10, LITE0_DIM, seed=6)
+    with pytest.raises(DistractorError, match="network 'efficientnet-lite0'.*'efficientnet-b7'"):
+        add_distractors(db, vectors_index[0], network=SimpleNamespace(name="efficientnet-b7", weights="imagenet"),
+                        pipeline=Pipeline(max_side=384))
+    with pytest.raises(DistractorError, match="pipeline"):
+        add_distractors(db, vectors_index[0], network=SimpleNamespace(name="efficientnet-lite0", weights="imagenet"),
+                        pipeline=Pipeline(max_side=512))
+
+
+def test_distractors_join_after_the_dataset_and_the_ann_ranking_covers_every_row(tmp_path):
+    from types import SimpleNamespace
+
+    from precompute.evaluate import rank_queries
+    from retrieval.database import add_distractors
+
+    out = tmp_path / "distractors"
+    build_from_vectors(structured(2000, LITE0_DIM, seed=7), out, network="efficientnet-lite0", weights="imagenet",
+                       pipeline=Pipeline(max_side=384), ann=True)
+    dataset = structured(50, LITE0_DIM, seed=8)
+    db, added, ann = add_distractors(dataset, out, network=SimpleNamespace(name="efficientnet-lite0",
+                                                                           weights="imagenet"),
+                                     pipeline=Pipeline(max_side=384))
+    assert added["count"] == 2000 and db.shape == (2050, LITE0_DIM) and ann is not None
+    np.testing.assert_array_equal(db[:50], dataset)
+    queries = dataset[:4]
+    ranks, _ = rank_queries(db, queries, backend="ann", ann=ann, ann_k=30, qe=2)
+    exact, _ = rank_queries(db, queries, backend="exact", qe=2)
+    assert all(sorted(r) == list(range(2050)) for r in ranks)
+    assert ranks[:, 0].tolist() == [0, 1, 2, 3] and ranks[:, :5].tolist() == exact[:, :5].tolist()
+    # After the ANN's top 30, the rest runs from the last row back: distractors before the dataset.
+    assert ranks[0, 30] == 2049 and ranks[0, -1] < 50
+
+
+def test_app_serves_a_vectors_index_with_placeholders_and_ids(vectors_index, lite0, tmp_path):
+    from PIL import Image
+
+    import app
+    from retrieval.engine import SearchEngine
+
+    engine = SearchEngine(load_index(vectors_index[0]), lite0)
+    assert engine.searcher.backend == "ann"  # taken from the index, not trained here
+    thumbnails = app.Thumbnails(engine.index, tmp_path)
+    photo = Image.new("RGB", (300, 200), (90, 120, 160))
+    gallery, records, _, _ = app.search(engine, thumbnails, {"background": photo}, 6)
+    assert [r["id"] for r in records] == engine.search(photo, 6).ids
+    assert all(r["id"].startswith("photo_") for r in records)
+    with Image.open(gallery[0][0]) as shown:
+        assert shown.size == (192, 144) and shown.convert("RGB").getpixel((5, 5)) == pytest.approx((200, 200, 200), abs=3)
