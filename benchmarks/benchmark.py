@@ -267,7 +267,7 @@ def compute_targets(results: dict) -> list[dict]:
 def run_benchmark(plan: Plan, *, command: str, say=lambda msg: None) -> dict:
     """Runs every section and returns all figures and targets as one JSON-ready dict."""
     t0 = time.perf_counter()
-    results = {"command": command, "machine": machine_info(), "plan": asdict(plan)}
+    results = {"command": command, "machine": machine_info(), "plan": asdict(plan), "smoke": plan != FULL}
     results["latency"] = measure_latency(plan, say)
     results["search"] = measure_search(plan, say)
     results["build"] = measure_build(plan, say)

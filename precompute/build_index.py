@@ -16,8 +16,9 @@ from tqdm import tqdm
 
 from precompute.options import (
     add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options, network_from_args, pipeline_from_args,
-    rerank_from_args,
+    nonnegative_int, rerank_from_args,
 )
+from retrieval.previews import PREVIEW_MAX_IMAGES, PREVIEW_SIDE
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,6 +31,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--whiten", action="store_true", help="learn and store a PCA-whitening of the descriptors")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature type")
     add_extraction_options(parser)
+    parser.add_argument("--preview-side", type=nonnegative_int, default=PREVIEW_SIDE,
+                        help=f"also store a JPEG preview this many pixels on its longer side for the app's editor and "
+                        f"match view (default {PREVIEW_SIDE}; 0: none)")
+    parser.add_argument("--max-previews", type=nonnegative_int, default=PREVIEW_MAX_IMAGES,
+                        help=f"store previews only for indexes of at most this many images (default {PREVIEW_MAX_IMAGES})")
     parser.add_argument("--source", default=None, help="name of the source collection, for the dataset card")
     parser.add_argument("--push", metavar="REPO_ID", default=None,
                         help="then push the index to this Hugging Face dataset repo (token: HF_TOKEN or the hub login)")
@@ -61,7 +67,7 @@ def main(argv=None) -> int:
         report = build_index(
             args.images, args.out, network, pipeline,
             batch_size=args.batch_size, workers=args.workers, dtype=args.dtype, whiten=args.whiten,
-            qe=qe, dba=dba, alpha=args.alpha,
+            qe=qe, dba=dba, alpha=args.alpha, preview_side=args.preview_side or None, max_previews=args.max_previews,
             extra_meta=extra, progress=progress, log=lambda msg: tqdm.write(msg),
         )
     except (BuildError, FileNotFoundError, ImageError) as e:

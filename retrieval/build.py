@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.features import THUMBNAIL_SIDE, Pipeline, find_images, iter_features
+from retrieval.features import THUMBNAIL_SIDE, ImageError, Pipeline, find_images, iter_features
 from retrieval.index import recover_index_folder, save_index
+from retrieval.previews import PREVIEW_MAX_IMAGES, PREVIEW_SIDE, build_previews
 from retrieval.rerank import database_augmentation
 from retrieval.whitening import apply_whitening, learn_whitening
 
@@ -72,6 +73,8 @@ def build_index(
     shard_size: int = 256,
     flush_seconds: float = 30.0,
     thumbnail_side: int = THUMBNAIL_SIDE,
+    preview_side: int | None = PREVIEW_SIDE,
+    max_previews: int = PREVIEW_MAX_IMAGES,
     extra_meta: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
@@ -87,6 +90,9 @@ def build_index(
         dba: database-side augmentation with this many neighbours (fewer on a tiny index), 0 for none.
         qe: alpha query expansion with the top `qe` results, recorded for the search engine.
         alpha: the similarity exponent of DBA and query expansion.
+        preview_side: also store a JPEG preview of every image, this many pixels on its longer
+            side (for the app's editor and match view); None stores none.
+        max_previews: store previews only when the index has at most this many images.
         extra_meta: more metadata for index.json (source collection, evaluation...).
         progress: called as progress(done, total) after each image embedded in this run.
         log: called with one line per skipped file and per notable event.
@@ -141,7 +147,7 @@ def build_index(
             entries.update(fresh)
     report.embedded = len(todo) - len(report.skipped)
 
-    ids, vectors, thumbs, seen = [], [], [], {}
+    ids, vectors, thumbs, rels, seen = [], [], [], [], {}
     for rel in sorted(entries):
         iid = image_id(rel)
         if iid in seen:
@@ -152,6 +158,7 @@ def build_index(
         ids.append(iid)
         vectors.append(entries[rel].vector)
         thumbs.append(entries[rel].thumbnail)
+        rels.append(rel)
     if not ids:
         raise BuildError(f"no image under {images_dir} could be indexed ({len(report.skipped)} skipped)")
     cache.compact(entries)
@@ -171,11 +178,20 @@ def build_index(
         "weights": network.weights,
         "pipeline": pipeline.to_meta(),
         "thumbnail_side": thumbnail_side,
+        "preview_side": None,
         "dba": {"k": dba, "alpha": alpha} if dba > 0 else None,
         "query_expansion": {"k": qe, "alpha": alpha} if qe > 0 else None,
         **(extra_meta or {}),
     }
-    save_index(out_dir, features, ids, meta, thumbnails=thumbs, whitening=whitening, dtype=dtype)
+    previews = None
+    if preview_side and len(ids) <= max_previews:
+        try:
+            previews = build_previews({rel: files[rel] for rel in rels}, {rel: _stamp(stats[rel]) for rel in rels},
+                                      preview_side, out_dir / CACHE_DIR / "previews.npz", workers=workers)
+        except ImageError as e:
+            raise BuildError(f"a preview could not be made ({e}); the files changed during the build?") from None
+        meta["preview_side"] = preview_side
+    save_index(out_dir, features, ids, meta, thumbnails=thumbs, previews=previews, whitening=whitening, dtype=dtype)
     report.count = len(ids)
     report.seconds = time.perf_counter() - t0
     return report

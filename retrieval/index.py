@@ -5,6 +5,7 @@ Layout:
     feature_id.npy          (n,) fixed-width unicode ids, loadable with allow_pickle=False
     thumbnails.bin          every image's JPEG thumbnail, concatenated
     thumbnails_offsets.npy  (n + 1,) int64 byte offsets into thumbnails.bin
+    previews.bin, previews_offsets.npy   optional: larger JPEG previews, laid out as the thumbnails
     whitening_mean.npy, whitening_projection.npy   only when the index is whitened
     index.json              format version, network, weights, pipeline, dim, dtype, count,
                             whitening, versions, and the sha256 of every file above
@@ -33,6 +34,7 @@ FORMAT_VERSION = 1
 META_FILE = "index.json"
 DATA_FILES = ("feature_list.npy", "feature_id.npy", "thumbnails.bin", "thumbnails_offsets.npy")
 WHITENING_FILES = ("whitening_mean.npy", "whitening_projection.npy")
+PREVIEW_FILES = ("previews.bin", "previews_offsets.npy")
 INDEX_FILES = (META_FILE, *DATA_FILES)
 DTYPES = ("float16", "float32")
 
@@ -61,6 +63,7 @@ class Index:
     _thumbnails: bytes = field(default=b"", repr=False)
     _offsets: np.ndarray | None = field(default=None, repr=False)
     _rows: dict = field(default_factory=dict, repr=False)
+    _preview_offsets: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self._rows = {str(i): r for r, i in enumerate(self.ids)}
@@ -90,6 +93,21 @@ class Index:
         """Returns the JPEG thumbnail bytes of `image_id`."""
         row = self.row_of(image_id)
         return self._thumbnails[self._offsets[row] : self._offsets[row + 1]]
+
+    @property
+    def has_previews(self) -> bool:
+        """Tells whether the index stores a larger preview of every image (index.json "preview_side")."""
+        return self._preview_offsets is not None
+
+    def preview(self, image_id: str) -> bytes:
+        """Returns the JPEG preview bytes of `image_id`, read from previews.bin; the thumbnail when none is stored."""
+        if self._preview_offsets is None:
+            return self.thumbnail(image_id)
+        row = self.row_of(image_id)
+        start, stop = int(self._preview_offsets[row]), int(self._preview_offsets[row + 1])
+        with open(self.path / "previews.bin", "rb") as f:
+            f.seek(start)
+            return f.read(stop - start)
 
     def project(self, raw: np.ndarray) -> np.ndarray:
         """Returns query descriptors in the index's space: whitened if the index is, (m, d) float32."""
@@ -122,6 +140,7 @@ def save_index(
     meta: dict,
     *,
     thumbnails: list[bytes],
+    previews: list[bytes] | None = None,
     whitening: Whitening | None = None,
     dtype: str = "float16",
     keep: tuple[str, ...] = (".cache",),
@@ -139,6 +158,7 @@ def save_index(
         meta: at least network, weights and pipeline (a dict from `Pipeline.to_meta`); anything
             else (source, evaluation) is stored as given.
         thumbnails: n JPEG byte strings.
+        previews: n larger JPEG byte strings, or None to store none.
         whitening: the whitening applied to `features`, stored for queries.
         dtype: "float16" (half the size) or "float32".
 
@@ -151,6 +171,8 @@ def save_index(
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if len(ids) != len(features) or len(thumbnails) != len(features):
         raise ValueError(f"{len(features)} rows, {len(ids)} ids and {len(thumbnails)} thumbnails must match")
+    if previews is not None and len(previews) != len(features):
+        raise ValueError(f"{len(features)} rows and {len(previews)} previews must match")
     if len(set(ids.tolist())) != len(ids):
         raise ValueError("image ids must be unique")
     for key in ("network", "weights", "pipeline"):
@@ -166,13 +188,11 @@ def save_index(
     try:
         np.save(tmp / "feature_list.npy", features.astype(dtype))
         np.save(tmp / "feature_id.npy", ids.astype(f"<U{max(1, max((len(i) for i in ids), default=1))}"))
-        offsets = np.zeros(len(thumbnails) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(t) for t in thumbnails])
-        with open(tmp / "thumbnails.bin", "wb") as f:
-            for t in thumbnails:
-                f.write(t)
-        np.save(tmp / "thumbnails_offsets.npy", offsets)
+        _write_blobs(tmp, "thumbnails", thumbnails)
         files = list(DATA_FILES)
+        if previews is not None:
+            _write_blobs(tmp, "previews", previews)
+            files += PREVIEW_FILES
         if whitening is not None:
             np.save(tmp / "whitening_mean.npy", whitening.mean.astype(np.float32))
             np.save(tmp / "whitening_projection.npy", whitening.projection.astype(np.float32))
@@ -195,6 +215,16 @@ def save_index(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _write_blobs(folder: Path, stem: str, blobs: list[bytes]) -> None:
+    """Writes `stem`.bin (the blobs one after another) and `stem`_offsets.npy ((n + 1,) int64 byte offsets)."""
+    offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(b) for b in blobs])
+    with open(folder / f"{stem}.bin", "wb") as f:
+        for b in blobs:
+            f.write(b)
+    np.save(folder / f"{stem}_offsets.npy", offsets)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -285,6 +315,8 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
     if weights is not None and meta["weights"] != weights:
         raise IndexFormatError(f"{path} was built with weights {meta['weights']!r}, not {weights!r}")
     expected = list(DATA_FILES) + (list(WHITENING_FILES) if meta.get("whitening") else [])
+    has_previews = "previews.bin" in meta["files"]
+    expected += list(PREVIEW_FILES) if has_previews else []
     for name in expected:
         file = path / name
         if not file.is_file():
@@ -317,6 +349,13 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
     thumbs = (path / "thumbnails.bin").read_bytes()
     if offsets.shape != (n + 1,) or offsets[0] != 0 or offsets[-1] != len(thumbs) or np.any(np.diff(offsets) < 0):
         raise IndexFormatError(f"{path}: thumbnails_offsets.npy does not describe thumbnails.bin for {n} images")
+    preview_offsets = None
+    if has_previews:
+        preview_offsets = np.load(path / "previews_offsets.npy", allow_pickle=False)
+        size = (path / "previews.bin").stat().st_size
+        if (preview_offsets.shape != (n + 1,) or preview_offsets[0] != 0 or preview_offsets[-1] != size
+                or np.any(np.diff(preview_offsets) < 0)):
+            raise IndexFormatError(f"{path}: previews_offsets.npy does not describe previews.bin for {n} images")
     try:
         Pipeline.from_meta(meta["pipeline"])
     except (TypeError, ValueError) as e:
@@ -331,4 +370,4 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
     features = np.ascontiguousarray(features, dtype=np.float32)
     if not np.isfinite(features).all():
         raise IndexFormatError(f"{path}: feature_list.npy holds NaN or infinite values")
-    return Index(path, features, ids, meta, whitening, thumbs, offsets)
+    return Index(path, features, ids, meta, whitening, thumbs, offsets, _preview_offsets=preview_offsets)
