@@ -449,3 +449,20 @@ def test_http_callers_beyond_the_waiting_limit_are_told_busy():
     gate = app.Gate(1, max_waiting=0)
     status, body = app.http_search(None, None, gate, b"whatever", 5, "")
     assert status == 503 and body["title"] == "Busy"
+
+
+def test_only_files_gradio_checked_are_opened():
+    import app
+
+    upload = {"path": "/tmp/gradio/abc/photo.jpg", "meta": {"_type": "gradio.FileData"}}
+    assert app.uploaded_path(upload) == upload["path"]
+    assert app.uploaded_path({"background": upload, "layers": [], "composite": None}) == upload["path"]
+    assert app.uploaded_path({"background": None, "composite": upload}) == upload["path"]
+    assert app.uploaded_path(None) is None and app.uploaded_path({"background": None}) is None
+    for value, message in (("https://example.com/a.jpg", "URLs are not fetched"),
+                           ("/etc/hostname", "must be an uploaded file"),
+                           ({"path": "/etc/hostname"}, "must be an uploaded file"),
+                           ({"path": "/etc/hostname", "meta": {"_type": "other"}}, "must be an uploaded file"),
+                           (42, "must be an uploaded file")):
+        with pytest.raises(app.QueryError, match=message):
+            app.uploaded_path(value)
