@@ -1,7 +1,8 @@
 """Landmark image search: a Gradio app over a prebuilt index.
 
 Reads its settings, loads one index and the network recorded in it, builds the interface and
-launches. Features and search live in `retrieval/`; nothing here computes either.
+serves it, with the Gradio API (/search, /match) and a plain HTTP endpoint (POST /api/search) on
+the same port. Features, search and the match view live in `retrieval/`; nothing here computes them.
 
     python app.py --index DIR            # a folder made by `python -m precompute.build_index`
     INDEX_REPO=user/name python app.py   # an index on the Hugging Face Hub (INDEX_REVISION: a tag/commit)

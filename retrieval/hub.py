@@ -30,6 +30,7 @@ from retrieval.index import (
     DATA_FILES,
     INDEX_FILES,
     META_FILE,
+    PREVIEW_FILES,
     WHITENING_FILES,
     Index,
     IndexFormatError,
@@ -41,7 +42,7 @@ REPO_TYPE = "dataset"
 CARD_FILE = "README.md"
 DEFAULT_BRANCH = "main"
 # Everything an index may hold; a pull fetches these and nothing else (no card, no build cache).
-PULLED_FILES = (*INDEX_FILES, *WHITENING_FILES)
+PULLED_FILES = (*INDEX_FILES, *WHITENING_FILES, *PREVIEW_FILES)
 
 _TRANSPORT_ERRORS = (httpx2.TransportError, OSError)
 
@@ -59,7 +60,8 @@ def index_files(index_dir) -> list[str]:
         IndexFormatError: `index_dir` is not an index.
     """
     meta = read_meta(index_dir)
-    return [META_FILE, *DATA_FILES, *(WHITENING_FILES if meta.get("whitening") else ())]
+    return [META_FILE, *DATA_FILES, *(WHITENING_FILES if meta.get("whitening") else ()),
+            *(PREVIEW_FILES if "previews.bin" in meta["files"] else ())]
 
 
 def push_index(
