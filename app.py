@@ -1,7 +1,8 @@
 """Landmark image search: a Gradio app over a prebuilt index.
 
 Reads its settings, loads one index and the network recorded in it, builds the interface and
-launches. Features and search live in `retrieval/`; nothing here computes either.
+serves it, with the Gradio API (/search, /match) and a plain HTTP endpoint (POST /api/search) on
+the same port. Features, search and the match view live in `retrieval/`; nothing here computes them.
 
     python app.py --index DIR            # a folder made by `python -m precompute.build_index`
     INDEX_REPO=user/name python app.py   # an index on the Hugging Face Hub (INDEX_REVISION: a tag/commit)
@@ -15,17 +16,27 @@ import argparse
 import atexit
 import base64
 import io
+import logging
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlencode
 
+import fastapi
 import gradio as gr
-import numpy as np
+import uvicorn
+from fastapi import File, Query, UploadFile
+from fastapi.responses import JSONResponse
+from gradio.components.api_component import Api
+from gradio.context import get_blocks_context
+from gradio.data_classes import FileData
+from gradio_client import utils as client_utils
 from PIL import Image
 
 from retrieval.build import BuildError
@@ -33,6 +44,7 @@ from retrieval.engine import SearchEngine
 from retrieval.features import ImageError, crop_box, load_image
 from retrieval.hub import HubError, pull_index
 from retrieval.index import Index, IndexFormatError, load_index
+from retrieval.matchview import match_view
 from retrieval.networks import NetworkError, build_network
 
 DEFAULT_INDEX = Path(__file__).resolve().parent / "index"
@@ -50,6 +62,7 @@ PLACEHOLDER_SIDE = 192  # the longest side of a thumbnail (retrieval.features.TH
 CONCURRENCY_LIMIT = 1
 QUEUE_MAX_SIZE = 64
 MAX_FILE_SIZE = "20mb"
+MAX_FILE_BYTES = 20 * 1024 * 1024
 # Uploaded files and result thumbnails in Gradio's cache: swept hourly, kept one day.
 DELETE_CACHE = (3600, 24 * 3600)
 
@@ -61,8 +74,8 @@ or put an index folder at {default}."""
 
 INTRO = """# Landmark image search
 Upload a photo of a building or monument and find the most similar photos among **{count}
-images**. To search for part of the photo, open the **Image** tool at the editor's left, choose
-**Crop**, drag the corners and **Confirm crop**. Or start from one of the example images.
+images**. To search for part of the photo, **drag a rectangle on it**, then **Search**. Or start
+from one of the example images. Click a result to see which details matched.
 <small>Each image is described by one vector from a convolutional network ({network}, {pooling}
 pooling); results are ranked by cosine similarity.</small>"""
 
@@ -73,6 +86,12 @@ CSS = """
 #examples .grid-wrap { min-height: 0; max-height: none; }
 #searched img { max-height: 180px; width: auto; }
 #searched figcaption { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
+#query img { cursor: crosshair; touch-action: none; user-select: none; -webkit-user-drag: none; }
+#box-frame {
+  position: absolute; pointer-events: none; border: 2px solid #ffcc00; z-index: 5; display: none;
+  box-shadow: 0 0 0 9999px rgba(0, 0, 0, 0.35); outline: 1px solid rgba(0, 0, 0, 0.6);
+}
+#match img { max-height: 520px; }
 #results .caption-label {
   left: var(--block-label-margin); max-width: none; white-space: pre-line; overflow-wrap: anywhere;
   font-size: var(--text-xs); line-height: 1.25; opacity: 0.9;
@@ -80,64 +99,195 @@ CSS = """
 """
 # The share field gets "?id=..": the browser knows the address the page is really served at.
 SHARE_JS = "(query) => query ? new URL(query, window.location.href).href : query"
+# Dragging on the query image draws the crop rectangle and writes it, in the image's own pixels, into
+# the box field; the rectangle is redrawn from the field, so the two always agree (typing or a link
+# sets the field too). A click without a drag clears the box. No pixel of the image is changed.
+DRAG_JS = """
+() => {
+  const field = () => document.querySelector('#box textarea, #box input');
+  const picture = () => document.querySelector('#query img');
+  // The image's own rectangle on the page: the <img> box, less object-fit: contain's bands.
+  const placed = (img) => {
+    const r = img.getBoundingClientRect();
+    const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+    const w = img.naturalWidth * s, h = img.naturalHeight * s;
+    return {x: r.left + (r.width - w) / 2, y: r.top + (r.height - h) / 2, w, h, s};
+  };
+  const frame = (img) => {
+    let f = document.getElementById('box-frame');
+    const host = img.parentElement;
+    if (!f || f.parentElement !== host) {
+      if (f) f.remove();
+      f = document.createElement('div');
+      f.id = 'box-frame';
+      if (getComputedStyle(host).position === 'static') host.style.position = 'relative';
+      host.style.overflow = 'hidden';
+      host.appendChild(f);
+    }
+    return f;
+  };
+  const draw = (img, x0, y0, x1, y1) => {  // page coordinates
+    const f = frame(img), h = img.parentElement.getBoundingClientRect();
+    Object.assign(f.style, {display: 'block', left: (Math.min(x0, x1) - h.left) + 'px',
+      top: (Math.min(y0, y1) - h.top) + 'px', width: Math.abs(x1 - x0) + 'px', height: Math.abs(y1 - y0) + 'px'});
+  };
+  const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
+  const setField = (text) => {
+    const el = field();
+    if (!el || el.value === text) return;
+    el.value = text;
+    el.dispatchEvent(new Event('input', {bubbles: true}));
+  };
+  let drag = null;
+  document.addEventListener('dragstart', (e) => { if (e.target === picture()) e.preventDefault(); }, true);
+  document.addEventListener('pointerdown', (e) => {
+    const img = picture();
+    if (!img || e.target !== img || e.button !== 0 || !img.naturalWidth) return;
+    e.preventDefault();
+    const p = placed(img);
+    const x = clamp(e.clientX, p.x, p.x + p.w), y = clamp(e.clientY, p.y, p.y + p.h);
+    drag = {img, p, x0: x, y0: y, x1: x, y1: y};
+  }, true);
+  document.addEventListener('pointermove', (e) => {
+    if (!drag) return;
+    drag.x1 = clamp(e.clientX, drag.p.x, drag.p.x + drag.p.w);
+    drag.y1 = clamp(e.clientY, drag.p.y, drag.p.y + drag.p.h);
+    draw(drag.img, drag.x0, drag.y0, drag.x1, drag.y1);
+  }, true);
+  document.addEventListener('pointerup', () => {
+    if (!drag) return;
+    const {p, x0, y0, x1, y1} = drag;
+    drag = null;
+    if (Math.abs(x1 - x0) < 4 || Math.abs(y1 - y0) < 4) { setField(''); return; }
+    const px = (v, o, n) => clamp(Math.round((v - o) / p.s), 0, n);
+    const w = picture().naturalWidth, h = picture().naturalHeight;
+    setField([px(Math.min(x0, x1), p.x, w), px(Math.min(y0, y1), p.y, h),
+              px(Math.max(x0, x1), p.x, w), px(Math.max(y0, y1), p.y, h)].join(','));
+  }, true);
+  // Redraw from the field: after typing, a link, a new image or a resize.
+  setInterval(() => {
+    if (drag) return;
+    const img = picture(), f = document.getElementById('box-frame');
+    const parts = ((field() || {}).value || '').split(/[ ,]+/).filter(Boolean).map(Number);
+    if (!img || !img.naturalWidth || parts.length !== 4 || parts.some(isNaN)) {
+      if (f) f.style.display = 'none';
+      return;
+    }
+    const p = placed(img);
+    const [a, b, c, d] = parts.map((v, i) => clamp(v, 0, i % 2 ? img.naturalHeight : img.naturalWidth));
+    draw(img, p.x + a * p.s, p.y + b * p.s, p.x + c * p.s, p.y + d * p.s);
+  }, 150);
+}
+"""
+URL_MESSAGE = ("URLs are not fetched: send the image file itself (gradio_client: handle_file(path) of a local "
+               "file; HTTP: multipart field \"image\").")
+EDITOR_KEYS = ("background", "composite", "layers")
+log = logging.getLogger("landmark-search")
+
+
+class QueryError(ValueError):
+    """A query the app refuses, with a title and a one-line message that names no server path."""
+
+    def __init__(self, title: str, message: str):
+        super().__init__(message)
+        self.title = title
+
+
+def refused(error: QueryError) -> gr.Error:
+    """Returns the gr.Error for a refused query, after logging it as one line (no traceback)."""
+    log.info("refused: %s: %s", error.title, error)
+    return gr.Error(str(error), title=error.title, print_exception=False)
 
 
 def parse_box(text: str | None) -> tuple[int, int, int, int] | None:
     """Returns the (x0, y0, x1, y1) box written as "x0,y0,x1,y1", or None for an empty field.
 
     Raises:
-        gr.Error: for anything but four integers.
+        QueryError: for anything but four integers.
     """
     if text is None or not str(text).strip():
         return None
     parts = [p.strip() for p in str(text).replace(" ", ",").split(",") if p.strip()]
     try:
         box = tuple(int(float(p)) for p in parts)
-    except ValueError:
+    except (ValueError, OverflowError):
         box = ()
     if len(box) != 4:
-        raise gr.Error(f"A box is four whole numbers x0,y0,x1,y1 in pixels; got {text!r}.", title="Bad box")
+        raise QueryError("Bad box", f"A box is four whole numbers x0,y0,x1,y1 in pixels; got {str(text)[:80]!r}.")
     return box
 
 
-def editor_image(value: dict | None) -> Image.Image | None:
-    """Returns the image the user sees in the editor (its composite, else its background), or None.
-
-    Search events take the editor's value unprocessed, as FileData dicts of files Gradio accepted
-    into its cache, so that each file is decoded here by `retrieval.features.load_image`: an
-    undecodable file or a decompression bomb then gets a message that says so, where Gradio's
-    own decoding would only report a processing error. Links pass PIL images.
-
-    Raises:
-        gr.Error: the file is not an image we can decode safely.
-    """
-    if not value:
-        return None
-    item = value.get("composite") or value.get("background")
-    if item is None or isinstance(item, Image.Image):
-        return item
-    path = item.get("path") if isinstance(item, dict) else None
-    if not path:
-        return None
-    try:
-        return load_image(path)
-    except ImageError as e:
-        raise gr.Error(f"This file cannot be used as a query: {e}.", title="Not a usable image") from None
-
-
 def check_k(engine: SearchEngine, k) -> int:
-    """Returns k as an int when it is a whole number from 1 to `max_k`; raises gr.Error otherwise."""
+    """Returns k as an int when it is a whole number from 1 to `max_k`; raises QueryError otherwise."""
     try:
         whole = int(k)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         whole = None
-    if whole is None or whole != k or not 1 <= whole <= max_k(engine):
-        raise gr.Error(f"K must be a whole number from 1 to {max_k(engine)}; got {k!r}.", title="Bad K")
+    if whole is None or isinstance(k, bool) or whole != k or not 1 <= whole <= max_k(engine):
+        raise QueryError("Bad K", f"K must be a whole number from 1 to {max_k(engine)}; got {str(k)[:40]!r}.")
     return whole
 
 
+def decode_query(source, name: str = "the file") -> Image.Image:
+    """Returns the query image decoded by `retrieval.features.load_image` (our pixel limit, our messages).
+
+    Raises:
+        QueryError: the file is not an image we can decode safely; the message names no path.
+    """
+    try:
+        return load_image(source)
+    except (ImageError, OSError) as e:
+        message = str(e).replace(str(source), name) if isinstance(source, (str, Path)) else str(e)
+        raise QueryError("Not a usable image", f"This file cannot be used as a query: {message}.") from None
+
+
+def refuse_urls(component: gr.components.Component) -> gr.components.Component:
+    """Returns `component`, made to refuse a URL in a request instead of letting the server download it.
+
+    Gradio fetches a file given by URL into its cache before any handler runs; every file of a
+    query must be an upload instead. Set on the instance: a Component subclass would make Gradio
+    write a type-stub file next to this one.
+    """
+    fetch = component.async_move_resource_to_block_cache
+
+    async def no_fetch(url_or_file_path):
+        if url_or_file_path is not None and client_utils.is_http_url_like(str(url_or_file_path)):
+            raise refused(QueryError("Not an image", URL_MESSAGE))
+        return await fetch(url_or_file_path)
+
+    component.async_move_resource_to_block_cache = no_fetch
+    return component
+
+
+def uploaded_path(value) -> str | None:
+    """Returns the path of the file a request carries: a FileData dict or the editor's {"background": ...}.
+
+    Only dicts Gradio recognised as files (meta "gradio.FileData") count: those it checked to be
+    uploads in its own cache. Anything else is refused, so no request can name a server path.
+
+    Raises:
+        QueryError: a URL, a bare string, or another value that is not an uploaded file.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict) and not value.get("path") and any(k in value for k in EDITOR_KEYS):
+        return uploaded_path(value.get("composite") or value.get("background"))
+    if isinstance(value, dict) and (value.get("meta") or {}).get("_type") == "gradio.FileData" and value.get("path"):
+        return str(value["path"])
+    if isinstance(value, str) and client_utils.is_http_url_like(value):
+        raise QueryError("Not an image", URL_MESSAGE)
+    raise QueryError("Not an image", "The image must be an uploaded file: handle_file(path) with gradio_client.")
+
+
+def query_file() -> Api:
+    """Returns the /search and /match endpoints' image input: a file, or the editor's {"background": file}."""
+    schema = {**FileData.model_json_schema(), "additional_description": "a file (handle_file(path)), or the "
+              "image editor's dict {\"background\": file}; not a URL"}
+    return refuse_urls(Api(None, schema, label="query image"))
+
+
 class Thumbnails:
-    """The index's thumbnails as PIL images and as files for Gradio to serve.
+    """The index's thumbnails and previews as files for Gradio to serve.
 
     Components get file paths, not PIL images: Gradio saves a PIL image to its cache by
     rewriting a file named after its content, which a concurrent request for the same thumbnail
@@ -149,13 +299,6 @@ class Thumbnails:
     def __init__(self, index: Index, folder: Path):
         self.index = index
         self.folder = Path(folder)
-
-    def image(self, image_id: str) -> Image.Image:
-        """Returns the thumbnail of an index image, decoded; a plain grey placeholder when it has none."""
-        data = self.index.thumbnail(image_id)
-        if not data:  # an index built from descriptors (build_index --vectors) has no thumbnails
-            return self.image_placeholder()
-        return Image.open(io.BytesIO(data)).convert("RGB")
 
     def jpeg(self, image_id: str) -> str:
         """Returns the path of the stored JPEG thumbnail (or the placeholder), for galleries."""
@@ -171,25 +314,20 @@ class Thumbnails:
         """Returns the placeholder shown for an image without a thumbnail."""
         return Image.new("RGB", (PLACEHOLDER_SIDE, PLACEHOLDER_SIDE * 3 // 4), (200, 200, 200))
 
-    def png(self, image_id: str) -> str:
-        """Returns the path of a lossless PNG of the decoded thumbnail, for the editor (see `is_unedited`)."""
+    def preview(self, image_id: str) -> str:
+        """Returns the path of the stored preview (the thumbnail when the index has none), for the editor."""
+        return self._file(image_id, ".preview.jpg", lambda: self.index.preview(image_id) or self._placeholder_jpeg())
 
-        def encode() -> bytes:
-            buffer = io.BytesIO()
-            self.image(image_id).save(buffer, format="PNG")
-            return buffer.getvalue()
+    def is_unedited(self, image_id: str, path: str) -> bool:
+        """Tells whether the file at `path` is, byte for byte, the preview the app put in the editor.
 
-        return self._file(image_id, ".png", encode)
-
-    def is_unedited(self, image_id: str, image: Image.Image) -> bool:
-        """Tells whether `image` is, pixel for pixel, the thumbnail of `image_id`.
-
-        The editor hands back the PNG it was given unchanged until the user crops, draws or
-        uploads, so this is how a search knows its query is still that index image. The editor's
-        upload event cannot tell: it also fires when the app sets the editor's value.
+        This is how a search knows its query is still that index image: an upload, even of the same
+        photo, is another file. The editor's change events cannot tell, as the app sets its value too.
         """
-        thumb = self.image(image_id)
-        return thumb.size == image.size and np.array_equal(np.asarray(thumb), np.asarray(image.convert("RGB")))
+        try:
+            return Path(path).read_bytes() == self.index.preview(image_id)
+        except OSError:
+            return False
 
     def _file(self, image_id: str, suffix: str, data) -> str:
         # Named by row: ids are paths under the image folder and must not become file names.
@@ -210,20 +348,21 @@ def result_gallery(thumbnails: Thumbnails, result) -> list[tuple[str, str]]:
     ]
 
 
-def preview_html(image: Image.Image | None) -> str:
-    """Returns a small inline picture of the query as searched, with its size in pixels.
-
-    Inline, so that it involves no file: identical queries from many users at once would
-    otherwise race on one cache file (see `Thumbnails`).
-    """
-    if image is None:
-        return ""
+def inline_jpeg(image: Image.Image, side: int, alt: str) -> str:
+    """Returns an <img> of `image` scaled to at most `side` px, inline: no cache file to race on."""
     small = image.copy()
-    small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.BILINEAR)
+    small.thumbnail((side, side), Image.BILINEAR)
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=85)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return (f'<figure class="searched"><img src="data:image/jpeg;base64,{data}" alt="the query as searched">'
+    return f'<img src="data:image/jpeg;base64,{data}" alt="{alt}">'
+
+
+def preview_html(image: Image.Image | None) -> str:
+    """Returns a small inline picture of the query as searched, with its size in pixels."""
+    if image is None:
+        return ""
+    return (f'<figure class="searched">{inline_jpeg(image, PREVIEW_SIDE, "the query as searched")}'
             f"<figcaption>Query as searched: {image.width} × {image.height} px</figcaption></figure>")
 
 
@@ -238,69 +377,208 @@ def share_query(source: str | None, box_text: str | None, k: int, searched: dict
     return "?" + urlencode(params)
 
 
-def search(engine: SearchEngine, thumbnails: Thumbnails, image: dict | None, k: float = DEFAULT_K,
-           box: str | None = "", source: str | None = None):
-    """Runs one query; the named API endpoint /search.
+class Gate:
+    """The engine's budget shared by the Gradio queue and the plain HTTP endpoint.
+
+    At most `concurrency` queries run at once, whichever way they came in; HTTP callers beyond
+    `max_waiting` get "busy" at once instead of piling up behind the UI's queue.
+    """
+
+    def __init__(self, concurrency: int, max_waiting: int):
+        self._running = threading.BoundedSemaphore(max(1, concurrency))
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self.max_waiting = max_waiting
+
+    def __enter__(self):
+        self._running.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self._running.release()
+
+    def try_wait(self) -> bool:
+        """Counts one more HTTP caller waiting; False when `max_waiting` already wait."""
+        with self._lock:
+            if self._waiting >= self.max_waiting:
+                return False
+            self._waiting += 1
+            return True
+
+    def done_waiting(self) -> None:
+        with self._lock:
+            self._waiting -= 1
+
+
+def run_query(engine: SearchEngine, thumbnails: Thumbnails, image, k=DEFAULT_K, box: str | None = "",
+              source: str | None = None, *, gate: Gate | None = None):
+    """Runs one query and returns (SearchResult, searched) where searched = {"id", "image"}.
 
     Args:
-        engine: the loaded search engine.
-        thumbnails: its index's thumbnails.
-        image: the editor's unprocessed value {"background", "layers", "composite"} (see
-            `editor_image`); API callers may send only "background".
-        k: how many results.
-        box: optional "x0,y0,x1,y1" crop in pixels of the image.
-        source: the index id the editor's image came from, when it did (UI state).
-
-    Returns:
-        (gallery, [{rank, id, score}], {"embed_ms", "search_ms", "total_ms"}, searched) where
-        `searched` is UI state: the query image as searched and the index id it is, if any.
+        image: a path of an uploaded file, encoded bytes or a PIL image; None for none.
+        k: how many results; box: optional "x0,y0,x1,y1" crop in pixels of the image.
+        source: the index id of the image the app put in the editor, when it did (UI state).
+        gate: held while the engine works.
 
     Raises:
-        gr.Error: no image, an unusable image, a bad box or an empty crop.
+        QueryError: no image, an unusable image, a bad K or box, or an empty crop.
     """
     k = check_k(engine, k)
     parsed_box = parse_box(box)
-    picture = editor_image(image)
-    if picture is None:
-        raise gr.Error("Upload an image first (or pick one of the examples).", title="No image")
-    unedited = source is not None and source in engine.index and thumbnails.is_unedited(source, picture)
+    if image is None:
+        raise QueryError("No image", "Upload an image first (or pick one of the examples).")
+    unedited = (source is not None and source in engine.index and isinstance(image, str)
+                and thumbnails.is_unedited(source, image))
+    picture = decode_query(image)
     searched = {"id": source if unedited else None, "image": picture}
-    if unedited and parsed_box is None:
-        # A whole index image: its stored descriptor is the exact one, made from the full-size photo.
-        result = engine.search_id(source, k)
-    else:
+    with gate or nullcontext():
+        if unedited and parsed_box is None:
+            # A whole index image: its stored descriptor is the exact one, made from the full-size photo.
+            return engine.search_id(source, k), searched
         try:
             if parsed_box is not None:
                 picture = crop_box(picture, parsed_box)
         except ImageError as e:
-            raise gr.Error(f"The crop is empty: {e}.", title="Empty crop") from None
+            raise QueryError("Empty crop", f"The crop is empty: {e}.") from None
         if max(picture.size) > QUERY_MAX_SIDE:
             picture = picture.copy()
             picture.thumbnail((QUERY_MAX_SIDE, QUERY_MAX_SIDE), Image.BILINEAR)
         searched["image"] = picture
         try:
-            result = engine.search(picture, k)
+            return engine.search(picture, k), searched
         except ImageError as e:
-            raise gr.Error(f"This image cannot be searched: {e}.", title="Not a usable image") from None
-    timings = {
+            raise QueryError("Not a usable image", f"This image cannot be searched: {e}.") from None
+
+
+def timings_of(result) -> dict:
+    """Returns {"embed_ms", "search_ms", "total_ms"} of a SearchResult, rounded to 0.01 ms."""
+    return {
         "embed_ms": round(result.embed_ms, 2),
         "search_ms": round(result.search_ms, 2),
         "total_ms": round(result.embed_ms + result.search_ms, 2),
     }
-    return result_gallery(thumbnails, result), result.to_records(), timings, searched
+
+
+def search(engine: SearchEngine, thumbnails: Thumbnails, image, k=DEFAULT_K, box: str | None = "",
+           source: str | None = None, *, gate: Gate | None = None):
+    """Runs one query for the UI; returns (gallery, [{rank, id, score}], timings, searched).
+
+    Raises:
+        gr.Error: the query is refused (see `run_query`); logged as one line.
+    """
+    try:
+        result, searched = run_query(engine, thumbnails, image, k, box, source, gate=gate)
+    except QueryError as e:
+        raise refused(e) from None
+    return result_gallery(thumbnails, result), result.to_records(), timings_of(result), searched
+
+
+def search_ui(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, image, k, box, source):
+    """Runs the UI's query: `image` is the editor's value, unprocessed (see `uploaded_path`)."""
+    try:
+        path = uploaded_path(image)
+    except QueryError as e:
+        raise refused(e) from None
+    return search(engine, thumbnails, path, k, box, source, gate=gate)
+
+
+def search_api(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, image, k=DEFAULT_K, box=""):
+    """Finds the k indexed images most similar to `image`, cropped to `box`; the endpoint /search.
+
+    Args:
+        image: an image file (handle_file(path)), or the image editor's dict {"background": file}.
+        k: how many results, 1 to 100 (default 20).
+        box: optional crop "x0,y0,x1,y1" in pixels of the image (default: the whole image).
+
+    Returns:
+        (gallery of (thumbnail, caption), [{rank, id, score}], {"embed_ms", "search_ms", "total_ms"}).
+    """
+    try:
+        path = uploaded_path(image)
+    except QueryError as e:
+        raise refused(e) from None
+    return search(engine, thumbnails, path, k, box, gate=gate)[:3]
+
+
+def match(engine: SearchEngine, thumbnails: Thumbnails, picture: Image.Image, image_id: str, *,
+          gate: Gate | None = None):
+    """Returns (side-by-side picture, "N matching points") of a query as searched and an index image."""
+    if image_id not in engine.index:
+        raise QueryError("Unknown image", f"{str(image_id)[:80]!r} is not in this index.")
+    with gate or nullcontext():
+        view = match_view(picture, engine.index.preview(image_id))
+    return view.image, view.count
+
+
+def match_api(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, image, box="", id=""):  # noqa: A002
+    """Shows why an index image matched a query: both side by side, geometrically consistent matches drawn.
+
+    Args:
+        image: the query, as for /search; box: the same optional crop.
+        id: the index id of the result to explain.
+
+    Returns:
+        (the picture, {"id", "matches"}): matches is the number of local-feature matches that agree
+        on one geometry (RANSAC inliers of a homography, as retrieval/verify.py counts them).
+    """
+    try:
+        picture = decode_query(uploaded_path(image))
+        parsed = parse_box(box)
+        if parsed is not None:
+            picture = crop_box(picture, parsed)
+        view, count = match(engine, thumbnails, picture, id, gate=gate)
+    except ImageError as e:
+        raise refused(QueryError("Empty crop", f"The crop is empty: {e}.")) from None
+    except QueryError as e:
+        raise refused(e) from None
+    return view, {"id": id, "matches": count}
+
+
+def show_match(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, searched: dict | None, records,
+               evt: gr.SelectData):
+    """Opens the match view for the selected result: the picture and its count line."""
+    if not searched or not records or not 0 <= evt.index < len(records):
+        return gr.update(visible=False), ""
+    image_id = records[evt.index]["id"]
+    try:
+        view, count = match(engine, thumbnails, searched["image"], image_id, gate=gate)
+    except QueryError as e:
+        raise refused(e) from None
+    return (gr.update(value=view, visible=True),
+            f"**{count} matching points** between the query and #{evt.index + 1} `{image_id}`: local features "
+            "that agree on one geometry (SIFT, RANSAC).")
 
 
 def describe(timings: dict | None, searched: dict | None, source: str | None, box: str | None, k: float):
-    """Returns the query-time line, the query as searched and the share query for the UI."""
+    """Returns the query-time line, the query as searched, the ?id= link and which share control shows."""
     if not timings:
-        return "", "", ""
+        return "", "", gr.update(value="", visible=False), gr.update(visible=False)
     if searched and searched.get("id") and not (box or "").strip():
         line = (f"**Query time {timings['total_ms']:.1f} ms**: search {timings['search_ms']:.1f} ms"
                 " (an index image: its stored descriptor needs no embedding)")
     else:
         line = (f"**Query time {timings['total_ms']:.1f} ms**: embedding {timings['embed_ms']:.1f} ms"
                 f" + search {timings['search_ms']:.1f} ms")
-    return line, preview_html(searched.get("image") if searched else None), share_query(source, box, k, searched)
+    try:
+        link = share_query(source, box, k, searched)
+    except QueryError:
+        link = ""
+    # One share control: the short ?id= link for an index image, Gradio's deep link for anything else.
+    return (line, preview_html(searched.get("image") if searched else None),
+            gr.update(value=link, visible=bool(link)), gr.update(visible=not link))
+
+
+def check_upload(value: dict | None):
+    """Checks an upload as it arrives: an unusable file is said so at once and cleared from the editor."""
+    try:
+        path = uploaded_path(value)
+        if path is not None:
+            decode_query(path)
+    except QueryError as e:
+        log.info("refused upload: %s: %s", e.title, e)
+        gr.Warning(str(e), title=e.title)
+        return None, "", None
+    return gr.update(), "", None
 
 
 def read_link(engine: SearchEngine, params: dict) -> dict | None:
@@ -327,23 +605,24 @@ def read_link(engine: SearchEngine, params: dict) -> dict | None:
     box = params.get("box", "")
     try:
         parse_box(box)
-    except gr.Error:
+    except QueryError:
         gr.Warning(f"Ignoring the box {box[:80]!r}: it must be four whole numbers x0,y0,x1,y1.", title="Bad box")
         box = ""
     return {"id": image_id, "k": k, "box": box}
 
 
-def run_link(engine: SearchEngine, thumbnails: Thumbnails, link: dict):
+def run_link(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, link: dict):
     """Returns new values for the editor, k, box and source, then the outputs of `search` and `describe`."""
     image_id, k, box = link["id"], link["k"], link["box"]
-    outputs = search(engine, thumbnails, {"background": thumbnails.image(image_id)}, k, box, image_id)
-    return (thumbnails.png(image_id), k, box, image_id, *outputs, *describe(outputs[2], outputs[3], image_id, box, k))
+    shown = thumbnails.preview(image_id)
+    outputs = search(engine, thumbnails, shown, k, box, image_id, gate=gate)
+    return (shown, k, box, image_id, *outputs, *describe(outputs[2], outputs[3], image_id, box, k))
 
 
 def pick_example(thumbnails: Thumbnails, examples: list[str], evt: gr.SelectData):
-    """Loads the selected example (an index image) into the editor."""
+    """Loads the selected example (an index image) into the editor, as its sharp preview."""
     image_id = examples[evt.index]
-    return thumbnails.png(image_id), "", image_id
+    return thumbnails.preview(image_id), "", image_id
 
 
 def max_k(engine: SearchEngine) -> int:
@@ -357,12 +636,14 @@ def example_ids(index: Index, n: int = N_EXAMPLES) -> list[str]:
     return [str(index.ids[i * count // n]) for i in range(min(n, count))]
 
 
-def build_demo(engine: SearchEngine, thumbnails: Thumbnails, *,
-               concurrency: int = CONCURRENCY_LIMIT) -> gr.Blocks:
-    """Returns the interface: query editor, K, box and examples on the left, results on the right."""
+def build_demo(engine: SearchEngine, thumbnails: Thumbnails, *, concurrency: int = CONCURRENCY_LIMIT,
+               gate: Gate | None = None) -> gr.Blocks:
+    """Returns the interface: query, K, box and examples on the left, results and match view on the right."""
     index = engine.index
+    gate = gate or Gate(concurrency, QUEUE_MAX_SIZE)
     examples = example_ids(index)
     pipeline = index.meta.get("pipeline", {})
+    engine_limit = dict(concurrency_limit=concurrency, concurrency_id="engine")
     with gr.Blocks(title="Landmark image search", delete_cache=DELETE_CACHE) as demo:
         source = gr.State(None)  # the index id of the image last put in the editor by the app
         searched = gr.State(None)
@@ -373,22 +654,13 @@ def build_demo(engine: SearchEngine, thumbnails: Thumbnails, *,
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
-                query = gr.ImageEditor(
-                    label="Query image",
-                    type="pil",
-                    image_mode="RGB",
-                    sources=("upload", "clipboard"),
-                    transforms=("crop",),
-                    layers=False,
-                    format="png",
-                    height=380,
-                    elem_id="query",
-                )
+                query = gr.Image(label="Query image: drag on it to select a region", type="filepath",
+                                   sources=("upload", "clipboard"), height=380, buttons=[], elem_id="query")
                 with gr.Row():
                     k = gr.Slider(1, max_k(engine), value=min(DEFAULT_K, max_k(engine)), step=1,
                                   label="Results (K)", elem_id="k", scale=3)
-                    box = gr.Textbox(label="Box (optional)", placeholder="x0,y0,x1,y1", max_lines=1,
-                                     elem_id="box", scale=2)
+                    box = gr.Textbox(label="Box (drag on the image, or type)", placeholder="x0,y0,x1,y1",
+                                     max_lines=1, elem_id="box", scale=2)
                 button = gr.Button("Search", variant="primary", elem_id="search")
                 gr.Markdown("**Examples from the index**: click one to search with it", elem_id="examples-title")
                 example_gallery = gr.Gallery(
@@ -400,44 +672,75 @@ def build_demo(engine: SearchEngine, thumbnails: Thumbnails, *,
             with gr.Column(scale=3, min_width=360):
                 timing = gr.Markdown("", elem_id="timing")
                 results = gr.Gallery(label="Most similar images", show_label=False, columns=4, height="auto",
-                                     object_fit="cover", format="jpeg", buttons=["fullscreen"],
+                                     object_fit="cover", format="jpeg", allow_preview=False, buttons=[],
                                      elem_id="results")
+                gr.Markdown("<small>Click a result to see why it matched.</small>", elem_id="match-hint")
+                match_text = gr.Markdown("", elem_id="match-count")
+                match_picture = gr.Image(label="Why it matched", type="pil", format="jpeg", interactive=False,
+                                         visible=False, buttons=["fullscreen"], elem_id="match")
                 with gr.Row():
                     share = gr.Textbox(label="Link to this query", interactive=False, buttons=["copy"],
-                                       placeholder="Shown when the query is an index image", elem_id="share",
-                                       scale=4)
-                    gr.DeepLinkButton("Link to this page", copied_value="Link copied", scale=1)
+                                       visible=False, elem_id="share", scale=4)
+                    deep = gr.DeepLinkButton("Link to this page", copied_value="Link copied", visible=False,
+                                             elem_id="deep-link", scale=1)
                 with gr.Row():
                     preview = gr.HTML("", elem_id="searched")
                     with gr.Accordion("Results as JSON", open=False, elem_id="json-accordion"):
                         records = gr.JSON(label="Results", elem_id="records")
                 timings = gr.JSON(label="Timings", visible=False, elem_id="timings")
+                match_info = gr.JSON(visible=False)
 
-        run = partial(search, engine, thumbnails)
+        run = partial(search_ui, engine, thumbnails, gate)
         show = dict(fn=describe, inputs=[timings, searched, source, box, k],
-                    outputs=[timing, preview, share], api_visibility="private", queue=False)
+                    outputs=[timing, preview, share, deep], api_visibility="private", queue=False)
         full_link = dict(fn=None, js=SHARE_JS, inputs=share, outputs=share, api_visibility="private", queue=False)
-        # preprocess=False: `editor_image` decodes the editor's files itself, and `check_k` checks K.
+        # preprocess=False: the handlers decode the editor's file themselves (see `decode_query`).
         search_io = dict(inputs=[query, k, box, source], outputs=[results, records, timings, searched],
                          preprocess=False)
-        gr.on([button.click, box.submit], run, **search_io, api_name="search",
-              concurrency_limit=concurrency, trigger_mode="always_last").success(**show).success(**full_link)
+        gr.on([button.click, box.submit], run, **search_io, api_visibility="private", **engine_limit,
+              trigger_mode="always_last").success(**show).success(**full_link)
+        query.upload(check_upload, inputs=query, outputs=[query, box, source], api_visibility="private",
+                     concurrency_limit=None, preprocess=False)
+        query.clear(lambda: ("", None), outputs=[box, source], api_visibility="private", queue=False)
+
         def on_example(evt: gr.SelectData):
             return pick_example(thumbnails, examples, evt)
 
         def on_load(request: gr.Request):
             return read_link(engine, dict(request.query_params))
 
+        def on_result(picked: dict | None, rows, evt: gr.SelectData):
+            return show_match(engine, thumbnails, gate, picked, rows, evt)
+
         example_gallery.select(on_example, outputs=[query, box, source],
                                api_visibility="private", queue=False).success(
-            run, **search_io, api_visibility="private", concurrency_limit=concurrency,
+            run, **search_io, api_visibility="private", **engine_limit,
         ).success(**show).success(**full_link)
+        results.select(on_result, inputs=[searched, records], outputs=[match_picture, match_text],
+                       api_visibility="private", **engine_limit)
         # A page address with ?id= sets `link`, whose change runs the query. Without one nothing
         # runs, so a Gradio deep link (?deep_link=) keeps the values it restored.
         demo.load(on_load, outputs=link, api_visibility="private", concurrency_limit=None)
-        link.change(partial(run_link, engine, thumbnails), inputs=link,
-                    outputs=[query, k, box, source, results, records, timings, searched, timing, preview, share],
-                    api_visibility="private", concurrency_limit=concurrency).success(**full_link)
+        link.change(partial(run_link, engine, thumbnails, gate), inputs=link,
+                    outputs=[query, k, box, source, results, records, timings, searched, timing, preview, share,
+                             deep],
+                    api_visibility="private", **engine_limit).success(**full_link)
+
+        # The public API: its own inputs, so that it takes a plain file, has k and box optional, and
+        # never fetches a URL (see `refuse_urls`).
+        api_k = Api(min(DEFAULT_K, max_k(engine)), {"type": "integer"}, label="k")
+        api_box = Api("", {"type": "string"}, label="box")
+        # What gr.api does, with our own input components: gr.api would build plain ones.
+        config = get_blocks_context()
+        config.set_event_trigger(
+            [], partial(search_api, engine, thumbnails, gate), [query_file(), api_k, api_box],
+            [results, records, timings], api_name="search", api_description=search_api.__doc__.split("\n")[0],
+            **engine_limit)
+        config.set_event_trigger(
+            [], partial(match_api, engine, thumbnails, gate),
+            [query_file(), Api("", {"type": "string"}, label="box"), Api("", {"type": "string"}, label="id")],
+            [match_picture, match_info], api_name="match", api_description=match_api.__doc__.split("\n")[0],
+            **engine_limit)
     return demo
 
 
@@ -505,22 +808,67 @@ def load_engine(index: Index) -> SearchEngine:
     return engine
 
 
+HTTP_STATUS = {"Not a usable image": 415, "Too large": 413, "Busy": 503}
+
+
+def http_search(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, data: bytes | None, k, box) -> tuple[int, dict]:
+    """Runs one query of the plain HTTP endpoint; returns (status, JSON body).
+
+    The same checks and messages as /search; errors are {"error", "title"} with an HTTP status.
+    """
+    try:
+        if data is not None and len(data) > MAX_FILE_BYTES:
+            raise QueryError("Too large", f"The file is over the {MAX_FILE_SIZE} upload limit.")
+        if not gate.try_wait():
+            raise QueryError("Busy", f"{QUEUE_MAX_SIZE} queries are already waiting; try again in a moment.")
+        try:
+            k = int(k) if str(k).strip().isdigit() else k
+            result, _ = run_query(engine, thumbnails, data or None, k, box, gate=gate)
+        finally:
+            gate.done_waiting()
+    except QueryError as e:
+        log.info("refused (HTTP): %s: %s", e.title, e)
+        return HTTP_STATUS.get(e.title, 400), {"error": str(e), "title": e.title}
+    return 200, {"results": result.to_records(), "timings": timings_of(result)}
+
+
+def add_http_api(app, engine: SearchEngine, thumbnails: Thumbnails, gate: Gate) -> None:
+    """Adds POST /api/search?k=&box= with a multipart "image" file: [{rank, id, score}] and timings in one request."""
+    @app.post("/api/search")
+    def api_search(image: UploadFile | None = File(None), k: str = Query(str(DEFAULT_K)), box: str = Query("")):
+        data = None if image is None else image.file.read(MAX_FILE_BYTES + 1)
+        status, body = http_search(engine, thumbnails, gate, data, k, box)
+        return JSONResponse(body, status_code=status)
+
+
+def serve(engine: SearchEngine, *, host: str, port: int, concurrency: int) -> None:
+    """Serves the UI, its Gradio API and the plain HTTP endpoint on one port, sharing one engine budget."""
+    folder = Path(tempfile.mkdtemp(prefix="landmark-thumbnails-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    thumbnails = Thumbnails(engine.index, folder)
+    gate = Gate(concurrency, QUEUE_MAX_SIZE)
+    demo = build_demo(engine, thumbnails, concurrency=concurrency, gate=gate)
+    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=concurrency)
+    app = fastapi.FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    add_http_api(app, engine, thumbnails, gate)  # before the mount, which takes every other path
+    app = gr.mount_gradio_app(
+        app, demo, path="", max_file_size=MAX_FILE_SIZE, allowed_paths=[], ssr_mode=False, show_error=False,
+        footer_links=["api", "gradio"], css=CSS, theme=gr.themes.Soft(), js=DRAG_JS,
+    )
+    print(f"Serving on http://{host}:{port} (HTTP API: POST /api/search)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     started = time.perf_counter()
     try:
         engine = load_engine(open_index(args, os.environ))
     except (IndexFormatError, FileNotFoundError, NetworkError, BuildError, HubError) as e:
         raise SystemExit(f"Cannot serve this index: {e}") from None
     print(f"Loaded {len(engine)} images in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
-    folder = Path(tempfile.mkdtemp(prefix="landmark-thumbnails-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    demo = build_demo(engine, Thumbnails(engine.index, folder), concurrency=args.concurrency)
-    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=args.concurrency)
-    demo.launch(
-        server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE, allowed_paths=[],
-        ssr_mode=False, footer_links=["api", "gradio"], css=CSS, theme=gr.themes.Soft(),
-    )
+    serve(engine, host=args.host, port=args.port, concurrency=args.concurrency)
 
 
 if __name__ == "__main__":

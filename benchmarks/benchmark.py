@@ -279,7 +279,7 @@ def compute_targets(results: dict) -> list[dict]:
 def run_benchmark(plan: Plan, *, command: str, say=lambda msg: None, sections=SECTIONS) -> dict:
     """Runs the sections named (default: all) and returns their figures and targets as one JSON-ready dict."""
     t0 = time.perf_counter()
-    results = {"command": command, "machine": machine_info(), "plan": asdict(plan)}
+    results = {"command": command, "machine": machine_info(), "plan": asdict(plan), "smoke": plan != FULL}
     if "latency" in sections:
         results["latency"] = measure_latency(plan, say)
     if "search" in sections:

@@ -19,6 +19,11 @@ def _gb(b) -> str:
     return f"{b / GB:.2f}"
 
 
+SMOKE_NOTE = ("**Smoke run (--quick).** Every part runs, at reduced sizes (fewer queries, smaller databases, "
+              "Lite0 only) that are not the targets' sizes: its PASS and MISS verdicts say nothing about the "
+              "targets. Run without --quick for those.")
+
+
 def format_report(results: dict) -> str:
     """Returns the whole benchmark as markdown: machine, the five sections, then the targets."""
     m = results["machine"]
@@ -28,6 +33,8 @@ def format_report(results: dict) -> str:
         f"{m['python']}; load average {m['load_start'][0]:.2f} at start, {m['load_end'][0]:.2f} at end; "
         f"{results['seconds']:.0f} s in all.",
     ]
+    if results.get("smoke"):
+        out += ["", SMOKE_NOTE]
     present = {_latency: "latency", _search: "search", _build: "build", _index: "index_size"}
     for section in (_latency, _search, _build, _index, _memory, _targets):
         if present.get(section, "targets") in results or section in (_memory, _targets):
@@ -194,7 +201,10 @@ def _memory(results: dict) -> list[str]:
 
 
 def _targets(results: dict) -> list[str]:
-    out = ["## Targets", "", *_table("target", "baseline", "ours", "ratio", "goal", "result")]
+    out = ["## Targets", ""]
+    if results.get("smoke"):
+        out += ["Smoke run: measured at the reduced sizes above, not the targets' sizes.", ""]
+    out += _table("target", "baseline", "ours", "ratio", "goal", "result")
     for t in results["targets"]:
         verdict = "PASS" if t["pass"] else (
             f"MISS (x{t['shortfall']:.2f} short: {100 * (1 - t['ratio'] / t['goal']):.0f}% under the goal)")

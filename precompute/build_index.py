@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from precompute.options import (
     add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options, network_from_args, pipeline_from_args,
-    positive_int, rerank_from_args,
+    nonnegative_int, positive_int, rerank_from_args,
 )
+from retrieval.previews import PREVIEW_MAX_IMAGES, PREVIEW_SIDE
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,6 +42,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--whiten", action="store_true", help="learn and store a PCA-whitening of the descriptors")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature type")
     add_extraction_options(parser)
+    parser.add_argument("--preview-side", type=nonnegative_int, default=PREVIEW_SIDE,
+                        help=f"also store a JPEG preview this many pixels on its longer side for the app's editor and "
+                        f"match view (default {PREVIEW_SIDE}; 0: none)")
+    parser.add_argument("--max-previews", type=nonnegative_int, default=PREVIEW_MAX_IMAGES,
+                        help=f"store previews only for indexes of at most this many images (default {PREVIEW_MAX_IMAGES})")
     group = parser.add_argument_group("engine")
     group.add_argument("--engine", choices=("local", "ray"), default="local",
                        help="local: threads in this process (default); ray: a Ray Data pipeline")
@@ -101,6 +107,7 @@ def main(argv=None) -> int:
     try:
         common = dict(batch_size=args.batch_size, dtype=args.dtype, whiten=args.whiten, qe=qe, dba=dba,
                       alpha=args.alpha, ann=args.ann,
+                      preview_side=args.preview_side or None, max_previews=args.max_previews,
                       extra_meta=extra, progress=progress, log=lambda msg: tqdm.write(msg))
         if args.engine == "ray":
             report = _build_on_ray(args, pipeline, common)

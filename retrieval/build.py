@@ -19,8 +19,9 @@ import numpy as np
 
 from retrieval.ann import build_ann
 from retrieval.defaults import DEFAULT
-from retrieval.features import THUMBNAIL_SIDE, Embedded, Pipeline, find_images, iter_features
+from retrieval.features import THUMBNAIL_SIDE, Embedded, ImageError, Pipeline, find_images, iter_features
 from retrieval.index import recover_index_folder, save_index
+from retrieval.previews import PREVIEW_MAX_IMAGES, PREVIEW_SIDE, build_previews
 from retrieval.rerank import database_augmentation
 from retrieval.whitening import apply_whitening, learn_whitening
 
@@ -75,6 +76,8 @@ def build_index(
     shard_size: int = 256,
     flush_seconds: float = 30.0,
     thumbnail_side: int = THUMBNAIL_SIDE,
+    preview_side: int | None = PREVIEW_SIDE,
+    max_previews: int = PREVIEW_MAX_IMAGES,
     extra_meta: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
@@ -92,6 +95,9 @@ def build_index(
         alpha: the similarity exponent of DBA and query expansion.
         ann: build the ANN structure (`retrieval.ann`) too; None builds it from
             `retrieval.defaults.DEFAULT.ann_rows` images up.
+        preview_side: also store a JPEG preview of every image, this many pixels on its longer
+            side (for the app's editor and match view); None stores none.
+        max_previews: store previews only when the index has at most this many images.
         extra_meta: more metadata for index.json (source collection, evaluation...).
         progress: called as progress(done, total) after each image embedded in this run.
         log: called with one line per skipped file and per notable event.
@@ -113,6 +119,7 @@ def build_index(
                    shard_size=shard_size, flush_seconds=flush_seconds, progress=progress, log=say)
     return assemble_index(plan, network, pipeline, dtype=dtype, whiten=whiten, whiten_shrinkage=whiten_shrinkage,
                           dba=dba, qe=qe, alpha=alpha, ann=ann, thumbnail_side=thumbnail_side,
+                          preview_side=preview_side, max_previews=max_previews, workers=workers,
                           extra_meta=extra_meta, log=say, started=t0)
 
 
@@ -188,7 +195,8 @@ def record_results(plan: BuildPlan, results: Iterable[tuple[str, Embedded]], *, 
 
 def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str = "float16", whiten: bool = False,
                    whiten_shrinkage: float = 0.5, dba: int = 0, qe: int = 0, alpha: float = 3.0,
-                   ann: bool | None = None, thumbnail_side: int = THUMBNAIL_SIDE, extra_meta: dict | None = None,
+                   ann: bool | None = None, thumbnail_side: int = THUMBNAIL_SIDE,
+                   preview_side: int | None = PREVIEW_SIDE, max_previews: int = PREVIEW_MAX_IMAGES, workers: int = 2, extra_meta: dict | None = None,
                    log: Callable[[str], None] | None = None, started: float | None = None) -> BuildReport:
     """Writes the index folder from the cached descriptors (ids sorted by path) and returns the report.
 
@@ -199,7 +207,7 @@ def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str =
     """
     say = log or (lambda _msg: None)
     report, entries = plan.report, plan.entries
-    ids, vectors, thumbs, seen = [], [], [], {}
+    ids, vectors, thumbs, rels, seen = [], [], [], [], {}
     for rel in sorted(entries):
         iid = image_id(rel)
         if iid in seen:
@@ -210,6 +218,7 @@ def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str =
         ids.append(iid)
         vectors.append(entries[rel].vector)
         thumbs.append(entries[rel].thumbnail)
+        rels.append(rel)
     if not ids:
         raise BuildError(f"no image under {plan.images_dir} could be indexed ({len(report.skipped)} skipped)")
     plan.cache.compact(entries)
@@ -229,6 +238,7 @@ def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str =
         "weights": network.weights,
         "pipeline": pipeline.to_meta(),
         "thumbnail_side": thumbnail_side,
+        "preview_side": None,
         "dba": {"k": dba, "alpha": alpha} if dba > 0 else None,
         "query_expansion": {"k": qe, "alpha": alpha} if qe > 0 else None,
         **(extra_meta or {}),
@@ -237,7 +247,16 @@ def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str =
     if ann or (ann is None and len(features) >= DEFAULT.ann_rows):
         say(f"building the ANN structure over {len(features)} images")
         structure = build_ann(features.astype(dtype).astype(np.float32), log=say)  # the rows as stored
-    save_index(plan.out_dir, features, ids, meta, thumbnails=thumbs, whitening=whitening, dtype=dtype, ann=structure)
+    previews = None
+    if preview_side and len(ids) <= max_previews:
+        try:
+            previews = build_previews({rel: plan.files[rel] for rel in rels}, {rel: _stamp(plan.stats[rel]) for rel in rels},
+                                      preview_side, plan.out_dir / CACHE_DIR / "previews.npz", workers=workers)
+        except ImageError as e:
+            raise BuildError(f"a preview could not be made ({e}); the files changed during the build?") from None
+        meta["preview_side"] = preview_side
+    save_index(plan.out_dir, features, ids, meta, thumbnails=thumbs, previews=previews, whitening=whitening, dtype=dtype,
+               ann=structure)
     report.count = len(ids)
     report.seconds = time.perf_counter() - (started if started is not None else time.perf_counter())
     return report

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -131,6 +132,11 @@ class Pipeline:
 REPORT_PIPELINE = Pipeline(pooling="flatten", max_side=None, squash=224)
 
 
+def too_large(max_pixels: int = MAX_PIXELS) -> str:
+    """Returns the one message that refuses an image over the pixel limit (without its size)."""
+    return f"the image is too large to decode safely: the limit is {max_pixels / 1e6:g} megapixels"
+
+
 def load_image(source, *, max_pixels: int = MAX_PIXELS, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Returns the image as RGB, upright per its EXIF orientation.
 
@@ -154,18 +160,22 @@ def load_image(source, *, max_pixels: int = MAX_PIXELS, draft_size: tuple[int, i
             raise ImageError("the file is empty (0 bytes)")
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                # Pillow warns from 89.5 megapixels; our own limit below is the one that applies.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image = Image.open(source)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageError(f"the image is too large to decode safely ({e})") from None
+        except Image.DecompressionBombError as e:
+            # Pillow refuses outright from twice its warning size, which is above max_pixels.
+            found = re.search(r"\((\d+) pixels\)", str(e))
+            size = f"{int(found.group(1)):,} pixels" if found else "more pixels than that"
+            raise ImageError(f"{too_large(max_pixels)}: the image has {size}") from None
+        except Image.UnidentifiedImageError:
+            # Pillow's message names the file, which may be a server's temporary path.
+            raise ImageError("not a readable image (no image format recognised)") from None
         except (OSError, ValueError, SyntaxError) as e:
             raise ImageError(f"not a readable image ({type(e).__name__}: {e})") from None
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageError(
-            f"the image is too large to decode safely: {width}x{height} pixels, "
-            f"the limit is {max_pixels:,} pixels"
-        )
+        raise ImageError(f"{too_large(max_pixels)}: the image has {width}x{height} = {width * height:,} pixels")
     try:
         if draft_size is not None and image.format == "JPEG":
             transposed = _exif_transposes(image)

@@ -31,6 +31,7 @@ from retrieval.index import (
     DATA_FILES,
     INDEX_FILES,
     META_FILE,
+    PREVIEW_FILES,
     WHITENING_FILES,
     Index,
     IndexFormatError,
@@ -42,7 +43,7 @@ REPO_TYPE = "dataset"
 CARD_FILE = "README.md"
 DEFAULT_BRANCH = "main"
 # Everything an index may hold; a pull fetches these and nothing else (no card, no build cache).
-PULLED_FILES = (*INDEX_FILES, *WHITENING_FILES, ANN_FILE)
+PULLED_FILES = (*INDEX_FILES, *WHITENING_FILES, ANN_FILE, *PREVIEW_FILES)
 
 _TRANSPORT_ERRORS = (httpx2.TransportError, OSError)
 
@@ -61,7 +62,8 @@ def index_files(index_dir) -> list[str]:
     """
     meta = read_meta(index_dir)
     return [META_FILE, *DATA_FILES, *(WHITENING_FILES if meta.get("whitening") else ()),
-            *((ANN_FILE,) if meta.get("ann") else ())]
+            *((ANN_FILE,) if meta.get("ann") else ()),
+            *(PREVIEW_FILES if "previews.bin" in meta["files"] else ())]
 
 
 def push_index(

@@ -5,6 +5,7 @@ Layout:
     feature_id.npy          (n,) fixed-width unicode ids, loadable with allow_pickle=False
     thumbnails.bin          every image's JPEG thumbnail, concatenated
     thumbnails_offsets.npy  (n + 1,) int64 byte offsets into thumbnails.bin
+    previews.bin, previews_offsets.npy   optional: larger JPEG previews, laid out as the thumbnails
     whitening_mean.npy, whitening_projection.npy   only when the index is whitened
     ann.faiss               only with an ANN structure: a FAISS index in FAISS's format (`retrieval.ann`)
     index.json              format version, network, weights, pipeline, dim, dtype, count,
@@ -34,6 +35,7 @@ FORMAT_VERSION = 1
 META_FILE = "index.json"
 DATA_FILES = ("feature_list.npy", "feature_id.npy", "thumbnails.bin", "thumbnails_offsets.npy")
 WHITENING_FILES = ("whitening_mean.npy", "whitening_projection.npy")
+PREVIEW_FILES = ("previews.bin", "previews_offsets.npy")
 INDEX_FILES = (META_FILE, *DATA_FILES)
 ANN_FILE = "ann.faiss"
 DTYPES = ("float16", "float32")
@@ -73,6 +75,7 @@ class Index:
     _rows: dict = field(default_factory=dict, repr=False)
     ann: object = None
     _thumbnail_file: Path | None = field(default=None, repr=False)
+    _preview_offsets: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self._rows = {str(i): r for r, i in enumerate(self.ids)}
@@ -108,6 +111,21 @@ class Index:
             f.seek(start)
             return f.read(stop - start)
 
+    @property
+    def has_previews(self) -> bool:
+        """Tells whether the index stores a larger preview of every image (index.json "preview_side")."""
+        return self._preview_offsets is not None
+
+    def preview(self, image_id: str) -> bytes:
+        """Returns the JPEG preview bytes of `image_id`, read from previews.bin; the thumbnail when none is stored."""
+        if self._preview_offsets is None:
+            return self.thumbnail(image_id)
+        row = self.row_of(image_id)
+        start, stop = int(self._preview_offsets[row]), int(self._preview_offsets[row + 1])
+        with open(self.path / "previews.bin", "rb") as f:
+            f.seek(start)
+            return f.read(stop - start)
+
     def project(self, raw: np.ndarray) -> np.ndarray:
         """Returns query descriptors in the index's space: whitened if the index is, (m, d) float32."""
         return apply_whitening(raw, self.whitening) if self.whitening is not None else as_rows(raw)
@@ -139,6 +157,7 @@ def save_index(
     meta: dict,
     *,
     thumbnails: list[bytes] | None,
+    previews: list[bytes] | None = None,
     whitening: Whitening | None = None,
     dtype: str = "float16",
     keep: tuple[str, ...] = (".cache",),
@@ -159,6 +178,7 @@ def save_index(
             else (source, evaluation) is stored as given.
         thumbnails: n JPEG byte strings, or None for an index without thumbnails (descriptors
             from elsewhere): every image then has an empty one, and the app a placeholder.
+        previews: n larger JPEG byte strings, or None to store none.
         whitening: the whitening applied to `features`, stored for queries.
         dtype: "float16" (half the size) or "float32".
         ann: a `retrieval.ann.AnnIndex` over exactly these rows, saved as ann.faiss.
@@ -177,6 +197,8 @@ def save_index(
         raise ValueError(f"the ANN index holds {len(ann)} rows of dimension {ann.dim}, not {features.shape}")
     if len(ids) != len(features) or len(thumbnails) != len(features):
         raise ValueError(f"{len(features)} rows, {len(ids)} ids and {len(thumbnails)} thumbnails must match")
+    if previews is not None and len(previews) != len(features):
+        raise ValueError(f"{len(features)} rows and {len(previews)} previews must match")
     if len(set(ids.tolist())) != len(ids):
         raise ValueError("image ids must be unique")
     for key in ("network", "weights", "pipeline"):
@@ -192,13 +214,11 @@ def save_index(
     try:
         _save_rows(tmp / "feature_list.npy", features, dtype)
         np.save(tmp / "feature_id.npy", ids.astype(f"<U{max(1, max((len(i) for i in ids), default=1))}"))
-        offsets = np.zeros(len(thumbnails) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(t) for t in thumbnails])
-        with open(tmp / "thumbnails.bin", "wb") as f:
-            for t in thumbnails:
-                f.write(t)
-        np.save(tmp / "thumbnails_offsets.npy", offsets)
+        _write_blobs(tmp, "thumbnails", thumbnails)
         files = list(DATA_FILES)
+        if previews is not None:
+            _write_blobs(tmp, "previews", previews)
+            files += PREVIEW_FILES
         if whitening is not None:
             np.save(tmp / "whitening_mean.npy", whitening.mean.astype(np.float32))
             np.save(tmp / "whitening_projection.npy", whitening.projection.astype(np.float32))
@@ -252,6 +272,16 @@ def _all_finite(path: Path) -> bool:
         return all(np.isfinite(rows[s : s + _BLOCK]).all() for s in range(0, len(rows), _BLOCK))
     finally:
         del rows
+
+
+def _write_blobs(folder: Path, stem: str, blobs: list[bytes]) -> None:
+    """Writes `stem`.bin (the blobs one after another) and `stem`_offsets.npy ((n + 1,) int64 byte offsets)."""
+    offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(b) for b in blobs])
+    with open(folder / f"{stem}.bin", "wb") as f:
+        for b in blobs:
+            f.write(b)
+    np.save(folder / f"{stem}_offsets.npy", offsets)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -343,6 +373,8 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
         raise IndexFormatError(f"{path} was built with weights {meta['weights']!r}, not {weights!r}")
     expected = list(DATA_FILES) + (list(WHITENING_FILES) if meta.get("whitening") else [])
     expected += [ANN_FILE] if meta.get("ann") else []
+    has_previews = "previews.bin" in meta["files"]
+    expected += list(PREVIEW_FILES) if has_previews else []
     for name in expected:
         file = path / name
         if not file.is_file():
@@ -376,6 +408,13 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
     thumbs_bytes = (path / "thumbnails.bin").stat().st_size
     if offsets.shape != (n + 1,) or offsets[0] != 0 or offsets[-1] != thumbs_bytes or np.any(np.diff(offsets) < 0):
         raise IndexFormatError(f"{path}: thumbnails_offsets.npy does not describe thumbnails.bin for {n} images")
+    preview_offsets = None
+    if has_previews:
+        preview_offsets = np.load(path / "previews_offsets.npy", allow_pickle=False)
+        size = (path / "previews.bin").stat().st_size
+        if (preview_offsets.shape != (n + 1,) or preview_offsets[0] != 0 or preview_offsets[-1] != size
+                or np.any(np.diff(preview_offsets) < 0)):
+            raise IndexFormatError(f"{path}: previews_offsets.npy does not describe previews.bin for {n} images")
     try:
         Pipeline.from_meta(meta["pipeline"])
     except (TypeError, ValueError) as e:
@@ -395,7 +434,7 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
     # Small indexes keep their thumbnails in memory; a large one reads each by offset when asked.
     thumbs = (path / "thumbnails.bin").read_bytes() if not mapped else b""
     return Index(path, features, ids, meta, whitening, thumbs, offsets, ann=ann,
-                 _thumbnail_file=path / "thumbnails.bin" if mapped else None)
+                 _thumbnail_file=path / "thumbnails.bin" if mapped else None, _preview_offsets=preview_offsets)
 
 
 def _load_ann(path: Path, meta: dict):

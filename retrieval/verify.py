@@ -229,6 +229,11 @@ def _check_model(model: str, threshold: float) -> None:
 
 
 def _ransac_inliers(src: np.ndarray, dst: np.ndarray, model: str, threshold: float) -> int:
+    mask = _ransac_mask(src, dst, model, threshold)
+    return 0 if mask is None else int(np.count_nonzero(mask))
+
+
+def _ransac_mask(src: np.ndarray, dst: np.ndarray, model: str, threshold: float) -> np.ndarray | None:
     if model == "homography":
         # OpenCV's USAC verified as many images as its classic RANSAC on the mini RParis, in half
         # the time; it seeds its own generator, so it repeats too.
@@ -242,7 +247,7 @@ def _ransac_inliers(src: np.ndarray, dst: np.ndarray, model: str, threshold: flo
                                               maxIters=_RANSAC_ITERS, confidence=_RANSAC_CONFIDENCE)
     else:
         _, mask = cv2.findFundamentalMat(src, dst, cv2.FM_RANSAC, threshold, _RANSAC_CONFIDENCE, _RANSAC_ITERS)
-    return 0 if mask is None else int(np.count_nonzero(mask))
+    return mask
 
 
 def count_inliers(features_a, features_b, *, model: str = DEFAULT_MODEL, threshold: float = DEFAULT_THRESHOLD,
@@ -265,21 +270,46 @@ def count_inliers(features_a, features_b, *, model: str = DEFAULT_MODEL, thresho
     Raises:
         ValueError: on malformed features or bad settings.
     """
-    _check_model(model, threshold)
     at_least = _check_count(at_least, "at_least", 0)
-    a = _check_features(features_a, "features_a")
-    b = _check_features(features_b, "features_b")
-    pairs = match_features(a, b, ratio=ratio, mutual=mutual)
-    if len(pairs) < _MIN_MATCHES[model]:
-        return 0
-    coords = np.concatenate([a.keypoints[pairs[:, 0]], b.keypoints[pairs[:, 1]]], axis=1)
-    coords = np.unique(coords, axis=0)
+    coords = _tentative(features_a, features_b, model, threshold, ratio, mutual)
     if len(coords) < max(_MIN_MATCHES[model], at_least):
         return 0
     cv2.setRNGSeed(int(seed))
     src = np.ascontiguousarray(coords[:, :2], dtype=np.float32)
     dst = np.ascontiguousarray(coords[:, 2:], dtype=np.float32)
     return _ransac_inliers(src, dst, model, float(threshold))
+
+
+def _tentative(features_a, features_b, model: str, threshold: float, ratio, mutual: bool) -> np.ndarray:
+    """Returns (m, 4) float32 unique (xa, ya, xb, yb) tentative matches, after checking every input."""
+    _check_model(model, threshold)
+    a = _check_features(features_a, "features_a")
+    b = _check_features(features_b, "features_b")
+    pairs = match_features(a, b, ratio=ratio, mutual=mutual)
+    coords = np.concatenate([a.keypoints[pairs[:, 0]], b.keypoints[pairs[:, 1]]], axis=1)
+    return np.unique(coords, axis=0).astype(np.float32).reshape(-1, 4)
+
+
+def inlier_matches(features_a, features_b, *, model: str = DEFAULT_MODEL, threshold: float = DEFAULT_THRESHOLD,
+                   ratio: float | None = DEFAULT_RATIO, mutual: bool = True, seed: int = 0) -> np.ndarray:
+    """Returns the (m, 4) float32 (xa, ya, xb, yb) matches that fit one geometric model (RANSAC).
+
+    The same matches `count_inliers` counts (m equals its count, with the same settings and
+    seed), as keypoint positions in pixels of each image as resized for detection, so that a
+    caller can draw them.
+
+    Raises:
+        ValueError: on malformed features or bad settings.
+    """
+    coords = _tentative(features_a, features_b, model, threshold, ratio, mutual)
+    if len(coords) < _MIN_MATCHES[model]:
+        return np.zeros((0, 4), np.float32)
+    cv2.setRNGSeed(int(seed))
+    mask = _ransac_mask(np.ascontiguousarray(coords[:, :2]), np.ascontiguousarray(coords[:, 2:]), model,
+                        float(threshold))
+    if mask is None:
+        return np.zeros((0, 4), np.float32)
+    return np.ascontiguousarray(coords[np.asarray(mask).ravel() != 0])
 
 
 # ---------------------------------------------------------------- re-ranking

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,6 +48,11 @@ def search(client, image, k=20, box=""):
     """Calls /search with an image path (or None) as the editor's background."""
     value = None if image is None else {"background": handle_file(str(image))}
     return client.predict(image=value, k=k, box=box, api_name="/search")
+
+
+def plain_search(client, image, **options):
+    """Calls /search the plain way: a file, and k and box only when given."""
+    return client.predict(image=handle_file(str(image)), **options, api_name="/search")
 
 
 def positives(rparis, query: str) -> set[str]:
@@ -134,17 +141,72 @@ def bad_image(kind: str, folder: Path, rparis) -> Path | None:
     """Returns the file to upload for one kind of bad input (None: no image at all)."""
     if kind == "none":
         return None
-    path = folder / {"photo": "photo.jpg", "text": "notes.jpg", "empty": "empty.png", "bomb": "bomb.png"}[kind]
+    path = folder / {"photo": "photo.jpg", "text": "notes.jpg", "empty": "empty.png", "bomb": "bomb.png",
+                     "over": "over.png"}[kind]
     if kind == "photo":
         Image.open(crop_path(rparis, "paris_eiffel_000266")).save(path)
     elif kind == "text":
         path.write_text("not a picture")
     elif kind == "empty":
         path.write_bytes(b"")
+    elif kind == "over":
+        # Over our 100-megapixel limit by half a megapixel (and over Pillow's 89.5-megapixel warning).
+        Image.new("1", (10050, 10000)).save(path)
     else:
         # 20000 x 20000 one-bit pixels: a small file that would decode to 1.2 GB of RGB.
         Image.new("1", (20000, 20000)).save(path)
     return path
+
+
+def test_view_api_shows_the_contract_and_it_holds(client, rparis):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    params = [(p["parameter_name"], p["parameter_has_default"], p["parameter_default"])
+              for p in endpoints["/search"]["parameters"]]
+    assert params == [("image", False, None), ("k", True, 20), ("box", True, "")]
+    assert endpoints["/search"]["parameters"][0]["python_type"]["type"] == "filepath"
+    assert [p["parameter_name"] for p in endpoints["/match"]["parameters"]] == ["image", "box", "id"]
+    assert sorted(endpoints) == ["/match", "/search"]  # nothing else is public
+
+    crop = crop_path(rparis, "paris_eiffel_000266")
+    _, plain, _ = plain_search(client, crop)  # a plain file; k and box left out
+    _, wrapped, _ = search(client, crop, k=20, box="")  # the editor's dict, everything given
+    assert [r["rank"] for r in plain] == list(range(1, 21))
+    assert plain == wrapped
+
+
+def test_a_url_is_refused_and_never_fetched(client):
+    import http.server
+    import threading
+
+    fetched = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            fetched.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/photo.jpg"
+    try:
+        for image in (handle_file(url), url, {"background": handle_file(url)}):
+            with pytest.raises(AppError) as refused:
+                client.predict(image=image, api_name="/search")
+            assert str(refused.value).startswith("URLs are not fetched") and "\n" not in str(refused.value)
+    finally:
+        server.shutdown()
+    assert fetched == []
+
+
+def test_a_request_cannot_name_a_server_file(client):
+    # A dict that is not one of Gradio's checked uploads must not be opened, whatever its path says.
+    for value in ({"path": str(ROOT / "app.py")}, str(ROOT / "app.py"), {"background": {"path": "/etc/hostname"}}):
+        with pytest.raises(AppError, match="must be an uploaded file"):
+            client.predict(image=value, api_name="/search")
 
 
 @pytest.mark.parametrize(
@@ -157,13 +219,31 @@ def bad_image(kind: str, folder: Path, rparis) -> Path | None:
         ("photo", "a,b,c,d", "four whole numbers"),
         ("text", "", "cannot be used as a query: not a readable image"),
         ("empty", "", "cannot be used as a query: the file is empty"),
-        ("bomb", "", "cannot be used as a query: the image is too large to decode safely"),
+        ("bomb", "", "cannot be used as a query: the image is too large to decode safely: the limit is 100 "
+                     "megapixels: the image has 400,000,000 pixels"),
+        ("over", "", "the limit is 100 megapixels: the image has 10050x10000 = 100,500,000 pixels"),
     ],
-    ids=["no-image", "empty-box", "box-outside", "short-box", "words-box", "not-an-image", "empty-file", "bomb"],
+    ids=["no-image", "empty-box", "box-outside", "short-box", "words-box", "not-an-image", "empty-file", "bomb",
+         "over-the-limit"],
 )
 def test_bad_inputs_are_refused_with_their_message(client, rparis, tmp_path, kind, box, message):
-    with pytest.raises(AppError, match=message):
+    with pytest.raises(AppError, match=message) as refused:
         search(client, bad_image(kind, tmp_path, rparis), k=5, box=box)
+    # One line, naming no file on the server (uploads live in Gradio's temporary folder).
+    assert "\n" not in str(refused.value) and "/" not in str(refused.value)
+
+
+def test_expected_errors_are_one_log_line_each(client, rparis, app_log, tmp_path):
+    before = app_log.read_text(errors="replace")
+    for k, box in ((0, ""), (5, "1,2,3"), (5, "10,10,10,80")):
+        with pytest.raises(AppError):
+            search(client, crop_path(rparis, "paris_eiffel_000266"), k=k, box=box)
+    with pytest.raises(AppError):
+        search(client, None)
+    added = app_log.read_text(errors="replace")[len(before):]
+    assert "Traceback" not in added
+    assert [line.split("refused: ")[1].split(":")[0] for line in added.splitlines() if "refused: " in line] == [
+        "Bad K", "Bad box", "Empty crop", "No image"]
 
 
 def test_an_upload_over_the_size_limit_is_refused_by_the_server(app_url, tmp_path):
@@ -215,6 +295,11 @@ def test_an_index_that_cannot_be_served_gives_one_message(tmp_path):
 def test_an_image_folder_is_indexed_then_served(rparis, tmp_path):
     import shutil
 
+    import numpy as np
+
+    from precompute import build_index
+    from retrieval.defaults import DEFAULT
+    from retrieval.index import load_index
     from tests.appserver.process import running_app
 
     photos = tmp_path / "photos"
@@ -230,7 +315,154 @@ def test_an_image_folder_is_indexed_then_served(rparis, tmp_path):
     assert results[0]["id"] == "paris_louvre_000050"
     assert "3 images (3 embedded, 0 reused, 0 skipped)" in (tmp_path / "app.log").read_text()
 
+    # The quick start's index is the one precompute.build_index makes: the same default pipeline.
+    assert build_index.main(["--images", str(photos), "--out", str(tmp_path / "built"),
+                             "--network", "efficientnet-lite0"]) == 0
+    served, built = load_index(tmp_path / "index"), load_index(tmp_path / "built")
+    for key in ("network", "weights", "pipeline", "dba", "query_expansion", "preview_side"):
+        assert served.meta[key] == built.meta[key], key
+    assert served.meta["pipeline"] == DEFAULT.descriptor.to_meta()
+    assert served.meta["query_expansion"] == {"k": DEFAULT.qe, "alpha": DEFAULT.alpha}
+    assert served.meta["dba"] == {"k": 2, "alpha": DEFAULT.alpha}  # DBA k=3, capped at n - 1 for 3 images
+    assert served.ids.tolist() == built.ids.tolist()
+    np.testing.assert_array_equal(served.features, built.features)
+
 
 def test_readme_shows_the_api_example_that_the_tests_run():
     readme = (ROOT / "README.md").read_text()
     assert "```python\n" + API_EXAMPLE.read_text().rstrip("\n") + "\n```" in readme
+
+
+# ---------------------------------------------------------------- the match view (/match)
+
+
+def test_match_view_shows_the_matches_of_query_and_result(client, rparis, engine):
+    from retrieval.matchview import GAP, match_view
+
+    crop = crop_path(rparis, "paris_louvre_000035")
+    _, results, _ = plain_search(client, crop, k=3)
+    best = results[0]["id"]
+    picture, info = client.predict(image=handle_file(str(crop)), id=best, api_name="/match")
+    # The oracle: the same view made here, from the query file and the index's stored preview.
+    expected = match_view(str(crop), engine.index.preview(best))
+    assert info == {"id": best, "matches": expected.count}
+    assert Image.open(picture).size == expected.image.size
+    preview = Image.open(io.BytesIO(engine.index.preview(best)))
+    assert max(preview.size) == 512  # the larger preview, not the 192-px thumbnail
+    query = Image.open(crop)
+    left_width = round(query.width * min(1.0, 512 / max(query.size)))
+    assert expected.image.width == left_width + GAP + preview.width  # side by side, as the detector saw them
+    assert expected.count >= 20  # the same pyramid from elsewhere: many consistent points (42 measured)
+
+
+def test_match_refuses_an_unknown_id(client, rparis):
+    with pytest.raises(AppError, match="is not in this index"):
+        client.predict(image=handle_file(str(crop_path(rparis, "paris_triomphe_000414"))), id="../../etc/passwd",
+                       api_name="/match")
+
+
+# ---------------------------------------------------------------- the plain HTTP endpoint
+
+
+def http_post(app_url, image: Path | None, **params):
+    import httpx
+
+    files = None if image is None else {"image": (image.name, image.read_bytes(), "image/jpeg")}
+    return httpx.post(app_url + "api/search", params=params, files=files, timeout=60)
+
+
+def test_http_endpoint_answers_as_the_gradio_api_does(app_url, client, rparis):
+    query = "paris_louvre_000050"
+    box = ",".join(str(round(v)) for v in rparis.query_boxes[rparis.query_ids.index(query)])
+    response = http_post(app_url, rparis.image_path(query), k=10, box=box)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    body = response.json()
+    _, expected, _ = search(client, rparis.image_path(query), k=10, box=box)
+    assert body["results"] == expected
+    assert body["timings"]["total_ms"] == pytest.approx(body["timings"]["embed_ms"] + body["timings"]["search_ms"],
+                                                         abs=0.02)
+    # k defaults to 20 and box to the whole image, as for /search.
+    assert len(http_post(app_url, crop_path(rparis, query)).json()["results"]) == 20
+
+
+@pytest.mark.parametrize(
+    "kind, params, status, message",
+    [
+        ("none", {}, 400, "Upload an image first"),
+        ("photo", {"k": "0"}, 400, "K must be a whole number from 1 to 100"),
+        ("photo", {"k": "abc"}, 400, "K must be a whole number from 1 to 100"),
+        ("photo", {"box": "1,2,3"}, 400, "four whole numbers"),
+        ("photo", {"box": "5000,5000,6000,6000"}, 400, "The crop is empty"),
+        ("text", {}, 415, "cannot be used as a query: not a readable image"),
+        ("bomb", {}, 415, "the limit is 100 megapixels"),
+    ],
+    ids=["no-image", "k-zero", "k-words", "short-box", "box-outside", "not-an-image", "bomb"],
+)
+def test_http_endpoint_refuses_with_the_same_messages_as_json(app_url, rparis, tmp_path, kind, params, status, message):
+    response = http_post(app_url, bad_image(kind, tmp_path, rparis), **params)
+    assert response.status_code == status
+    assert message in response.json()["error"] and "/" not in response.json()["error"]
+
+
+def test_http_endpoint_refuses_a_file_over_the_size_limit(app_url):
+    import httpx
+
+    huge = bytes(21 * 1024 * 1024)  # app.MAX_FILE_BYTES is 20 MB
+    response = httpx.post(app_url + "api/search", files={"image": ("huge.jpg", huge, "image/jpeg")}, timeout=60)
+    assert response.status_code == 413 and "20mb upload limit" in response.json()["error"]
+
+
+def test_readme_curl_example_runs(app_url, rparis):
+    import shlex
+    import shutil
+    import subprocess
+
+    readme = (ROOT / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith("curl -F image=@"))
+    args = shlex.split(line.replace(DOCUMENTED_URL + "/", app_url))
+    assert shutil.which("curl"), "curl is needed for the README's example"
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    body = json.loads(done.stdout)
+    assert [r["rank"] for r in body["results"]] == list(range(1, len(body["results"]) + 1))
+    assert set(body["timings"]) == {"embed_ms", "search_ms", "total_ms"}
+
+
+def test_http_and_gradio_callers_share_one_engine_budget(app_url, rparis):
+    # Both ways at once: every caller gets its answer (the budget serialises, it does not drop).
+    crops = [crop_path(rparis, q) for q in rparis.query_ids[:3]]
+
+    def by_http(crop):
+        return http_post(app_url, crop, k=5).json()["results"]
+
+    def by_gradio(crop):
+        return plain_search(Client(app_url, verbose=False, download_files=False), crop, k=5)[1]
+
+    with ThreadPoolExecutor(6) as pool:
+        http_answers = list(pool.map(by_http, crops * 2))
+        gradio_answers = list(pool.map(by_gradio, crops * 2))
+    assert http_answers == gradio_answers
+
+
+def test_http_callers_beyond_the_waiting_limit_are_told_busy():
+    import app
+
+    gate = app.Gate(1, max_waiting=0)
+    status, body = app.http_search(None, None, gate, b"whatever", 5, "")
+    assert status == 503 and body["title"] == "Busy"
+
+
+def test_only_files_gradio_checked_are_opened():
+    import app
+
+    upload = {"path": "/tmp/gradio/abc/photo.jpg", "meta": {"_type": "gradio.FileData"}}
+    assert app.uploaded_path(upload) == upload["path"]
+    assert app.uploaded_path({"background": upload, "layers": [], "composite": None}) == upload["path"]
+    assert app.uploaded_path({"background": None, "composite": upload}) == upload["path"]
+    assert app.uploaded_path(None) is None and app.uploaded_path({"background": None}) is None
+    for value, message in (("https://example.com/a.jpg", "URLs are not fetched"),
+                           ("/etc/hostname", "must be an uploaded file"),
+                           ({"path": "/etc/hostname"}, "must be an uploaded file"),
+                           ({"path": "/etc/hostname", "meta": {"_type": "other"}}, "must be an uploaded file"),
+                           (42, "must be an uploaded file")):
+        with pytest.raises(app.QueryError, match=message):
+            app.uploaded_path(value)

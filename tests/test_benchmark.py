@@ -96,6 +96,9 @@ def test_quick_benchmark_reports_every_section_with_sane_numbers(tmp_path, capsy
                   "## 5. Peak memory", "## Targets"):
         assert title in text
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A quick run says, above the verdicts, that its sizes are not the targets'.
+    assert results["smoke"] is True
+    assert text.index("Smoke run (--quick)") < text.index("## Targets") < text.index("Smoke run: measured")
 
     assert {r["pipeline"] for r in results["latency"]} == {"report", "default"}
     for r in results["latency"]:

@@ -6,13 +6,11 @@ Without it the tests skip, except under CI (env CI set), where they fail.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -74,59 +72,45 @@ def searched_size(page) -> tuple[int, int]:
 
 
 def upload(page, path: Path) -> None:
-    # The file input exists before the editor is ready to take a file: wait for its canvas.
-    page.locator("#query canvas").first.wait_for()
+    page.locator("#query input[type=file]").wait_for(state="attached")
     page.locator("#query input[type=file]").set_input_files(str(path))
-    # The editor enables Undo once the image is on its canvas; the crop tool needs it there.
-    page.wait_for_function(
-        "() => { const b = document.querySelector('#query button[aria-label=Undo]'); return b && !b.disabled; }"
-    )
+    wait_for_query_image(page)
 
 
-def image_rect_in_crop_mode(page) -> tuple[float, float, float, float]:
-    """Returns the page rectangle (x0, y0, x1, y1) of the image under the crop tool's grey overlay."""
-    canvas = page.locator("#query canvas").first
-    origin = canvas.bounding_box()
-    pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"), dtype=np.int16)
-    grey = pixels[pixels.shape[0] // 2, 2]
-    differs = np.abs(pixels - grey).max(axis=2) > 40
-    # The label and the confirm button differ too, but over far less than half a row or column.
-    rows = np.flatnonzero(differs.sum(axis=1) > differs.sum(axis=1).max() / 2)
-    cols = np.flatnonzero(differs.sum(axis=0) > differs.sum(axis=0).max() / 2)
-    return (origin["x"] + float(cols[0]), origin["y"] + float(rows[0]),
-            origin["x"] + float(cols[-1]), origin["y"] + float(rows[-1]))
+def wait_for_query_image(page) -> None:
+    page.wait_for_function("() => { const i = document.querySelector('#query img'); return i && i.naturalWidth > 0; }")
 
 
-def is_handle_at(page, x: float, y: float) -> bool:
-    """Tells whether a black corner handle of the crop frame lies around page point (x, y)."""
-    shot = page.screenshot(clip={"x": x - 12, "y": y - 12, "width": 24, "height": 24})
-    # A handle is an L of bars 6 px thick: well over 60 near-black pixels in this window.
-    return int((np.asarray(Image.open(io.BytesIO(shot)).convert("L")) < 40).sum()) > 60
+def image_rect(page) -> dict:
+    """Returns the query image's own rectangle on the page (inside object-fit's bands) and its natural size."""
+    return page.evaluate("""() => {
+        const img = document.querySelector('#query img'), r = img.getBoundingClientRect();
+        const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+        const w = img.naturalWidth * s, h = img.naturalHeight * s;
+        return {x: r.left + (r.width - w) / 2, y: r.top + (r.height - h) / 2, w, h, s,
+                width: img.naturalWidth, height: img.naturalHeight, src: img.src};
+    }""")
 
 
-def crop_with_editor(page, keep: float) -> None:
-    """Crops the editor's image to about its bottom-right `keep` fraction with the crop tool."""
-    editor = page.locator("#query")
-    editor.get_by_role("button", name="Image", exact=True).click()
-    editor.get_by_role("button", name="Crop", exact=True).click()
-    confirm = editor.get_by_role("button", name="Confirm crop")
-    confirm.wait_for()
-    x0, y0, x1, y1 = image_rect_in_crop_mode(page)
-    to_x, to_y = x1 - (x1 - x0) * keep, y1 - (y1 - y0) * keep
-    assert not is_handle_at(page, to_x, to_y)
-    for _ in range(5):
-        # The handles take a moment to answer after the tool opens: drag until the frame follows.
-        page.mouse.move(x0 + 2, y0 + 2)  # the top-left handle
-        page.mouse.down()
-        page.mouse.move(to_x, to_y, steps=10)
-        page.mouse.up()
-        if is_handle_at(page, to_x, to_y):
-            break
-        page.wait_for_timeout(300)
-    else:
-        pytest.fail("the crop frame did not follow the drag")
-    confirm.click()
-    confirm.wait_for(state="detached")
+def box_field(page):
+    return page.locator("#box input, #box textarea").first
+
+
+def drag_box(page, start: tuple[float, float], end: tuple[float, float]) -> tuple[int, int, int, int]:
+    """Drags on the query image between two fractions of its size; returns the box that region is in its pixels."""
+    r = image_rect(page)
+    (fx0, fy0), (fx1, fy1) = start, end
+    page.mouse.move(r["x"] + fx0 * r["w"], r["y"] + fy0 * r["h"])
+    page.mouse.down()
+    page.mouse.move(r["x"] + fx1 * r["w"], r["y"] + fy1 * r["h"], steps=12)
+    page.mouse.up()
+    return (round(fx0 * r["width"]), round(fy0 * r["height"]), round(fx1 * r["width"]), round(fy1 * r["height"]))
+
+
+def frame_rect(page) -> dict:
+    frame = page.locator("#box-frame")
+    frame.wait_for(state="visible")
+    return frame.bounding_box()
 
 
 def set_k(page, k: int) -> None:
@@ -135,28 +119,44 @@ def set_k(page, k: int) -> None:
     number.press("Enter")
 
 
-def test_upload_crop_search_shows_k_results_and_query_time(page, app_url, rparis_dir, artifacts_dir):
+def test_dragging_draws_a_box_and_search_searches_inside_it(page, app_url, rparis_dir, artifacts_dir):
     photo = rparis_dir / "jpg" / "paris_louvre_000050.jpg"
-    width, height = Image.open(photo).size
     page.goto(app_url)
     upload(page, photo)
-    crop_with_editor(page, keep=0.6)
+    before = image_rect(page)
+    assert (before["width"], before["height"]) == Image.open(photo).size
+    expected = drag_box(page, (0.2, 0.25), (0.7, 0.85))
+
+    x0, y0, x1, y1 = (int(v) for v in box_field(page).input_value().split(","))
+    tolerance = 2 / before["s"]  # two screen pixels, in image pixels
+    assert all(abs(got - want) <= tolerance for got, want in zip((x0, y0, x1, y1), expected)), (x0, y0, x1, y1)
+    # A rectangle is shown where the drag went; the image itself is untouched (no stroke, no new file).
+    frame = frame_rect(page)
+    assert frame["x"] == pytest.approx(before["x"] + 0.2 * before["w"], abs=3)
+    assert frame["width"] == pytest.approx(0.5 * before["w"], abs=3)
+    assert frame["height"] == pytest.approx(0.6 * before["h"], abs=3)
+    assert image_rect(page)["src"] == before["src"] and page.locator("#query canvas").count() == 0
+
     set_k(page, 7)
     page.locator("#search").click()
     wait_for_results(page, 7)
-
     timing = page.locator("#timing").inner_text()
     assert re.search(r"Query time [\d.]+ ms: embedding [\d.]+ ms \+ search [\d.]+ ms", timing), timing
     captions = page.locator("#results .caption-label").all_inner_texts()
     assert [c.split("\n")[0].split(" · ")[0] for c in captions] == [f"#{r}" for r in range(1, 8)]
-    crop_w, crop_h = searched_size(page)
-    assert 0.4 * width < crop_w < 0.8 * width and 0.4 * height < crop_h < 0.8 * height
-    # An uploaded image has no link of its own (only the page's deep link).
-    assert page.locator("#share textarea, #share input").first.input_value() == ""
-    page.mouse.move(0, 0)  # no brush cursor over the editor in the picture
+    assert searched_size(page) == (x1 - x0, y1 - y0)  # the search ran on exactly that region
+    # An upload has no ?id= link: the one share control is Gradio's deep link.
+    assert not page.locator("#share").is_visible()
+    page.mouse.move(0, 0)
     page.screenshot(path=str(artifacts_dir / "app-results.png"), full_page=True)
 
-    # Gradio's deep link brings the page back as it is: the cropped query, K and the results.
+    # Clicking a result shows why it matched.
+    page.locator("#results .thumbnail-item").first.click()
+    page.locator("#match img").wait_for()
+    assert re.fullmatch(r"\d+ matching points between the query and #1 .+", page.locator("#match-count").inner_text())
+    page.screenshot(path=str(artifacts_dir / "app-match.png"), full_page=True)
+
+    # Gradio's deep link brings the page back as it is: the query, its box, K and the results.
     page.get_by_role("button", name="Link to this page").click()
     page.wait_for_function("() => navigator.clipboard.readText().then(t => t.includes('deep_link='))")
     link = page.evaluate("() => navigator.clipboard.readText()")
@@ -165,16 +165,46 @@ def test_upload_crop_search_shows_k_results_and_query_time(page, app_url, rparis
     wait_for_results(restored, 7)
     assert restored.locator("#results .caption-label").all_inner_texts() == captions
     assert restored.locator("#k input[type=number]").input_value() == "7"
-    assert searched_size(restored) == (crop_w, crop_h)
+    assert searched_size(restored) == (x1 - x0, y1 - y0)
+
+
+def test_a_typed_box_is_drawn_and_a_click_clears_it(page, app_url, rparis_dir):
+    page.goto(app_url)
+    upload(page, rparis_dir / "jpg" / "paris_eiffel_000266.jpg")
+    r = image_rect(page)
+    box_field(page).fill(f"0,0,{r['width'] // 2},{r['height'] // 2}")
+    frame = frame_rect(page)
+    assert frame["x"] == pytest.approx(r["x"], abs=3) and frame["y"] == pytest.approx(r["y"], abs=3)
+    assert frame["width"] == pytest.approx(r["w"] / 2, abs=3) and frame["height"] == pytest.approx(r["h"] / 2, abs=3)
+    page.mouse.click(r["x"] + r["w"] * 0.8, r["y"] + r["h"] * 0.8)
+    page.wait_for_function("() => document.querySelector('#box input, #box textarea').value === ''")
+    page.locator("#box-frame").wait_for(state="hidden")
+
+
+def test_an_unusable_upload_says_so_at_once_and_clears_the_editor(page, app_url, tmp_path):
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a picture")
+    page.goto(app_url)
+    page.locator("#query input[type=file]").wait_for(state="attached")
+    page.locator("#query input[type=file]").set_input_files(str(notes))
+    page.get_by_text("cannot be used as a query: not a readable image").wait_for()
+    page.wait_for_function("() => !document.querySelector('#query img')")
+    assert "/tmp" not in page.locator("body").inner_text()
 
 
 def test_share_link_opens_and_runs_its_query(page, app_url):
     page.goto(app_url + "?id=paris_eiffel_000266&k=5&box=20,10,150,130")
     wait_for_results(page, 5)
 
-    assert page.locator("#box input, #box textarea").first.input_value() == "20,10,150,130"
+    assert box_field(page).input_value() == "20,10,150,130"
     assert page.locator("#k input[type=number]").input_value() == "5"
     assert searched_size(page) == (130, 120)
+    # The editor shows the sharp 512-px preview, with the link's box drawn on it.
+    wait_for_query_image(page)
+    r = image_rect(page)
+    assert max(r["width"], r["height"]) == 512
+    assert frame_rect(page)["width"] == pytest.approx(130 * r["s"], abs=3)
+    assert not page.get_by_role("button", name="Link to this page").is_visible()  # one share control
     assert "embedding" in page.locator("#timing").inner_text()
     page.wait_for_function("() => document.querySelector('#share textarea, #share input').value.startsWith('http')")
     link = urlsplit(page.locator("#share textarea, #share input").first.input_value())
@@ -189,6 +219,8 @@ def test_example_click_searches_that_index_image_first(page, app_url):
 
     first = page.locator("#results .caption-label").first.inner_text()
     assert "stored descriptor" in page.locator("#timing").inner_text()
+    wait_for_query_image(page)
+    assert max(image_rect(page)["width"], image_rect(page)["height"]) == 512  # the preview, not the thumbnail
     page.wait_for_function("() => document.querySelector('#share textarea, #share input').value.includes('?id=')")
     image_id = parse_qs(urlsplit(page.locator("#share textarea, #share input").first.input_value()).query)["id"][0]
     assert first.split("\n")[1] == image_id  # its own stored descriptor finds itself first

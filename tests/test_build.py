@@ -157,3 +157,26 @@ def test_bucketed_build_descriptor_equals_the_query_descriptor(tiny, tmp_path, f
     engine = SearchEngine(idx, tiny)  # queries take the index's pipeline, buckets included
     for i in range(6):
         np.testing.assert_allclose(engine.embed(root / f"p{i}.jpg"), idx.features[idx.row_of(f"p{i}")], atol=1e-5)
+
+
+def test_previews_are_stored_at_their_side_and_made_once_per_file(tiny, tmp_path, monkeypatch):
+    import retrieval.previews
+
+    root = tmp_path / "photos"
+    for i in range(3):
+        save_photo(root / f"p{i}.jpg", i, size=(900, 600))
+    made = []
+    real = retrieval.previews.make_preview
+    monkeypatch.setattr(retrieval.previews, "make_preview", lambda path, side: made.append(path) or real(path, side))
+    build_index(root, tmp_path / "idx", tiny, PIPE, preview_side=300)
+    idx = load_index(tmp_path / "idx")
+    assert idx.meta["preview_side"] == 300
+    assert [Image.open(io.BytesIO(idx.preview(i))).size for i in idx.ids] == [(300, 200)] * 3
+    assert len(made) == 3
+    save_photo(root / "p3.jpg", 3, size=(900, 600))
+    build_index(root, tmp_path / "idx", tiny, PIPE, preview_side=300)
+    assert len(made) == 4 and load_index(tmp_path / "idx").has_previews  # only the new file's preview was made
+    # Over max_previews (or with preview_side=None), the index keeps thumbnails alone.
+    build_index(root, tmp_path / "idx", tiny, PIPE, preview_side=300, max_previews=3)
+    idx = load_index(tmp_path / "idx")
+    assert not idx.has_previews and idx.meta["preview_side"] is None

@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +250,51 @@ def test_bucket_recorded_and_old_pipelines_still_read():
     for bad in [dict(bucket="crop"), dict(max_side=None, squash=224, bucket="resize")]:
         with pytest.raises(ValueError, match="bucket"):
             Pipeline(**bad)
+
+
+def _jpeg_of_size(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buffer, format="JPEG", quality=50)
+    return buffer.getvalue()
+
+
+def test_our_pixel_limit_is_the_one_that_applies():
+    import warnings
+
+    from retrieval.features import MAX_PIXELS
+
+    # 95 megapixels: over Pillow's 89.5-megapixel warning, under our 100: decoded, no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = load_image(_jpeg_of_size(9750, 9750), draft_size=(64, 64))
+    assert image.mode == "RGB" and max(image.size) < 9750  # drafted at 1/8 scale, so the test stays fast
+    # Just over ours: refused with our message, before decoding.
+    with pytest.raises(ImageError, match=r"the limit is 100 megapixels: the image has 10050x10000 = 100,500,000"):
+        load_image(_jpeg_of_size(10050, 10000))
+    assert MAX_PIXELS == 100_000_000
+
+
+def test_pillows_own_refusal_reads_as_ours():
+    bomb = encode(Image.new("1", (20000, 20000)), "PNG")  # 400 MP: Pillow refuses it outright at open
+    with pytest.raises(ImageError) as refused:
+        load_image(bomb)
+    assert str(refused.value) == ("the image is too large to decode safely: the limit is 100 megapixels: "
+                                  "the image has 400,000,000 pixels")
+
+
+def test_readme_states_the_pixel_limit_the_code_enforces():
+    import re
+
+    from retrieval.features import MAX_PIXELS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    stated = {int(m) for m in re.findall(r"over (\d+)\s+megapixels", readme)}
+    assert stated == {MAX_PIXELS // 1_000_000}
+
+
+def test_an_unidentified_file_is_refused_without_its_path(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("not a picture")
+    with pytest.raises(ImageError) as refused:
+        load_image(path)
+    assert str(tmp_path) not in str(refused.value) and "not a readable image" in str(refused.value)

@@ -33,7 +33,8 @@ EVALUATION = {"dataset": "rparis6k-mini", "protocol": "medium", "map": 0.4321,
               "command": "python -m precompute.evaluate --index idx --dataset rparis6k"}
 
 
-def make_index(folder, *, seed=0, n=24, d=8, whiten=False, network="tiny", ann=False, **extra) -> Path:
+def make_index(folder, *, seed=0, n=24, d=8, whiten=False, network="tiny", ann=False, previews=False,
+               **extra) -> Path:
     """A small index written by save_index, with a build cache beside it that must never be pushed."""
     rng = np.random.default_rng(seed)
     raw = l2_normalize(rng.standard_normal((n, d)))
@@ -44,7 +45,7 @@ def make_index(folder, *, seed=0, n=24, d=8, whiten=False, network="tiny", ann=F
     meta = {"network": network, "weights": f"random-seed-{seed}", "pipeline": Pipeline().to_meta(), **extra}
     structure = build_ann(features, factory="IVF2,SQ8") if ann else None
     out = save_index(folder, features, ids, meta, thumbnails=thumbnails, whitening=whitening, dtype="float32",
-                     ann=structure)
+                     ann=structure, previews=[rng.bytes(90 + i) for i in range(n)] if previews else None)
     (out / ".cache").mkdir(exist_ok=True)
     (out / ".cache" / "shard-000.npz").write_bytes(b"build cache, not part of the index")
     return out
@@ -113,6 +114,16 @@ def test_an_index_with_an_ann_structure_round_trips(tmp_path, upload_server, hub
     pulled = pull_index(repo_name, endpoint=hub_proxy().url, cache_dir=hf_cache, network="tiny")
     assert_same_index(pulled, built)
     assert pulled.meta["ann"]["factory"] == "IVF2,SQ8"
+
+
+def test_previews_are_pushed_and_pulled_with_the_index(tmp_path, upload_server, hub_proxy, hf_cache, hub_mirrors,
+                                                      repo_name):
+    built = make_index(tmp_path / "idx", previews=True)
+    commit = push_index(built, repo_name, endpoint=upload_server.url)
+    assert {"previews.bin", "previews_offsets.npy"} <= set(git_show(hub_mirrors, repo_name, commit).split())
+    pulled = pull_index(repo_name, endpoint=hub_proxy().url, cache_dir=hf_cache, network="tiny")
+    assert pulled.has_previews
+    assert [pulled.preview(i) for i in pulled.ids] == [load_index(built).preview(i) for i in pulled.ids]
 
 
 def test_dataset_card_states_what_the_index_is(tmp_path, upload_server, hub_mirrors, repo_name):

@@ -127,3 +127,27 @@ def test_recover_after_crash_between_renames(tmp_path):
     out.rename(tmp_path / ".idx.new-crash")
     recover_index_folder(out)
     assert len(load_index(out)) == 4
+
+
+def test_previews_round_trip_and_are_checked(tmp_path):
+    previews = [bytes([100 + i]) * (10 * i + 3) for i in range(5)]
+    out, _, ids, thumbs = make(tmp_path, previews=previews)
+    idx = load_index(out)
+    assert idx.has_previews and [idx.preview(i) for i in ids] == previews
+    assert json.loads((out / "index.json").read_text())["files"]["previews.bin"]["bytes"] == sum(map(len, previews))
+    data = bytearray((out / "previews.bin").read_bytes())
+    data[7] ^= 0xFF
+    (out / "previews.bin").write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match="previews.bin does not match its sha256"):
+        load_index(out)
+    (out / "previews.bin").unlink()
+    with pytest.raises(IndexFormatError, match="previews.bin is missing"):
+        load_index(out)
+
+
+def test_an_index_without_previews_serves_its_thumbnails(tmp_path):
+    out, _, ids, thumbs = make(tmp_path)
+    idx = load_index(out)
+    assert not idx.has_previews and [idx.preview(i) for i in ids] == thumbs
+    with pytest.raises(ValueError, match="5 rows and 2 previews"):
+        make(tmp_path / "bad", previews=[b"a", b"b"])

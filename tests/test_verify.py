@@ -123,6 +123,16 @@ def test_known_homography_is_recovered(feats):
     assert 0.95 * oracle <= inliers <= len(pairs)
 
 
+def test_inlier_matches_are_the_counted_inliers_and_fit_the_true_homography(feats):
+    a, b = feats["original"], feats["warped"]
+    found = verify.inlier_matches(a, b)
+    assert found.dtype == np.float32 and found.shape == (count_inliers(a, b), 4)
+    moved = cv2.perspectiveTransform(found[None, :, :2].astype(np.float64), H)[0]
+    # RANSAC's own model is fitted to the matches: nearly all lie within its threshold of the true one.
+    assert np.mean(np.linalg.norm(moved - found[:, 2:], axis=1) < 2 * verify.DEFAULT_THRESHOLD) > 0.95
+    assert verify.inlier_matches(feats["original"], feats["others"][0]).shape[0] < DEFAULT_MIN_INLIERS
+
+
 def test_unrelated_images_have_few_inliers(feats):
     counts = [count_inliers(feats["original"], other) for other in feats["others"]]
     counts += [count_inliers(feats["warped"], other) for other in feats["others"]]

@@ -13,10 +13,15 @@ from tests.appserver.process import ROOT, running_app
 
 
 @pytest.fixture(scope="session")
-def app_url(lite0_index, tmp_path_factory):
+def app_log(tmp_path_factory):
+    """The file the shared app's stdout and stderr go to."""
+    return tmp_path_factory.mktemp("app") / "app.log"
+
+
+@pytest.fixture(scope="session")
+def app_url(lite0_index, app_log):
     """The URL ("http://127.0.0.1:PORT/") of app.py serving `lite0_index`."""
-    log = tmp_path_factory.mktemp("app") / "app.log"
-    with running_app(["--index", str(lite0_index)], log) as url:
+    with running_app(["--index", str(lite0_index)], app_log) as url:
         yield url
 
 
