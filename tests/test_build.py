@@ -1,3 +1,4 @@
+import json
 import io
 import os
 
@@ -141,3 +142,114 @@ def test_command_reports_bad_options(capsys, tmp_path):
     assert "unknown network 'vgg'" in capsys.readouterr().err
     assert build_cmd.main(["--images", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
                            "--network", "efficientnet-lite0", "--max-side", "64", "--squash", "64"]) == 2
+
+
+def test_a_file_rewritten_to_the_same_size_is_embedded_again(tiny, tmp_path):
+    # BMP files of one size have one length, so only the modification time tells the edit.
+    root = tmp_path / "photos"
+    for i in range(3):
+        save_photo(root / f"p{i}.bmp", i, fmt="BMP")
+    out = tmp_path / "idx"
+    build_index(root, out, tiny, PIPE, dtype="float32")
+    before = load_index(out).features.copy()
+    size = (root / "p1.bmp").stat().st_size
+    stamp = (root / "p1.bmp").stat().st_mtime_ns
+    save_photo(root / "p1.bmp", 42, fmt="BMP")
+    os.utime(root / "p1.bmp", ns=(stamp + 1_000_000_000, stamp + 1_000_000_000))
+    assert (root / "p1.bmp").stat().st_size == size
+    report = build_index(root, out, tiny, PIPE, dtype="float32")
+    after = load_index(out)
+    assert (report.embedded, report.reused) == (1, 2)
+    np.testing.assert_allclose(after.features[1], embed_image(tiny, root / "p1.bmp", PIPE), atol=1e-5)
+    assert not np.allclose(after.features[1], before[1])
+    np.testing.assert_array_equal(after.features[[0, 2]], before[[0, 2]])
+    # Touched to a time a nanosecond later, with the same content: embedded again too.
+    os.utime(root / "p2.bmp", ns=(stamp + 2_000_000_001, stamp + 2_000_000_001))
+    assert build_index(root, out, tiny, PIPE, dtype="float32").embedded == 1
+
+
+def test_two_files_with_one_id_skip_the_second_with_a_message(tiny, tmp_path):
+    root = tmp_path / "photos"
+    save_photo(root / "a.jpg", 1)
+    save_photo(root / "a.png", 2, fmt="PNG")
+    save_photo(root / "b.jpg", 3)
+    msgs = []
+    report = build_index(root, tmp_path / "idx", tiny, PIPE, dtype="float32", log=msgs.append)
+    idx = load_index(tmp_path / "idx")
+    assert idx.ids.tolist() == ["a", "b"] and report.count == 2
+    np.testing.assert_allclose(idx.features[0], embed_image(tiny, root / "a.jpg", PIPE), atol=1e-5)
+    assert report.skipped == [("a.png", "same id as a.jpg")]
+    assert msgs == ["skipped a.png: its id 'a' is taken by a.jpg"]
+
+
+def test_a_changed_thumbnail_side_embeds_everything_again(tiny, folder, tmp_path):
+    out = tmp_path / "idx"
+    build_index(folder, out, tiny, PIPE, thumbnail_side=32)
+    assert max(Image.open(io.BytesIO(load_index(out).thumbnail("p0"))).size) == 32
+    msgs = []
+    report = build_index(folder, out, tiny, PIPE, thumbnail_side=48, log=msgs.append)
+    idx = load_index(out)
+    assert report.embedded == 6 and report.reused == 0 and any("other settings" in m for m in msgs)
+    assert max(Image.open(io.BytesIO(idx.thumbnail("p0"))).size) == 48 and idx.meta["thumbnail_side"] == 48
+    assert build_index(folder, out, tiny, PIPE, thumbnail_side=48).reused == 6
+
+
+def test_progress_report_and_periodic_flushes(tiny, folder, tmp_path):
+    out = tmp_path / "idx"
+    calls = []
+    report = build_index(folder, out, tiny, PIPE, shard_size=2, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(i, 6) for i in range(1, 7)]
+    assert (report.count, report.embedded, report.reused, report.removed, report.skipped) == (6, 6, 0, 0, [])
+    assert report.seconds > 0
+    assert len(list((out / ".cache").glob("shard-*.npz"))) == 1  # three shards of 2, compacted into one
+    # flush_seconds=0: every finished image is written at once, so an interruption loses none.
+    def crash(done, total):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    for p in folder.rglob("*.jpg"):
+        os.utime(p, ns=(1, 1))
+    with pytest.raises(KeyboardInterrupt):
+        build_index(folder, out, tiny, PIPE, batch_size=1, workers=1, flush_seconds=0, progress=crash)
+    assert build_index(folder, out, tiny, PIPE).embedded == 3
+
+
+def test_a_corrupt_cache_shard_is_embedded_again(tiny, folder, tmp_path):
+    out = tmp_path / "idx"
+    build_index(folder, out, tiny, PIPE)
+    (shard,) = (out / ".cache").glob("shard-*.npz")
+    shard.write_bytes(b"not a zip")
+    (out / ".cache" / "state.json").write_text("{not json")
+    msgs = []
+    report = build_index(folder, out, tiny, PIPE, log=msgs.append)
+    assert report.embedded == 6 and any("other settings" in m for m in msgs)
+    build_index(folder, out, tiny, PIPE)
+    (shard,) = (out / ".cache").glob("shard-*.npz")
+    shard.write_bytes(b"not a zip")
+    msgs = []
+    assert build_index(folder, out, tiny, PIPE, log=msgs.append).embedded == 6
+    assert any(m.startswith(f"ignoring unreadable cache file {shard.name}") for m in msgs)
+
+
+def test_the_build_records_what_made_it(tiny, folder, tmp_path):
+    build_index(folder, tmp_path / "idx", tiny, PIPE, dtype="float32", alpha=2.0, dba=1, qe=2,
+                extra_meta={"source": "photos"})
+    meta = load_index(tmp_path / "idx").meta
+    assert (meta["network"], meta["weights"], meta["source"]) == (tiny.name, tiny.weights, "photos")
+    assert meta["dba"] == {"k": 1, "alpha": 2.0} and meta["query_expansion"] == {"k": 2, "alpha": 2.0}
+    assert meta["dtype"] == "float32" and meta["thumbnail_side"] == 192
+    state = json.loads((tmp_path / "idx" / ".cache" / "state.json").read_text())
+    assert state == {"cache_version": 1, "network": tiny.name, "weights": tiny.weights,
+                     "pipeline": PIPE.to_meta(), "thumbnail_side": 192}
+
+
+def test_whitening_needs_two_images_and_dba_one_neighbour(tiny, tmp_path):
+    root = tmp_path / "one"
+    save_photo(root / "p.jpg", 1)
+    with pytest.raises(BuildError, match="whitening needs at least two images"):
+        build_index(root, tmp_path / "idx", tiny, PIPE, whiten=True)
+    build_index(root, tmp_path / "idx", tiny, PIPE, dba=3)
+    assert load_index(tmp_path / "idx").meta["dba"] is None
+    with pytest.raises(BuildError, match=r"no image under .* could be indexed \(0 skipped\)"):
+        (tmp_path / "empty").mkdir()
+        build_index(tmp_path / "empty", tmp_path / "e", tiny, PIPE)

@@ -127,3 +127,195 @@ def test_recover_after_crash_between_renames(tmp_path):
     out.rename(tmp_path / ".idx.new-crash")
     recover_index_folder(out)
     assert len(load_index(out)) == 4
+
+
+def rewrite(out, name, array):
+    """Replaces one array file and re-records its size and sha256, so only the content check can object."""
+    from retrieval.index import file_sha256
+
+    np.save(out / name, array)
+    meta = json.loads((out / "index.json").read_text())
+    meta["files"][name] = {"sha256": file_sha256(out / name), "bytes": (out / name).stat().st_size}
+    (out / "index.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_rows_holding_nan_or_infinity_are_refused(tmp_path, bad):
+    out, feats, *_ = make(tmp_path, dtype="float32")
+    feats = feats.copy()
+    feats[2, 3] = bad
+    rewrite(out, "feature_list.npy", feats)
+    with pytest.raises(IndexFormatError, match="feature_list.npy holds NaN or infinite values"):
+        load_index(out)
+
+
+def test_repeated_ids_are_refused(tmp_path):
+    out, _, ids, _ = make(tmp_path)
+    rewrite(out, "feature_id.npy", np.array(ids[:4] + [ids[0]]))
+    with pytest.raises(IndexFormatError, match="feature_id.npy has duplicate ids"):
+        load_index(out)
+
+
+def test_ids_and_offsets_that_do_not_fit_are_refused(tmp_path):
+    out, _, ids, _ = make(tmp_path)
+    rewrite(out, "feature_id.npy", np.arange(5))
+    with pytest.raises(IndexFormatError, match=r"holds \(5,\) int64, expected 5 unicode ids"):
+        load_index(out)
+    rewrite(out, "feature_id.npy", np.array(ids))
+    offsets = np.load(out / "thumbnails_offsets.npy")
+    for bad in (offsets[:-1], offsets + 1, offsets[::-1].copy(), np.r_[offsets[:-1], offsets[-1] + 1]):
+        rewrite(out, "thumbnails_offsets.npy", bad)
+        with pytest.raises(IndexFormatError, match="thumbnails_offsets.npy does not describe thumbnails.bin for 5 images"):
+            load_index(out)
+    swapped = offsets.copy()
+    swapped[2], swapped[3] = swapped[3], swapped[2]  # still 0 .. len, but one thumbnail of -1 bytes
+    rewrite(out, "thumbnails_offsets.npy", swapped)
+    with pytest.raises(IndexFormatError, match="does not describe"):
+        load_index(out)
+
+
+def test_dtype_and_pipeline_in_index_json_are_checked(tmp_path):
+    out, *_ = make(tmp_path, dtype="float32")
+    edit_meta(out, dtype="float16")
+    with pytest.raises(IndexFormatError, match="feature_list.npy is float32, index.json says float16"):
+        load_index(out)
+    edit_meta(out, dtype="float32", pipeline={**META["pipeline"], "pooling": "median"})
+    with pytest.raises(IndexFormatError, match="the pipeline in index.json is not valid"):
+        load_index(out)
+
+
+def test_files_and_weights_recorded_in_index_json_are_checked(tmp_path):
+    out, *_ = make(tmp_path)
+    with pytest.raises(IndexFormatError, match="built with weights 'random-seed-0', not 'imagenet'"):
+        load_index(out, weights="imagenet")
+    assert len(load_index(out, network="tiny", weights="random-seed-0")) == 5
+    meta = json.loads((out / "index.json").read_text())
+    del meta["files"]["thumbnails.bin"]
+    (out / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexFormatError, match="index.json in .* has no record of thumbnails.bin"):
+        load_index(out)
+    edit_meta(out, files={})
+    del_key = json.loads((out / "index.json").read_text())
+    del del_key["dim"]
+    (out / "index.json").write_text(json.dumps(del_key))
+    with pytest.raises(IndexFormatError, match="lacks dim"):
+        load_index(out)
+    (out / "index.json").write_text("[1, 2]")
+    with pytest.raises(IndexFormatError, match="must hold a JSON object"):
+        load_index(out)
+    (out / "index.json").write_text("{not json")
+    with pytest.raises(IndexFormatError, match="is not valid JSON"):
+        load_index(out)
+
+
+def test_an_altered_file_of_the_same_size_is_caught_only_by_its_sha256(tmp_path):
+    out, *_ = make(tmp_path)
+    data = bytearray((out / "thumbnails.bin").read_bytes())
+    data[0] ^= 0xFF
+    (out / "thumbnails.bin").write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match="thumbnails.bin does not match its sha256"):
+        load_index(out)
+    assert load_index(out, verify=False).thumbnail("img/000") == bytes(data[:1])
+
+
+def whitened(tmp_path):
+    raw = l2_normalize(np.random.default_rng(1).standard_normal((30, 16)))
+    w = learn_whitening(raw)
+    out = save_index(tmp_path / "w", apply_whitening(raw, w), range(30), META,
+                     thumbnails=[b"x"] * 30, whitening=w, dtype="float32")
+    return out, raw, w
+
+
+@pytest.mark.parametrize("name", ["whitening_mean.npy", "whitening_projection.npy"])
+def test_missing_or_corrupt_whitening_files_are_refused(tmp_path, name):
+    out, _, w = whitened(tmp_path)
+    good = (out / name).read_bytes()
+    garbage = b"\x93NUMPY garbage".ljust(len(good), b"\0")
+    (out / name).write_bytes(garbage)  # same size: only the sha256 (or, unverified, the parse) objects
+    with pytest.raises(IndexFormatError, match=f"{name} does not match its sha256"):
+        load_index(out)
+    with pytest.raises(IndexFormatError, match="a whitening file cannot be read"):
+        load_index(out, verify=False)
+    (out / name).unlink()
+    with pytest.raises(IndexFormatError, match=f"is incomplete: {name} is missing"):
+        load_index(out)
+    rewrite(out, name, (w.mean if name == "whitening_mean.npy" else w.projection)[:3])
+    with pytest.raises(IndexFormatError, match="whitening arrays .* do not fit dim"):
+        load_index(out)
+    bad = (w.mean if name == "whitening_mean.npy" else w.projection).copy()
+    bad.flat[0] = np.nan
+    rewrite(out, name, bad)
+    with pytest.raises(IndexFormatError, match="whitening arrays hold NaN"):
+        load_index(out)
+
+
+def test_whitening_is_stored_exactly(tmp_path):
+    out, raw, w = whitened(tmp_path)
+    idx = load_index(out)
+    np.testing.assert_array_equal(idx.whitening.mean, w.mean)
+    np.testing.assert_array_equal(idx.whitening.projection, w.projection)
+    assert idx.whitening.shrinkage == w.shrinkage == idx.meta["whitening"]["shrinkage"]
+    assert idx.project(raw[:2]).shape == (2, w.dim_out)
+    assert idx.project(raw[0]).dtype == np.float32
+
+
+def test_recover_from_a_crash_after_the_old_index_moved_away(tmp_path):
+    # The swap renames idx -> .idx.old-PID, then .idx.new-XXX -> idx; a crash in between leaves both.
+    out, *_ = make(tmp_path, n=4)
+    make(tmp_path / "next", n=6)
+    out.rename(tmp_path / ".idx.old-123")
+    (tmp_path / "next" / "idx").rename(tmp_path / ".idx.new-abc")
+    recover_index_folder(out)
+    assert len(load_index(out)) == 6  # the complete new index wins
+    assert (tmp_path / ".idx.old-123").is_dir()  # left for save_index's next swap to clear
+
+
+def test_recover_refuses_a_half_written_new_index_and_restores_the_old_one(tmp_path):
+    out, *_ = make(tmp_path, n=4)
+    out.rename(tmp_path / ".idx.old-123")
+    half = tmp_path / ".idx.new-abc"
+    half.mkdir()
+    (half / "feature_list.npy").write_bytes(b"partial")  # interrupted before index.json was written
+    recover_index_folder(out)
+    assert len(load_index(out)) == 4
+    assert half.is_dir() and not (half / "index.json").exists()
+
+
+def test_recover_leaves_a_present_index_alone(tmp_path):
+    out, *_ = make(tmp_path, n=4)
+    make(tmp_path / "next", n=6)
+    (tmp_path / "next" / "idx").rename(tmp_path / ".idx.new-abc")
+    recover_index_folder(out)
+    assert len(load_index(out)) == 4
+    recover_index_folder(tmp_path / "never-built")
+    assert not (tmp_path / "never-built").exists()
+
+
+def test_replacing_an_index_clears_the_old_folder_and_refuses_a_file(tmp_path):
+    out, *_ = make(tmp_path, n=4)
+    make(tmp_path, n=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+    blocker = tmp_path / "f" / "idx"
+    blocker.parent.mkdir()
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="is a file, not an index folder"):
+        save_index(blocker, np.eye(2, dtype=np.float32), ["a", "b"], META, thumbnails=[b"", b""])
+    assert sorted(p.name for p in blocker.parent.iterdir()) == ["idx"]
+
+
+def test_save_records_what_load_checks(tmp_path):
+    out, feats, ids, thumbs = make(tmp_path, dtype="float16")
+    meta = read_meta(out)
+    assert (meta["format_version"], meta["dim"], meta["dtype"], meta["count"]) == (1, 8, "float16", 5)
+    assert meta["whitening"] is None and meta["network"] == "tiny" and "numpy" in meta["versions"]
+    assert sorted(meta["files"]) == ["feature_id.npy", "feature_list.npy", "thumbnails.bin", "thumbnails_offsets.npy"]
+    assert np.load(out / "feature_list.npy").dtype == np.float16
+    assert np.load(out / "feature_id.npy").dtype == np.dtype("<U7")
+    assert (out / "thumbnails.bin").read_bytes() == b"".join(thumbs)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        save_index(tmp_path / "b", feats, ids, META, thumbnails=thumbs, dtype="float64")
+    w = learn_whitening(l2_normalize(np.random.default_rng(1).standard_normal((30, 16))))
+    with pytest.raises(ValueError, match="features do not have the whitening's output dimension"):
+        save_index(tmp_path / "b", feats, ids, META, thumbnails=thumbs, whitening=w)
+    with pytest.raises(ValueError, match="not valid|pooling"):
+        save_index(tmp_path / "b", feats, ids, {**META, "pipeline": {"pooling": "median"}}, thumbnails=thumbs)
