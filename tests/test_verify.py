@@ -307,3 +307,42 @@ def test_evaluate_sv_options():
     for bad in (["--sv", "-1"], ["--sv-min-inliers", "0"]):
         with pytest.raises(SystemExit):
             cmd.parse_args(["--dataset", "rparis6k", "--data-root", ".", *bad])
+
+
+def unit_at(distance: float, axis: int) -> np.ndarray:
+    """A unit 128-vector at Euclidean distance `distance` from e0, leaning towards e_axis."""
+    theta = 2 * np.arcsin(distance / 2)
+    v = np.zeros(128, np.float32)
+    v[0], v[axis] = np.cos(theta), np.sin(theta)
+    return v
+
+
+@pytest.mark.parametrize("ratio_of_distances, kept", [(0.6, True), (0.7, True), (0.79, True), (0.81, False),
+                                                      (0.85, False), (0.95, False)])
+def test_ratio_test_compares_distances_with_the_ratio_itself(ratio_of_distances, kept):
+    # Nearest at distance 0.5 r, second at 0.5: kept exactly when r < 0.8. Cases between 0.8^2 and 0.8
+    # and between 0.8 and sqrt(0.8) tell distances from squared distances.
+    a = LocalFeatures(np.zeros((1, 2), np.float32), unit_at(0.0, 1)[None])
+    b = LocalFeatures(np.zeros((2, 2), np.float32), np.stack([unit_at(0.5 * ratio_of_distances, 1),
+                                                              unit_at(0.5, 2)]))
+    assert match_features(a, b, ratio=0.8).tolist() == ([[0, 0]] if kept else [])
+    assert match_features(a, b, ratio=None).tolist() == [[0, 0]]
+    assert match_features(a, LocalFeatures(b.keypoints[:1], b.descriptors[:1]), ratio=0.8).tolist() == [[0, 0]]
+
+
+def test_repeated_correspondences_count_once():
+    # 30 points moved by a known homography; each point has three keypoints at one position (as SIFT
+    # gives one position several orientations), each with its own descriptor and its own match.
+    rng = np.random.default_rng(0)
+    points = rng.uniform(10, 300, (30, 2)).astype(np.float32)
+    moved = cv2.perspectiveTransform(points[None].astype(np.float64), H)[0].astype(np.float32)
+    e = np.eye(128, dtype=np.float32)
+    descriptors = e[:90]
+    a = LocalFeatures(np.repeat(points, 3, axis=0), descriptors)
+    b = LocalFeatures(np.repeat(moved, 3, axis=0), descriptors)
+    assert len(match_features(a, b)) == 90
+    assert count_inliers(a, b) == 30
+    assert count_inliers(a, b, at_least=31) == 0  # 30 distinct correspondences cannot reach 31
+    assert count_inliers(a, b, at_least=30) == 30
+    once = LocalFeatures(points, e[:30])
+    assert count_inliers(once, LocalFeatures(moved, e[:30])) == 30
