@@ -132,13 +132,24 @@ def summary_counts(statuses: dict[str, str]) -> dict[str, int]:
     return out
 
 
-def mutant_diff(name: str, mutant: str) -> str:
-    """Returns the changed lines of one mutant ("- old" / "+ new"), from `mutmut show`."""
-    done = subprocess.run([sys.executable, "-m", "mutmut", "show", mutant], cwd=WORK / name,
-                          capture_output=True, text=True, timeout=120)
-    lines = [line for line in done.stdout.splitlines()
-             if line[:1] in "+-" and not line.startswith(("+++", "---"))]
-    return "\n".join(line[0] + " " + line[1:].strip() for line in lines)
+_DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+print(json.dumps({name: get_diff_for_mutant(name) for name in json.load(sys.stdin)}))
+"""
+
+
+def mutant_diffs(name: str, mutants: list[str]) -> dict[str, str]:
+    """Returns {mutant: its changed lines ("- old" / "+ new")}, from mutmut in the module's work folder."""
+    if not mutants:
+        return {}
+    done = subprocess.run([sys.executable, "-c", _DIFFS], cwd=WORK / name, input=json.dumps(mutants),
+                          capture_output=True, text=True, timeout=600, check=True)
+    out = {}
+    for mutant, diff in json.loads(done.stdout).items():
+        lines = [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+        out[mutant] = "\n".join(line[0] + " " + line[1:].strip() for line in lines)
+    return out
 
 
 def module_result(name: str, previous: dict | None) -> dict | None:
@@ -148,13 +159,13 @@ def module_result(name: str, previous: dict | None) -> dict | None:
     statuses = read_statuses(name)
     if not statuses:
         return previous
-    old_diffs = {s["name"]: s["diff"] for s in (previous or {}).get("survivors", [])}
     survivors, equivalent, detected, counts = [], 0, 0, summary_counts(statuses)
+    diffs = mutant_diffs(name, [m for m, status in statuses.items() if status not in DETECTED])
     for mutant, status in statuses.items():
         if status in DETECTED:
             detected += 1
             continue
-        diff = old_diffs.get(mutant) or mutant_diff(name, mutant)
+        diff = diffs[mutant]
         reason = EQUIVALENT.get(mutant)
         is_equivalent = reason is not None and status == "survived"
         equivalent += is_equivalent

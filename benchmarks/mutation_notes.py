@@ -2,10 +2,50 @@
 
 EQUIVALENT: mutants that cannot change any outcome, with the reason; they do not count against
 the score. NOTES: survivors that could matter, with why no test catches them yet. Keys are
-mutmut's mutant names (`module.x_function__mutmut_N`); a name changes when its function is
-edited, so review this file after a run that touched the function.
+mutmut's mutant names (`module.x_function__mutmut_N`, methods `xǁClassǁmethod__mutmut_N`); a
+name's number changes when its function is edited, so review the entries of a function after
+changing it (the survivors file shows each mutant's diff next to its note).
 """
 
-EQUIVALENT: dict[str, str] = {}
+_S = "retrieval.search."
+_R = "retrieval.rerank."
+_SAME_RESULTS = ("both backends return the same rows and scores by design (the tie order), so which one "
+                 "runs only changes speed, which the benchmarks measure")
+_SUPERSET = "a larger candidate set than needed: the same k best after rescoring, only slower"
+_DEFAULT_AXIS = "numpy's default axis is the last, which is axis 1 of these 2-D arrays"
+_UPPER_EINSUM = "einsum subscripts in capitals name the same axes"
+
+EQUIVALENT: dict[str, str] = {
+    # search
+    _S + "x__best_first__mutmut_26": _UPPER_EINSUM,
+    _S + "x__best_first__mutmut_35": _UPPER_EINSUM,
+    _S + "xǁSearcherǁ__init____mutmut_3": "the KD-tree's leaf size changes its speed, not its answers",
+    _S + "xǁSearcherǁ__init____mutmut_27": "the KD-tree's leaf size changes its speed, not its answers",
+    _S + "xǁSearcherǁ__init____mutmut_21": _SAME_RESULTS,
+    _S + "xǁSearcherǁ__init____mutmut_22": _SAME_RESULTS,
+    _S + "xǁSearcherǁ__init____mutmut_23": _SAME_RESULTS,
+    _S + "xǁSearcherǁ__init____mutmut_28": _SAME_RESULTS,
+    _S + "xǁSearcherǁ__init____mutmut_29": _SAME_RESULTS,
+    _S + "xǁSearcherǁ__init____mutmut_30": _SAME_RESULTS,
+    _S + "xǁSearcherǁsearch__mutmut_39": _SUPERSET,
+    _S + "xǁSearcherǁsearch__mutmut_40": _SUPERSET,
+    _S + "xǁSearcherǁsearch__mutmut_43": _SUPERSET,
+    _S + "xǁSearcherǁsearch__mutmut_50": "a distance exactly equal to the reach, sqrt(d^2 + 2e-5), never happens "
+                                         "in floating point; and the radius query would only add candidates",
+    _S + "xǁSearcherǁsearch__mutmut_72": _DEFAULT_AXIS,
+    _S + "xǁSearcherǁsearch__mutmut_76": "partitioning at k - 2 makes the threshold a value at most the k-th "
+                                         "best: " + _SUPERSET,
+    _S + "xǁSearcherǁsearch__mutmut_82": "a score exactly at the k-th minus the tolerance, on the edge of the "
+                                         "candidate band; the k-th itself is always inside",
+    # rerank
+    _R + "x__weighted_sum__mutmut_9": _UPPER_EINSUM,
+    _R + "x__weighted_sum__mutmut_30": _UPPER_EINSUM,
+    _R + "x__weighted_sum__mutmut_11": "float64 weights: the sum is formed in float64, then l2_normalize returns "
+                                       "float32 rows equal to 1e-7",
+    _R + "x_database_augmentation__mutmut_26": "blocks of one row: the same rows, computed one at a time",
+    _R + "x_database_augmentation__mutmut_31": "None stored in a float array is NaN, which argpartition puts last, "
+                                               "as it does -inf: the row is still never its own neighbour",
+    _R + "x_database_augmentation__mutmut_45": _DEFAULT_AXIS,
+}
 
 NOTES: dict[str, str] = {}
