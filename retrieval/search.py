@@ -45,9 +45,9 @@ class Searcher:
     float32 inner product, computed for the final candidates by one routine (`_best_first`),
     so duplicate rows and equal scores come out in row order from either backend, also at the
     k-th place. Each backend gathers its candidates (the k best plus every row within
-    `TIE_TOLERANCE` of the k-th) with its own arithmetic, float64 distances in the tree,
-    one float32 matrix product for `exact`; the two agree wherever those differ from the final
-    scores by less than the tolerance, i.e. always but for float32 rounding errors above 1e-5.
+    `TIE_TOLERANCE` of the k-th) with its own arithmetic: float64 distances in the tree, one
+    float32 matrix product for `exact`. The two return the same rows and scores unless that
+    arithmetic misjudges a score by more than 1e-5, far above float32 rounding on unit rows.
 
     Args:
         features: (n, d) database rows, L2-normalised for the KD-tree to agree with `exact`.
