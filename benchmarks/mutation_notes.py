@@ -9,11 +9,13 @@ changing it (the survivors file shows each mutant's diff next to its note).
 
 _S = "retrieval.search."
 _R = "retrieval.rerank."
+_E = "retrieval.evaluate."
 _SAME_RESULTS = ("both backends return the same rows and scores by design (the tie order), so which one "
                  "runs only changes speed, which the benchmarks measure")
 _SUPERSET = "a larger candidate set than needed: the same k best after rescoring, only slower"
 _DEFAULT_AXIS = "numpy's default axis is the last, which is axis 1 of these 2-D arrays"
 _UPPER_EINSUM = "einsum subscripts in capitals name the same axes"
+_INT_DIVISION = "integer positions or counts: every formula divides them by floats, so the values are the same"
 
 EQUIVALENT: dict[str, str] = {
     # search
@@ -46,6 +48,14 @@ EQUIVALENT: dict[str, str] = {
     _R + "x_database_augmentation__mutmut_31": "None stored in a float array is NaN, which argpartition puts last, "
                                                "as it does -inf: the row is still never its own neighbour",
     _R + "x_database_augmentation__mutmut_45": _DEFAULT_AXIS,
+    # evaluate
+    _E + "x__ap_positions__mutmut_2": _INT_DIVISION,
+    _E + "x_compute_ap__mutmut_8": _INT_DIVISION,
+    _E + "x_compute_ap__mutmut_10": _INT_DIVISION,
+    _E + "x_compute_ap_report__mutmut_9": _INT_DIVISION,
+    _E + "x_compute_ap_report__mutmut_12": _INT_DIVISION,
+    _E + "x_compute_map__mutmut_69": "the mean over all axes of a 1-D array is its mean over axis 0",
+    _E + "x_compute_map__mutmut_73": 'float("NAN") is float("nan")',
 }
 
 NOTES: dict[str, str] = {}

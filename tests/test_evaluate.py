@@ -277,3 +277,19 @@ def test_positions_in_a_ranking_with_junk_by_hand():
     recall, precision = ev.precision_recall([5, 6, 7, 8], [8, 8, 5])
     np.testing.assert_allclose(recall, [0, 0.5, 0.5, 0.5, 1.0])
     np.testing.assert_allclose(precision, [1, 1, 0.5, 1 / 3, 0.5])
+
+
+def test_protocol_sets_are_int64_arrays_even_when_empty():
+    (easy,) = ev.protocol_gnd([{"easy": [], "hard": [], "junk": []}], "easy")
+    assert easy["ok"].dtype == np.int64 and easy["junk"].dtype == np.int64
+    (classic,) = ev.protocol_gnd([{"ok": [1, 2]}], "classic")  # no junk key at all
+    assert classic["junk"].dtype == np.int64 and classic["junk"].tolist() == [] and classic["ok"].tolist() == [1, 2]
+
+
+def test_no_usable_query_gives_nan_without_numpy_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a mean of nothing would warn "Mean of empty slice"
+        result = ev.compute_map(np.array([[0, 1]]), [{"ok": [], "junk": []}])
+    assert math.isnan(result["map"]) and math.isnan(result["mp_at"][1])
