@@ -10,6 +10,7 @@ changing it (the survivors file shows each mutant's diff next to its note).
 _S = "retrieval.search."
 _R = "retrieval.rerank."
 _E = "retrieval.evaluate."
+_N = "retrieval.engine."
 _SAME_RESULTS = ("both backends return the same rows and scores by design (the tie order), so which one "
                  "runs only changes speed, which the benchmarks measure")
 _SUPERSET = "a larger candidate set than needed: the same k best after rescoring, only slower"
@@ -56,6 +57,9 @@ EQUIVALENT: dict[str, str] = {
     _E + "x_compute_ap_report__mutmut_12": _INT_DIVISION,
     _E + "x_compute_map__mutmut_69": "the mean over all axes of a 1-D array is its mean over axis 0",
     _E + "x_compute_map__mutmut_73": 'float("NAN") is float("nan")',
+    # engine
+    **{_N + f"xǁSearchEngineǁwarm_up__mutmut_{i}": "the warm-up query's pixels, shape and k do not matter: it "
+       "only builds the network's graph before the first user" for i in (9, 12, 17, 18, 19, 20, 21, 22)},
 }
 
 NOTES: dict[str, str] = {}

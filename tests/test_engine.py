@@ -146,3 +146,36 @@ def test_records_and_warm_up(tiny, index):
     assert result.to_records() == [{"rank": 1, "id": "a", "score": 0.123457}, {"rank": 2, "id": "b", "score": 0.5}]
     found = engine.search_id("p01", 3)
     assert all(type(s) is float for s in found.scores) and all(type(i) is str for i in found.ids)
+
+
+def test_timings_are_milliseconds_of_each_part(tiny, index, monkeypatch):
+    import retrieval.engine as engine_module
+
+    class Clock:
+        """perf_counter advancing one second per reading."""
+
+        now = 1000.0
+
+        @classmethod
+        def perf_counter(cls):
+            cls.now += 1.0
+            return cls.now
+
+    idx, root = index
+    engine = SearchEngine(idx, tiny, backend="exact")
+    monkeypatch.setattr(engine_module, "time", Clock)
+    result = engine.search(root / "p01.png", 2)
+    assert (result.embed_ms, result.search_ms) == (1000.0, 1000.0)
+    assert engine.search_id("p01", 2).search_ms == 1000.0
+
+
+def test_the_backend_asked_for_is_used_and_one_neighbour_expands(tiny, index):
+    idx, root = index
+    assert SearchEngine(idx, tiny, backend="exact").searcher.backend == "exact"
+    assert SearchEngine(idx, tiny).searcher.backend == "kdtree"
+    engine = SearchEngine(idx, tiny, backend="exact", query_expansion=1)
+    q = embed_image(tiny, root / "p09.png", PIPE)
+    first = np.argsort(-(idx.features @ q), kind="stable")[:1]
+    expanded = alpha_query_expansion(q[None], idx.features, first[None], k=1)[0]
+    np.testing.assert_allclose(engine.search(root / "p09.png", 3).scores,
+                               np.sort(idx.features @ expanded)[::-1][:3], atol=1e-6)
