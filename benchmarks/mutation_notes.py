@@ -30,6 +30,7 @@ EQUIVALENT: dict[str, str] = {
     _S + "xǁSearcherǁ__init____mutmut_28": _SAME_RESULTS,
     _S + "xǁSearcherǁ__init____mutmut_29": _SAME_RESULTS,
     _S + "xǁSearcherǁ__init____mutmut_30": _SAME_RESULTS,
+    _S + "xǁSearcherǁsearch__mutmut_35": "distances between unit rows are at most 2, where 2 d >= d^2: " + _SUPERSET,
     _S + "xǁSearcherǁsearch__mutmut_39": _SUPERSET,
     _S + "xǁSearcherǁsearch__mutmut_40": _SUPERSET,
     _S + "xǁSearcherǁsearch__mutmut_43": _SUPERSET,
