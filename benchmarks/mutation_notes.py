@@ -11,6 +11,7 @@ _S = "retrieval.search."
 _R = "retrieval.rerank."
 _E = "retrieval.evaluate."
 _N = "retrieval.engine."
+_I = "retrieval.index."
 _SAME_RESULTS = ("both backends return the same rows and scores by design (the tie order), so which one "
                  "runs only changes speed, which the benchmarks measure")
 _SUPERSET = "a larger candidate set than needed: the same k best after rescoring, only slower"
@@ -61,6 +62,21 @@ EQUIVALENT: dict[str, str] = {
     # engine
     **{_N + f"xǁSearchEngineǁwarm_up__mutmut_{i}": "the warm-up query's pixels, shape and k do not matter: it "
        "only builds the network's graph before the first user" for i in (9, 12, 17, 18, 19, 20, 21, 22)},
+    # index
+    _I + "x__fsync_dir__mutmut_4": "opened in text mode instead of binary: fsync of its descriptor is the same",
+    **{_I + f"x_file_sha256__mutmut_{i}": "another chunk size (or the whole file at once): the same sha256"
+       for i in (13, 15, 16)},
+    **{_I + f"x_load_index__mutmut_{i}": "allow_pickle=None or left out: np.load's default is False"
+       for i in (62, 64, 71, 73, 80, 82, 144, 146, 153, 155)},
+    **{_I + f"x_load_index__mutmut_{i}": "the whitening arrays keep the dtype they were saved in (float32); "
+       "apply_whitening returns float32 rows either way" for i in (182, 183)},
+    **{_I + f"x__versions__mutmut_{i}": "the PyPI name 'tensorflow' is not installed here (tensorflow-cpu is), "
+       "so looking up another missing name records the same versions" for i in (10, 11)},
 }
 
-NOTES: dict[str, str] = {}
+NOTES: dict[str, str] = {
+    **{_I + f"x__swap_in__mutmut_{i}": "ignore_errors matters only when deleting the replaced index fails "
+       "(permissions, a busy network share), which a test cannot provoke portably" for i in (25, 27, 28)},
+    **{_I + f"x_save_index__mutmut_{i}": "ignore_errors matters only when cleaning up after a failed save also "
+       "fails, which a test cannot provoke portably" for i in (183, 185, 186)},
+}

@@ -319,3 +319,141 @@ def test_save_records_what_load_checks(tmp_path):
         save_index(tmp_path / "b", feats, ids, META, thumbnails=thumbs, whitening=w)
     with pytest.raises(ValueError, match="not valid|pooling"):
         save_index(tmp_path / "b", feats, ids, {**META, "pipeline": {"pooling": "median"}}, thumbnails=thumbs)
+
+
+@pytest.mark.parametrize("name", ["feature_list.npy", "feature_id.npy", "thumbnails_offsets.npy",
+                                  "whitening_mean.npy", "whitening_projection.npy"])
+def test_pickled_arrays_are_never_loaded(tmp_path, name):
+    # An index's .npy files hold plain arrays; an object array would need pickle, i.e. running code.
+    out, *_ = whitened(tmp_path)
+    rewrite(out, name, np.array([{"evil": 1}] * 3, dtype=object))
+    cannot = "a whitening file cannot be read" if name.startswith("whitening") else "an array file cannot be read"
+    with pytest.raises(IndexFormatError, match=cannot + r" \(Object arrays cannot be loaded when allow_pickle=False\)"):
+        load_index(out)
+
+
+def test_an_unreadable_array_file_names_itself(tmp_path):
+    out, *_ = make(tmp_path)
+    size = (out / "feature_list.npy").stat().st_size
+    (out / "feature_list.npy").write_bytes(b"garbage".ljust(size, b"\0"))
+    with pytest.raises(IndexFormatError, match=r"idx: an array file cannot be read \(.+\)$"):
+        load_index(out, verify=False)
+
+
+def test_offsets_must_have_one_entry_per_thumbnail_plus_one(tmp_path):
+    out, *_ = make(tmp_path)
+    offsets = np.load(out / "thumbnails_offsets.npy")
+    rewrite(out, "thumbnails_offsets.npy", np.r_[offsets[:2], offsets[1:]])  # from 0 to the end, one too many
+    with pytest.raises(IndexFormatError, match="does not describe thumbnails.bin"):
+        load_index(out)
+
+
+def test_empty_thumbnails_and_one_letter_ids_are_fine(tmp_path):
+    feats = l2_normalize(np.random.default_rng(0).standard_normal((3, 4)))
+    out = save_index(tmp_path / "a" / "b" / "idx", feats, ["x", "y", "z"], META, thumbnails=[b"", b"jpg", b""])
+    idx = load_index(out)
+    assert [idx.thumbnail(i) for i in "xyz"] == [b"", b"jpg", b""]
+    assert np.load(out / "feature_id.npy").dtype == np.dtype("<U1")
+    assert idx.path == out
+    empty = load_index(save_index(tmp_path / "empty", np.zeros((0, 4)), [], META, thumbnails=[]))
+    assert len(empty) == 0 and empty.ids.dtype == np.dtype("<U1")
+
+
+def test_an_unwhitened_index_projects_queries_unchanged(tmp_path):
+    out, feats, *_ = make(tmp_path, dtype="float32")
+    idx = load_index(out)
+    assert idx.whitening is None
+    projected = idx.project(feats[:2].astype(np.float64))
+    assert projected.dtype == np.float32
+    np.testing.assert_array_equal(projected, feats[:2])
+
+
+def test_whitening_without_a_recorded_shrinkage_and_a_1d_projection(tmp_path):
+    out, raw, w = whitened(tmp_path)
+    meta = json.loads((out / "index.json").read_text())
+    del meta["whitening"]["shrinkage"]
+    (out / "index.json").write_text(json.dumps(meta))
+    assert load_index(out).whitening.shrinkage == 0.0
+    rewrite(out, "whitening_projection.npy", w.projection[0])
+    with pytest.raises(IndexFormatError, match=r"whitening arrays \(16,\), \(\d+,\) do not fit dim"):
+        load_index(out)
+
+
+def test_whitening_is_saved_as_float32(tmp_path):
+    from retrieval.whitening import Whitening
+
+    raw = l2_normalize(np.random.default_rng(1).standard_normal((30, 16)))
+    w = learn_whitening(raw)
+    wide = Whitening(w.mean.astype(np.float64), w.projection.astype(np.float64), w.shrinkage)
+    out = save_index(tmp_path / "w", apply_whitening(raw, w), range(30), META, thumbnails=[b"x"] * 30, whitening=wide)
+    assert np.load(out / "whitening_mean.npy").dtype == np.float32
+    assert np.load(out / "whitening_projection.npy").dtype == np.float32
+
+
+def test_index_json_is_sorted_indented_and_dated_in_utc(tmp_path):
+    import platform
+    from datetime import datetime, timedelta
+    from importlib.metadata import version
+
+    out, *_ = make(tmp_path)
+    text = (out / "index.json").read_text()
+    meta = json.loads(text)
+    assert text == json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    created = datetime.fromisoformat(meta["created"])
+    assert created.utcoffset() == timedelta(0) and created.microsecond == 0
+    versions = meta["versions"]
+    assert versions["python"] == platform.python_version() and versions["numpy"] == np.__version__
+    for dist in ("keras", "scikit-learn", "pillow", "tensorflow-cpu"):
+        assert versions[dist] == version(dist)
+
+
+def test_messages_of_refused_indexes_say_why(tmp_path):
+    out, *_ = make(tmp_path)
+    with pytest.raises(IndexFormatError, match=r"was built with network 'tiny', but queries would be embedded with "
+                       r"'b7': descriptors of different networks cannot be compared\. Use the index's network or "
+                       r"rebuild the index\.$"):
+        load_index(out, network="b7")
+    (out / "thumbnails.bin").write_bytes(b"x")
+    with pytest.raises(IndexFormatError, match=r"thumbnails.bin has 1 bytes but index.json says 15: the file is "
+                       r"truncated or from another build$"):
+        load_index(out)
+    edit_meta(out, format_version=2)
+    with pytest.raises(IndexFormatError, match=r"unknown index format version 2; this code reads version 1\. "
+                       r"Rebuild the index with this version of precompute\.build_index\.$"):
+        load_index(out)
+    meta = json.loads((out / "index.json").read_text())
+    for key in ("network", "count", "format_version"):
+        meta.pop(key)
+    meta["format_version"] = 1
+    (out / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexFormatError, match=r"index.json lacks network, count$"):
+        load_index(out)
+
+
+def test_messages_of_refused_saves_say_why(tmp_path):
+    f = np.eye(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="^image ids must be unique$"):
+        save_index(tmp_path / "a", f, ["a", "a", "b"], META, thumbnails=[b""] * 3)
+    with pytest.raises(ValueError, match="^features holds NaN or infinite values$"):
+        save_index(tmp_path / "a", np.full((3, 3), np.nan), "abc", META, thumbnails=[b""] * 3)
+    w = learn_whitening(l2_normalize(np.random.default_rng(1).standard_normal((30, 16))))
+    with pytest.raises(ValueError, match="^features do not have the whitening's output dimension$"):
+        save_index(tmp_path / "a", f, "abc", META, thumbnails=[b""] * 3, whitening=w)
+
+
+def test_a_failed_save_leaves_no_temporary_folder_and_names_it_for_recovery(tmp_path, monkeypatch):
+    import retrieval.index as index_module
+
+    seen = []
+
+    def crash(new, out_dir, keep):
+        seen.append(new)
+        assert (new / "index.json").is_file()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index_module, "_swap_in", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_index(tmp_path / "idx", np.eye(2, dtype=np.float32), ["a", "b"], META, thumbnails=[b"", b""])
+    (new,) = seen
+    assert new.parent == tmp_path and new.name.startswith(".idx.new-")  # what recover_index_folder looks for
+    assert list(tmp_path.iterdir()) == []
