@@ -12,6 +12,7 @@ _R = "retrieval.rerank."
 _E = "retrieval.evaluate."
 _N = "retrieval.engine."
 _I = "retrieval.index."
+_A = "app."
 _SAME_RESULTS = ("both backends return the same rows and scores by design (the tie order), so which one "
                  "runs only changes speed, which the benchmarks measure")
 _SUPERSET = "a larger candidate set than needed: the same k best after rescoring, only slower"
@@ -72,9 +73,25 @@ EQUIVALENT: dict[str, str] = {
        "apply_whitening returns float32 rows either way" for i in (182, 183)},
     **{_I + f"x__versions__mutmut_{i}": "the PyPI name 'tensorflow' is not installed here (tensorflow-cpu is), "
        "so looking up another missing name records the same versions" for i in (10, 11)},
+    # app
+    _A + "x_check_k__mutmut_5": "an empty string instead of None for an unreadable K: it differs from K too, "
+                                "so K is refused with the same message",
+    _A + "x_read_link__mutmut_30": "-2 instead of -1 for an unreadable k: both are out of range and replaced",
+    _A + "x_search__mutmut_59": "a query of exactly 2048 px is 'downscaled' to 2048 px: the same image",
+    _A + "x_preview_html__mutmut_16": "PIL reads format names in any case",
+    _A + "xǁThumbnailsǁpng__mutmut_8": "PIL reads format names in any case",
+    _A + "x_preview_html__mutmut_22": "Python codec names are case-insensitive",
+    _A + "xǁThumbnailsǁimage__mutmut_1": "convert(None) copies the image; thumbnails are RGB JPEGs (make_thumbnail)",
+    _A + "xǁThumbnailsǁis_unedited__mutmut_11": "convert(None) copies the image; the editor's images are RGB "
+                                                "already (load_image converts)",
+    **{_A + f"xǁThumbnailsǁ_file__mutmut_{i}": "the staging file's suffix: it is renamed to the final name"
+       for i in (7, 9)},
 }
 
 NOTES: dict[str, str] = {
+    **{_A + f"xǁThumbnailsǁ_file__mutmut_{i}": "staging in the system temp folder instead of the thumbnail "
+       "folder: the same on one filesystem; across filesystems the rename would fail, which a test here "
+       "cannot arrange" for i in (6, 8)},
     **{_I + f"x__swap_in__mutmut_{i}": "ignore_errors matters only when deleting the replaced index fails "
        "(permissions, a busy network share), which a test cannot provoke portably" for i in (25, 27, 28)},
     **{_I + f"x_save_index__mutmut_{i}": "ignore_errors matters only when cleaning up after a failed save also "

@@ -86,7 +86,7 @@ def test_an_example_with_a_box_is_embedded_and_its_link_keeps_the_box(served):
     assert records == engine.search(thumbs.image("p05").crop((0, 0, 40, 30)), 3).to_records()
     assert searched["id"] == "p05" and searched["image"].size == (40, 30) and timings["embed_ms"] > 0
     line, _, share = app.describe(timings, searched, "p05", "0,0,40,30", 3)
-    assert share == "?id=p05&k=3&box=0%2C0%2C40%2C30" and "embedding" in line
+    assert share == "?id=p05&k=3&box=0%2C0%2C40%2C30" and "embedding" in line and "stored descriptor" not in line
     assert app.describe(None, searched, "p05", "", 3) == ("", "", "")
 
 
@@ -291,3 +291,141 @@ def test_the_stored_descriptor_is_the_one_embedded_from_the_full_photo(served):
     engine, _, root = served
     np.testing.assert_allclose(engine.index.features[engine.index.row_of("p08")],
                                embed_image(engine.network, root / "p08.png", PIPE), atol=1e-5)
+
+
+def refusal(fn, *args) -> tuple[str, str]:
+    """Returns the (title, message) of the gr.Error that fn(*args) raises: what the user's toast shows."""
+    with pytest.raises(gr.Error) as caught:
+        fn(*args)
+    return caught.value.title, caught.value.message
+
+
+def test_every_refusal_has_its_title_and_message(served, tmp_path, monkeypatch):
+    engine, thumbs, _ = served
+    assert refusal(app.check_k, engine, 0) == ("Bad K", "K must be a whole number from 1 to 12; got 0.")
+    assert refusal(app.parse_box, "1,2") == ("Bad box", "A box is four whole numbers x0,y0,x1,y1 in pixels; got '1,2'.")
+    (tmp_path / "notes.png").write_text("not a picture")
+    title, message = refusal(app.editor_image, editor(tmp_path / "notes.png"))
+    assert title == "Not a usable image" and message.startswith("This file cannot be used as a query: not a readable")
+    assert refusal(app.search, engine, thumbs, None, 3) == (
+        "No image", "Upload an image first (or pick one of the examples).")
+    title, message = refusal(app.search, engine, thumbs, editor(thumbs.png("p01")), 3, "10,10,10,20")
+    assert title == "Empty crop" and message.startswith("The crop is empty: the crop (10, 10, 10, 20) is empty")
+    from retrieval.features import ImageError
+
+    def unusable(*args, **kwargs):
+        raise ImageError("too strange")
+
+    monkeypatch.setattr(engine, "search", unusable)
+    assert refusal(app.search, engine, thumbs, {"background": Image.new("RGB", (40, 40))}, 3) == (
+        "Not a usable image", "This image cannot be searched: too strange.")
+
+
+def test_timings_are_rounded_to_hundredths_of_a_millisecond(served, monkeypatch):
+    from retrieval.engine import SearchResult
+
+    engine, thumbs, _ = served
+    monkeypatch.setattr(engine, "search", lambda image, k: SearchResult(["p00"], [0.5], 12.3456, 0.6789))
+    _, records, timings, _ = app.search(engine, thumbs, {"background": Image.new("RGB", (40, 40))}, 1)
+    assert timings == {"embed_ms": 12.35, "search_ms": 0.68, "total_ms": 13.02}
+    assert records == [{"rank": 1, "id": "p00", "score": 0.5}]
+
+
+class Recorder:
+    """Stands in for gr.Warning: records (title, message) of each warning the user would see."""
+
+    def __init__(self):
+        self.shown = []
+
+    def __call__(self, message, *, title=None, **kwargs):
+        self.shown.append((title, message))
+
+
+def test_link_warnings_have_their_titles_and_cut_long_values(served, monkeypatch):
+    engine, _, _ = served
+    shown = Recorder()
+    monkeypatch.setattr(app.gr, "Warning", shown)
+    long_id, long_box = "x" * 100, "9" * 100
+    assert app.read_link(engine, {"id": long_id}) is None
+    assert app.read_link(engine, {"id": "p01", "k": "0", "box": long_box}) == {"id": "p01", "k": 12, "box": ""}
+    assert shown.shown == [
+        ("Unknown image", f"The link names an image that is not in this index ({'x' * 80!r})."),
+        ("Bad k", "k must be a whole number from 1 to 12; using 12."),
+        ("Bad box", f"Ignoring the box {'9' * 80!r}: it must be four whole numbers x0,y0,x1,y1."),
+    ]
+
+
+@pytest.mark.parametrize("k", ["1", "12", "6"])
+def test_read_link_takes_every_k_in_range(served, k, monkeypatch):
+    engine, _, _ = served
+    shown = Recorder()
+    monkeypatch.setattr(app.gr, "Warning", shown)
+    assert app.read_link(engine, {"id": "p01", "k": k})["k"] == int(k) and shown.shown == []
+
+
+def test_run_link_with_a_box_searches_the_crop_and_shares_the_box(served):
+    engine, thumbs, _ = served
+    out = app.run_link(engine, thumbs, {"id": "p06", "k": 3, "box": "0,0,40,30"})
+    records, line, share = out[5], out[8], out[10]
+    assert records == engine.search(thumbs.image("p06").crop((0, 0, 40, 30)), 3).to_records()
+    assert share == "?id=p06&k=3&box=0%2C0%2C40%2C30" and "stored descriptor" not in line
+
+
+def test_describe_without_a_searched_state():
+    line, preview, share = app.describe({"total_ms": 3.0, "embed_ms": 2.0, "search_ms": 1.0}, None, None, "", 5)
+    assert line == "**Query time 3.0 ms**: embedding 2.0 ms + search 1.0 ms" and (preview, share) == ("", "")
+    line, _, _ = app.describe({"total_ms": 1.25, "embed_ms": 0.0, "search_ms": 1.25}, {"id": "p01"}, "p01", "", 5)
+    assert line == "**Query time 1.2 ms**: search 1.2 ms (an index image: its stored descriptor needs no embedding)"
+
+
+def test_max_k_is_100_or_the_index_size():
+    class Sized:
+        def __init__(self, n):
+            self.n = n
+
+        def __len__(self):
+            return self.n
+
+    assert [app.max_k(Sized(n)) for n in (0, 1, 7, 100, 5000)] == [1, 1, 7, 100, 100]
+
+
+def test_no_index_at_all_says_where_one_can_come_from(monkeypatch, tmp_path):
+    monkeypatch.setattr(app, "DEFAULT_INDEX", tmp_path / "absent")
+    with pytest.raises(SystemExit) as stop:
+        app.open_index(Args(), {})
+    assert str(stop.value) == app.NO_INDEX_MESSAGE.format(default=tmp_path / "absent")
+    assert str(tmp_path / "absent") in str(stop.value)
+
+
+def test_help_lists_every_option(capsys, monkeypatch):
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    with pytest.raises(SystemExit):
+        app.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert " ".join(app.__doc__.split()[:12]) in text  # the module docstring, as written
+    assert "python app.py --index DIR # a folder made by" in text
+    for option, help_text in [
+        ("--index INDEX", "an index folder (default: the embedded one, ./index)"),
+        ("--images IMAGES", "a folder of images to index, then serve"),
+        ("--out OUT", "with --images: where the index goes (default: indexes/<folder>)"),
+        ("--network NETWORK", "with --images: efficientnet-b7 or efficientnet-lite0 (works offline)"),
+        ("--weights WEIGHTS", "with --images: imagenet or a weights file"),
+        ("--concurrency CONCURRENCY", "searches run at once (default 1, measured best on 2 cores)"),
+    ]:
+        assert f"{option} {help_text}" in text, option
+    args = app.parse_args(["--images", "photos", "--out", "o", "--port", "8000"])
+    assert (args.images, args.out, args.port, args.weights, args.index) == (Path("photos"), Path("o"), 8000, "imagenet", None)
+    assert app.parse_args(["--index", "i"]).index == Path("i")
+
+
+def test_the_preview_is_the_query_as_a_bilinear_jpeg_at_quality_85():
+    import base64
+    import re
+
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (500, 700, 3), dtype=np.uint8))
+    small = image.copy()
+    small.thumbnail((320, 320), Image.BILINEAR)
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=85)
+    html = app.preview_html(image)
+    assert base64.b64decode(re.search(r"base64,([^\"]+)\"", html).group(1)) == buffer.getvalue()
