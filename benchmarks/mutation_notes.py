@@ -92,6 +92,14 @@ NOTES: dict[str, str] = {
     **{_A + f"xǁThumbnailsǁ_file__mutmut_{i}": "staging in the system temp folder instead of the thumbnail "
        "folder: the same on one filesystem; across filesystems the rename would fail, which a test here "
        "cannot arrange" for i in (6, 8)},
+    **{_A + f"xǁThumbnailsǁ_file__mutmut_{i}": "the staging file's suffix: it is renamed to the final name"
+       for i in (7, 9)},
+}
+
+NOTES: dict[str, str] = {
+    **{_A + f"xǁThumbnailsǁ_file__mutmut_{i}": "staging in the system temp folder instead of the thumbnail "
+       "folder: the same on one filesystem; across filesystems the rename would fail, which a test here "
+       "cannot arrange" for i in (6, 8)},
     **{_I + f"x__swap_in__mutmut_{i}": "ignore_errors matters only when deleting the replaced index fails "
        "(permissions, a busy network share), which a test cannot provoke portably" for i in (25, 27, 28)},
     **{_I + f"x_save_index__mutmut_{i}": "ignore_errors matters only when cleaning up after a failed save also "

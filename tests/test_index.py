@@ -457,3 +457,30 @@ def test_a_failed_save_leaves_no_temporary_folder_and_names_it_for_recovery(tmp_
     (new,) = seen
     assert new.parent == tmp_path and new.name.startswith(".idx.new-")  # what recover_index_folder looks for
     assert list(tmp_path.iterdir()) == []
+
+
+def undeletable(path, ignore_errors=False, **kwargs):
+    """shutil.rmtree on a folder it may not delete (a busy share, permissions): raises unless told not to."""
+    if not ignore_errors:
+        raise PermissionError(f"cannot delete {path}")
+
+
+def test_an_old_index_that_cannot_be_deleted_does_not_fail_the_save(tmp_path, monkeypatch):
+    import retrieval.index as index_module
+
+    out, *_ = make(tmp_path, n=4)
+    monkeypatch.setattr(index_module.shutil, "rmtree", undeletable)
+    make(tmp_path, n=6)
+    assert len(load_index(out)) == 6
+
+
+def test_a_failed_save_reports_its_own_error_even_when_cleaning_up_fails(tmp_path, monkeypatch):
+    import retrieval.index as index_module
+
+    def crash(new, out_dir, keep):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index_module, "_swap_in", crash)
+    monkeypatch.setattr(index_module.shutil, "rmtree", undeletable)
+    with pytest.raises(OSError, match="disk full"):
+        save_index(tmp_path / "idx", np.eye(2, dtype=np.float32), ["a", "b"], META, thumbnails=[b"", b""])
