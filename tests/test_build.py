@@ -253,3 +253,83 @@ def test_whitening_needs_two_images_and_dba_one_neighbour(tiny, tmp_path):
     with pytest.raises(BuildError, match=r"no image under .* could be indexed \(0 skipped\)"):
         (tmp_path / "empty").mkdir()
         build_index(tmp_path / "empty", tmp_path / "e", tiny, PIPE)
+
+
+def test_cache_shards_are_written_every_shard_size_images_or_flush_seconds(tiny, folder, tmp_path, monkeypatch):
+    # What an interrupted (killed) build keeps: every finished shard. Counted by the shards written.
+    from retrieval import build as build_module
+
+    sizes = []
+    write = build_module._Cache.write_shard
+
+    def recording(self, entries):
+        sizes.append(len(entries))
+        write(self, entries)
+
+    monkeypatch.setattr(build_module._Cache, "write_shard", recording)
+    build_index(folder, tmp_path / "a", tiny, PIPE, shard_size=2, flush_seconds=1000)
+    assert sizes == [2, 2, 2, 6]  # then compacted into one shard of all six
+    sizes.clear()
+    build_index(folder, tmp_path / "b", tiny, PIPE, shard_size=100, flush_seconds=0)
+    assert sizes == [1, 1, 1, 1, 1, 1, 6]
+    sizes.clear()
+    build_index(folder, tmp_path / "c", tiny, PIPE, shard_size=100, flush_seconds=1000)
+    assert sizes == [6]  # one shard at the end, nothing to compact
+
+
+def test_a_rebuild_with_nothing_changed_leaves_the_cache_alone(tiny, folder, tmp_path):
+    out = tmp_path / "idx"
+    build_index(folder, out, tiny, PIPE)
+    (shard,) = (out / ".cache").glob("shard-*.npz")
+    stamp = shard.stat().st_mtime_ns
+    build_index(folder, out, tiny, PIPE)
+    assert [p.name for p in (out / ".cache").glob("shard-*.npz")] == [shard.name]
+    assert shard.stat().st_mtime_ns == stamp
+
+
+def test_ids_keep_every_dot_but_the_extension(tiny, tmp_path):
+    from retrieval.build import image_id
+
+    assert image_id("photo.v2.jpg") == "photo.v2" and image_id("sub/a.b/c.png") == "sub/a.b/c"
+    root = tmp_path / "photos"
+    save_photo(root / "notre.dame.2.jpg", 1)
+    build_index(root, tmp_path / "idx", tiny, PIPE)
+    assert load_index(tmp_path / "idx").ids.tolist() == ["notre.dame.2"]
+
+
+def test_one_neighbour_dba_one_result_qe_alpha_and_shrinkage(tiny, folder, tmp_path):
+    from retrieval.rerank import database_augmentation
+    from retrieval.whitening import apply_whitening, learn_whitening
+
+    build_index(folder, tmp_path / "plain", tiny, PIPE, dtype="float32")
+    plain = load_index(tmp_path / "plain").features
+    build_index(folder, tmp_path / "dba", tiny, PIPE, dtype="float32", dba=2, qe=1, alpha=1.0)
+    aug = load_index(tmp_path / "dba")
+    np.testing.assert_allclose(aug.features, database_augmentation(plain, k=2, alpha=1.0), atol=1e-6)
+    assert aug.meta["dba"] == {"k": 2, "alpha": 1.0} and aug.meta["query_expansion"] == {"k": 1, "alpha": 1.0}
+    build_index(folder, tmp_path / "one", tiny, PIPE, dtype="float32", dba=1)
+    np.testing.assert_allclose(load_index(tmp_path / "one").features, database_augmentation(plain, k=1), atol=1e-6)
+    build_index(folder, tmp_path / "w", tiny, PIPE, dtype="float32", whiten=True)
+    assert load_index(tmp_path / "w").meta["whitening"]["shrinkage"] == 0.5
+    build_index(folder, tmp_path / "w50", tiny, PIPE, dtype="float32", whiten=True, whiten_shrinkage=50.0)
+    w50 = load_index(tmp_path / "w50")
+    assert w50.meta["whitening"]["shrinkage"] == 50.0
+    np.testing.assert_allclose(w50.features, apply_whitening(plain, learn_whitening(plain, shrinkage=50.0)), atol=1e-5)
+
+
+def test_two_images_can_be_whitened_and_the_report_counts_add_up(tiny, tmp_path):
+    import time
+
+    root = tmp_path / "two"
+    save_photo(root / "a.jpg", 1)
+    save_photo(root / "b.jpg", 2)
+    (root / "bad.jpg").write_text("not an image")
+    started = time.perf_counter()
+    report = build_index(root, tmp_path / "idx", tiny, PIPE, whiten=True)
+    took = time.perf_counter() - started
+    assert load_index(tmp_path / "idx").whitening is not None
+    assert (report.count, report.embedded, len(report.skipped)) == (2, 2, 1)
+    assert 0 < report.seconds <= took
+    with pytest.raises(BuildError, match="^whitening needs at least two images$"):
+        (root / "b.jpg").unlink()
+        build_index(root, tmp_path / "idx2", tiny, PIPE, whiten=True)
