@@ -2,7 +2,7 @@
 
     python -m benchmarks.mutation                        # every module, fresh (long: run modules in chunks)
     python -m benchmarks.mutation --modules search,rerank
-    python -m benchmarks.mutation --modules build --resume --minutes 9   # continue an interrupted run
+    python -m benchmarks.mutation --modules build --resume --minutes 9   # continue a stopped run, retest survivors
     python -m benchmarks.mutation --report                # only rewrite the results from the last runs
 
 Not part of CI: it takes tens of minutes. Install the tool first:
@@ -97,7 +97,11 @@ def run_module(name: str, *, resume: bool, minutes: float, children: int) -> boo
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0"}
     env.pop("CI", None)  # a missing ../shared/data skips here rather than failing the clean run
     cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)]
-    print(f"[{name}] {' '.join(cmd)} in {work.relative_to(ROOT)}", flush=True)
+    if resume:
+        # Named mutants are tested again even when they have a result: the survivors meet the tests
+        # added since, and the ones a stopped run never reached are tried.
+        cmd += [m for m, status in read_statuses(name).items() if status not in DETECTED]
+    print(f"[{name}] {' '.join(cmd[:6])}{' ...' if len(cmd) > 6 else ''} in {work.relative_to(ROOT)}", flush=True)
     log = open(work / "mutmut.log", "ab")
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -267,7 +271,8 @@ def _mutmut_version() -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mutation", description=__doc__.split("\n")[0])
     parser.add_argument("--modules", default=",".join(MODULES), help=f"comma-separated, of {', '.join(MODULES)}")
-    parser.add_argument("--resume", action="store_true", help="continue the last run instead of starting afresh")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the last run: test the mutants it did not reach and its survivors again")
     parser.add_argument("--minutes", type=float, default=9.0, help="stop each module's run after this long")
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once")
     parser.add_argument("--report", action="store_true", help="only rewrite the results from the last runs")
