@@ -284,3 +284,51 @@ def test_find_images_skips_hidden_folders_and_other_files(tmp_path):
     assert found == ["a.JPG", "b.jpeg", "c.webp", "d.tif", "e.tiff", "f.bmp", "g.png", "sub/j.jpg"]
     with pytest.raises(FileNotFoundError, match="^image folder not found: "):
         find_images(tmp_path / "none")
+
+
+def test_extract_features_messages_progress_and_descriptions(tiny, tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    with pytest.raises(ImageError, match=rf"^input 1 \({tmp_path / 'bad.jpg'}\): not a readable image"):
+        extract_features(tiny, [photo(), tmp_path / "bad.jpg"], Pipeline(max_side=64))
+    with pytest.raises(ImageError, match=r"^input 0 \(bytes\): the file is empty"):
+        extract_features(tiny, [b""], Pipeline(max_side=64))
+    with pytest.raises(ValueError, match="^no images given$"):
+        extract_features(tiny, [], Pipeline(max_side=64))
+    ticks = []
+    out = extract_features(tiny, [photo(seed=s) for s in range(3)], Pipeline(max_side=64), progress=ticks.append)
+    assert ticks == [1, 1, 1] and out.flags.c_contiguous and out.dtype == np.float32
+
+
+def test_iter_features_yields_every_input_once_with_its_thumbnail(tiny):
+    images = [photo(96 + 8 * (i % 3), 64, seed=i) for i in range(11)]  # three shapes, odd counts
+    items = list(iter_features(tiny, images, Pipeline(max_side=64), batch_size=4, workers=1, thumbnail_side=40))
+    assert sorted(it.position for it in items) == list(range(11))
+    for it in items:
+        np.testing.assert_allclose(it.vector, embed_image(tiny, images[it.position], Pipeline(max_side=64)), atol=1e-5)
+        assert Image.open(io.BytesIO(it.thumbnail)).size[0] == 40
+    assert all(it.thumbnail is None for it in iter_features(tiny, images[:2], Pipeline(max_side=64)))
+
+
+def test_a_decoder_crash_on_one_file_is_reported_and_the_rest_go_on(tiny, monkeypatch):
+    import retrieval.features as features
+
+    real = features._decode
+
+    def flaky(source, pipeline, thumbnail_side):
+        if isinstance(source, bytes) and source == b"boom":
+            raise RuntimeError("decoder bug")
+        return real(source, pipeline, thumbnail_side)
+
+    monkeypatch.setattr(features, "_decode", flaky)
+    items = {it.position: it for it in iter_features(tiny, [b"boom", photo()], Pipeline(max_side=64))}
+    assert items[0].error == "RuntimeError: decoder bug" and items[1].vector is not None
+
+
+def test_gem_clamps_at_eps_and_uses_its_exponent():
+    fm = np.array([0.0, 0.0, 0.0, 8.0], dtype=np.float32).reshape(1, 2, 2, 1)
+    np.testing.assert_allclose(pool(fm, "gem", p=3), [[(512 / 4) ** (1 / 3)]], rtol=1e-6)
+    np.testing.assert_allclose(pool(fm, "gem", p=2), [[(64 / 4) ** 0.5]], rtol=1e-6)
+    tiny_values = np.full((1, 1, 1, 1), -5.0, dtype=np.float32)
+    np.testing.assert_allclose(pool(tiny_values, "gem", p=3), [[1e-6]], rtol=1e-3)
+    np.testing.assert_allclose(pool(tiny_values, "gem", p=3, eps=1e-2), [[1e-2]], rtol=1e-3)
+    assert pool(fm, "mac").dtype == np.float32 and pool(fm.astype(np.float64), "spoc").dtype == np.float32
