@@ -281,13 +281,19 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in MODULES]
     if unknown:
         parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
-    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    modules, seconds = dict(previous.get("modules", {})), dict(previous.get("seconds", {}))
+    took = {}
     for name in names:
         if not args.report:
             t0 = time.monotonic()
             run_module(name, resume=args.resume, minutes=args.minutes, children=args.children)
-            seconds[name] = round((0 if not args.resume else seconds.get(name, 0)) + time.monotonic() - t0, 1)
+            took[name] = time.monotonic() - t0
+    # Read the last results only now: another run may have written them meanwhile. Every module
+    # with a run here is scored again, so the notes' latest state applies to all of them.
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    modules, seconds = dict(previous.get("modules", {})), dict(previous.get("seconds", {}))
+    for name, spent in took.items():
+        seconds[name] = round((seconds.get(name, 0) if args.resume else 0) + spent, 1)
+    for name in MODULES:
         result = module_result(name, modules.get(name))
         if result is not None:
             modules[name] = result
