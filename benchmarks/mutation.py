@@ -294,7 +294,12 @@ def main(argv=None) -> int:
     for name, spent in took.items():
         seconds[name] = round((seconds.get(name, 0) if args.resume else 0) + spent, 1)
     for name in MODULES:
-        result = module_result(name, modules.get(name))
+        try:
+            result = module_result(name, modules.get(name))
+        except (subprocess.CalledProcessError, json.JSONDecodeError, KeyError) as e:
+            # e.g. a module whose run is starting right now: keep its last result
+            print(f"[{name}] not rescored ({type(e).__name__}); keeping its last result", file=sys.stderr)
+            result = modules.get(name)
         if result is not None:
             modules[name] = result
     data = write_results(modules, seconds=seconds)
