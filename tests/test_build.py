@@ -333,3 +333,33 @@ def test_two_images_can_be_whitened_and_the_report_counts_add_up(tiny, tmp_path)
     with pytest.raises(BuildError, match="^whitening needs at least two images$"):
         (root / "b.jpg").unlink()
         build_index(root, tmp_path / "idx2", tiny, PIPE, whiten=True)
+
+
+def test_the_cache_folder_holds_the_settings_and_one_numbered_shard(tiny, folder, tmp_path):
+    out = tmp_path / "idx"
+    build_index(folder, out, tiny, PIPE)
+    assert sorted(p.name for p in (out / ".cache").iterdir()) == ["shard-000001.npz", "state.json"]
+    save_photo(folder / "p9.jpg", 9)
+    build_index(folder, out, tiny, PIPE)  # a second shard for the new photo, then both compacted into a third
+    assert sorted(p.name for p in (out / ".cache").iterdir()) == ["shard-000003.npz", "state.json"]
+    with np.load(out / ".cache" / "shard-000003.npz", allow_pickle=False) as z:
+        assert sorted(z.files) == ["mtimes", "offsets", "relpaths", "sizes", "thumbs", "vectors"]
+        assert z["relpaths"].tolist() == sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
+        assert z["vectors"].dtype == np.float32 and z["sizes"].dtype == z["mtimes"].dtype == np.int64
+        stat = (folder / "p9.jpg").stat()
+        j = z["relpaths"].tolist().index("p9.jpg")
+        assert (z["sizes"][j], z["mtimes"][j]) == (stat.st_size, stat.st_mtime_ns)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "photos"]  # nothing half-written left
+
+
+def test_everything_deleted_and_a_changed_network_start_afresh(tiny, folder, tmp_path):
+    out = tmp_path / "idx"
+    build_index(folder, out, tiny, PIPE)
+    from retrieval.networks import tiny_network
+
+    msgs = []
+    other = tiny_network(seed=1, channels=8)
+    report = build_index(folder, out, other, PIPE, log=msgs.append)
+    assert report.embedded == 6 and report.reused == 0
+    assert msgs == ["the cached descriptors were made with other settings; embedding everything again"]
+    assert json.loads((out / ".cache" / "state.json").read_text())["network"] == other.name
