@@ -180,7 +180,9 @@ def module_result(name: str, previous: dict | None) -> dict | None:
         equivalent += is_equivalent
         survivors.append({"name": mutant, "status": status, "diff": diff, "equivalent": is_equivalent,
                           "note": reason if is_equivalent else NOTES.get(mutant, "")})
-    total = len(statuses)
+    not_tried = sum(1 for status in statuses.values() if status == "not checked")
+    survivors = [x for x in survivors if x["status"] != "not checked"]  # a stopped run: see not_tried
+    total = len(statuses) - not_tried
     effective = total - equivalent
     return {
         "source": MODULES[name][0],
@@ -189,6 +191,7 @@ def module_result(name: str, previous: dict | None) -> dict | None:
         "killed": detected,
         "survived": total - detected - equivalent,
         "equivalent": equivalent,
+        "not_tried": not_tried,
         "statuses": counts,
         "score": round(detected / effective, 4) if effective else None,
         "out_of_scope": {"functions": list(OUT_OF_SCOPE.get(name, ())), "mutants": len(skipped)},
@@ -208,13 +211,14 @@ def write_results(modules: dict[str, dict], *, seconds: dict[str, float]) -> dic
     for name in MODULES:
         m = modules.get(name)
         if m is None:
-            rows.append([f"`{name}`", "", "", "", "not run", ""])
+            rows.append([f"`{name}`", "", "", "", "", "not run", ""])
             continue
         killed, survived, equivalent = killed + m["killed"], survived + m["survived"], equivalent + m["equivalent"]
         target = "90%" if name in STRICT else "80% overall"
-        rows.append([f"`{name}`", m["killed"], m["survived"], m["equivalent"], f"{100 * m['score']:.1f}%", target])
+        rows.append([f"`{name}`", m["killed"], m["survived"], m["equivalent"], m.get("not_tried", 0),
+                     f"{100 * m['score']:.1f}%", target])
     overall = killed / (killed + survived) if killed + survived else None
-    rows.append(["**all core modules**", killed, survived, equivalent,
+    rows.append(["**all core modules**", killed, survived, equivalent, sum(m.get("not_tried", 0) for m in modules.values()),
                  f"**{100 * overall:.1f}%**" if overall is not None else "", "80%"])
     data = {
         "tool": "mutmut " + _mutmut_version(),
@@ -225,8 +229,8 @@ def write_results(modules: dict[str, dict], *, seconds: dict[str, float]) -> dic
         "overall": {"killed": killed, "survived": survived, "equivalent": equivalent,
                     "score": round(overall, 4) if overall is not None else None},
         "tables": {"mutation": {
-            "columns": ["module", "killed", "survived", "equivalent", "score", "target"],
-            "align": "lrrrrl",
+            "columns": ["module", "killed", "survived", "equivalent", "not tried", "score", "target"],
+            "align": "lrrrrrl",
             "rows": rows,
         }},
     }
