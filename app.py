@@ -220,7 +220,7 @@ def parse_box(text: str | None) -> tuple[int, int, int, int] | None:
 def check_k(engine: SearchEngine, k) -> int:
     """Returns k as an int when it is a whole number from 1 to `max_k`; raises QueryError otherwise."""
     try:
-        whole = int(k)
+        whole = None if isinstance(k, bool) else int(k)  # True is not a count, as in Searcher.check_k
     except (TypeError, ValueError, OverflowError):
         whole = None
     if whole is None or isinstance(k, bool) or whole != k or not 1 <= whole <= max_k(engine):
@@ -633,7 +633,8 @@ def max_k(engine: SearchEngine) -> int:
 def example_ids(index: Index, n: int = N_EXAMPLES) -> list[str]:
     """Returns n index ids spread evenly over the index."""
     count = len(index)
-    return [str(index.ids[i * count // n]) for i in range(min(n, count))]
+    n = min(n, count)  # an index smaller than n shows each image once
+    return [str(index.ids[i * count // n]) for i in range(n)]
 
 
 def build_demo(engine: SearchEngine, thumbnails: Thumbnails, *, concurrency: int = CONCURRENCY_LIMIT,

@@ -11,9 +11,12 @@ Conventions:
       ``compute_map`` takes the transpose, ``(n_db, n_queries)``.)
     * Junk images are removed from the ranking before positions are counted,
       as in the Oxford/revisitop protocol: they neither help nor hurt.
-    * An image listed both as positive and as junk counts as positive. The
-      official protocol sets are disjoint, so this only matters for hand-made
-      ground truth.
+    * Hand-made ground truth is scored exactly as revisitop's ``compute_map``
+      scores it (the official protocol sets are disjoint and duplicate-free, so
+      this changes nothing there): an image listed both as positive and as junk
+      counts as a positive where it stands and as junk for the positives after
+      it, and a positive id listed twice counts twice in the number of
+      positives (so AP can no longer reach 1).
 
 Ground truth (``gnd``) is one dict per query holding integer index arrays into
 the database: ``easy``, ``hard``, ``junk`` for the revisited datasets, ``ok``
@@ -49,14 +52,16 @@ def positive_positions(ranking, positives, junk=()) -> np.ndarray:
         junk: database indices to drop from the ranking before counting.
 
     Returns:
-        (n_found,) int64, increasing: where each retrieved positive sits once
-        the junk images ranked above it have been taken out.
+        (n_found,) int64, non-decreasing: where each retrieved positive sits
+        once the junk images ranked above it have been taken out. As in
+        revisitop, an image in both lists is junk for the positives after it.
     """
     ranking = _index_array(ranking)
-    positives = _index_array(positives)
-    is_positive = np.isin(ranking, positives)
-    keep = is_positive | ~np.isin(ranking, _index_array(junk))
-    return np.flatnonzero(is_positive[keep])
+    is_positive = np.isin(ranking, _index_array(positives))
+    is_junk = np.isin(ranking, _index_array(junk))
+    junk_before = np.cumsum(is_junk) - is_junk
+    found = np.flatnonzero(is_positive)
+    return found - junk_before[found]
 
 
 def _ap_positions(positions, n_positives: int) -> np.ndarray:
@@ -161,7 +166,8 @@ def precision_recall(ranking, positives, junk=()) -> tuple[np.ndarray, np.ndarra
         (recall, precision), each (n_kept + 1,) float64, where ``n_kept`` is
         the ranking length once junk is removed. Point ``k`` is the curve after
         the top ``k`` images; point 0 is (0, 1), the start the trapezoidal AP
-        uses, so ``np.trapezoid(precision, recall)`` equals ``compute_ap``.
+        uses, so ``np.trapezoid(precision, recall)`` equals ``compute_ap`` (for ground
+        truth whose positives are distinct and not junk).
 
     Raises:
         ValueError: if there are no positives.
@@ -253,7 +259,8 @@ def compute_map(ranks, gnd: Sequence[Mapping], *, kappas: Sequence[int] = KAPPAS
     report_aps = np.full(n, np.nan)
     precisions = np.full((n, len(kappas)), np.nan)
     for i, query in enumerate(gnd):
-        positives = np.unique(_index_array(query["ok"]))
+        # Not made unique: revisitop counts a positive listed twice twice.
+        positives = _index_array(query["ok"])
         if len(positives) == 0:
             continue
         positions = positive_positions(ranks[i], positives, query.get("junk", ()))

@@ -421,11 +421,17 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
         raise IndexFormatError(f"{path}: the pipeline in {META_FILE} is not valid ({e})") from None
     whitening = None
     if meta.get("whitening"):
-        mean = np.load(path / "whitening_mean.npy", allow_pickle=False)
-        projection = np.load(path / "whitening_projection.npy", allow_pickle=False)
+        try:
+            mean = np.load(path / "whitening_mean.npy", allow_pickle=False)
+            projection = np.load(path / "whitening_projection.npy", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise IndexFormatError(f"{path}: a whitening file cannot be read ({e})") from None
         if projection.ndim != 2 or projection.shape[1] != dim or mean.shape != (projection.shape[0],):
             raise IndexFormatError(f"{path}: whitening arrays {mean.shape}, {projection.shape} do not fit dim {dim}")
-        whitening = Whitening(mean, projection, float(meta["whitening"].get("shrinkage", 0.0)))
+        if not (np.isfinite(mean).all() and np.isfinite(projection).all()):
+            raise IndexFormatError(f"{path}: the whitening arrays hold NaN or infinite values")
+        whitening = Whitening(mean.astype(np.float32), projection.astype(np.float32),
+                              float(meta["whitening"].get("shrinkage", 0.0)))
     if not mapped:
         features = np.ascontiguousarray(features, dtype=np.float32)
     if not (_all_finite(path / "feature_list.npy") if mapped else np.isfinite(features).all()):

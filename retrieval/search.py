@@ -8,6 +8,9 @@ import numpy as np
 from sklearn.neighbors import KDTree
 
 BACKENDS = ("kdtree", "exact", "ann")
+# Rows scoring within this of the k-th best are candidates too: the backends' arithmetic may
+# order them differently, and the final order is decided on scores computed the same way.
+TIE_TOLERANCE = 1e-5
 
 
 def as_rows(x: np.ndarray, *, name: str = "array") -> np.ndarray:
@@ -36,8 +39,15 @@ class Searcher:
     """Finds the k database rows with the highest inner product with each query.
 
     Both backends rank by inner product. On L2-normalised rows the KD-tree's Euclidean
-    ranking is the same, since ||q - x||^2 = 2 - 2 q.x, and its scores are converted back
-    to inner products.
+    ranking is the same, since ||q - x||^2 = 2 - 2 q.x.
+
+    Tie order, the same for both: score descending, then row ascending. The score is the
+    float32 inner product, computed for the final candidates by one routine (`_best_first`),
+    so duplicate rows and equal scores come out in row order from either backend, also at the
+    k-th place. Each backend gathers its candidates (the k best plus every row within
+    `TIE_TOLERANCE` of the k-th) with its own arithmetic: float64 distances in the tree, one
+    float32 matrix product for `exact`. The two return the same rows and scores unless that
+    arithmetic misjudges a score by more than 1e-5, far above float32 rounding on unit rows.
 
     Args:
         features: (n, d) database rows, L2-normalised for the KD-tree to agree with `exact`.
@@ -107,21 +117,44 @@ class Searcher:
             if self.ann is not None:
                 return self.ann.search(self.features, queries, k)
             return exact_search_blocks(self.features, queries, k)
+        if k == len(self):
+            return _best_first(self.features, queries, [None] * len(queries), k)
         if self._tree is not None:
-            dist, rows = self._tree.query(queries, k=k, return_distance=True, sort_results=True)
-            scores = 1.0 - dist.astype(np.float32) ** 2 / 2.0
-            return scores.astype(np.float32), rows.astype(np.int64)
+            dist, near = self._tree.query(queries, k=k + 1)
+            # ||q - x||^2 = 2 - 2 q.x: a score tolerance t is a squared-distance tolerance 2t.
+            reach = np.sqrt(dist[:, k - 1] ** 2 + 2 * TIE_TOLERANCE)
+            candidates = [
+                np.sort(self._tree.query_radius(q[None], r)[0]) if dist[i, k] <= r else near[i, :k]
+                for i, (q, r) in enumerate(zip(queries, reach))
+            ]
+            return _best_first(self.features, queries, candidates, k)
         sims = queries @ self.features.T
-        if k < len(self):
-            part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        else:
-            part = np.broadcast_to(np.arange(len(self)), sims.shape)
-        part_scores = np.take_along_axis(sims, part, axis=1)
-        # Stable sort on (-score) keeps ties in row order, matching a full argsort.
-        order = np.lexsort((part, -part_scores), axis=1)
-        rows = np.take_along_axis(part, order, axis=1).astype(np.int64)
-        return np.take_along_axis(sims, rows, axis=1), rows
+        kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
+        candidates = [np.flatnonzero(s >= t - TIE_TOLERANCE) for s, t in zip(sims, kth)]
+        return _best_first(self.features, queries, candidates, k)
 
     def rank_all(self, queries: np.ndarray) -> np.ndarray:
         """Returns (m, n) database rows ordered best first for each query, for evaluation."""
         return self.search(queries, len(self))[1]
+
+
+def _best_first(features: np.ndarray, queries: np.ndarray, candidates: list, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (scores, rows), (m, k), of each query's k best candidate rows in the tie order.
+
+    Args:
+        features: (n, d) database rows.
+        queries: (m, d) query rows.
+        candidates: per query, the database rows to choose from, or None for all of them.
+        k: how many to keep, at most the number of candidates.
+    """
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    rows = np.empty((len(queries), k), dtype=np.int64)
+    for i, (q, cand) in enumerate(zip(queries, candidates)):
+        # One einsum per row, never a matrix product: identical rows get identical scores.
+        if cand is None:
+            cand, s = np.arange(len(features)), np.einsum("kd,d->k", features, q)
+        else:
+            s = np.einsum("kd,d->k", features[cand], q)
+        order = np.lexsort((cand, -s))[:k]
+        scores[i], rows[i] = s[order], cand[order]
+    return scores, rows

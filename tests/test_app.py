@@ -13,9 +13,8 @@ from PIL import Image
 
 from tests.appserver.process import ROOT
 
-gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 
 pytest_plugins = ["tests.appserver.fixtures"]
 

@@ -7,12 +7,15 @@ Without it the tests skip, except under CI (env CI set), where they fail.
 from __future__ import annotations
 
 import os
+import io
 import re
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from PIL import Image
+
+from tests.conftest import require
 
 pytest_plugins = ["tests.appserver.fixtures"]
 
@@ -27,11 +30,7 @@ TIMEOUT_MS = 60_000
 @pytest.fixture(scope="session")
 def browser():
     """A headless Chromium; listed before app_url so a missing browser skips before the app starts."""
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; under CI the browser tests must run")
-        pytest.skip(reason)
+    require(CHROMIUM.exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -1,3 +1,4 @@
+import json
 import io
 import os
 
@@ -180,3 +181,224 @@ def test_previews_are_stored_at_their_side_and_made_once_per_file(tiny, tmp_path
     build_index(root, tmp_path / "idx", tiny, PIPE, preview_side=300, max_previews=3)
     idx = load_index(tmp_path / "idx")
     assert not idx.has_previews and idx.meta["preview_side"] is None
+
+
+def test_a_file_rewritten_to_the_same_size_is_embedded_again(tiny, tmp_path):
+    # BMP files of one size have one length, so only the modification time tells the edit.
+    root = tmp_path / "photos"
+    for i in range(3):
+        save_photo(root / f"p{i}.bmp", i, fmt="BMP")
+    out = tmp_path / "idx"
+    build_index(root, out, tiny, PIPE, dtype="float32")
+    before = load_index(out).features.copy()
+    size = (root / "p1.bmp").stat().st_size
+    stamp = (root / "p1.bmp").stat().st_mtime_ns
+    save_photo(root / "p1.bmp", 42, fmt="BMP")
+    os.utime(root / "p1.bmp", ns=(stamp + 1_000_000_000, stamp + 1_000_000_000))
+    assert (root / "p1.bmp").stat().st_size == size
+    report = build_index(root, out, tiny, PIPE, dtype="float32")
+    after = load_index(out)
+    assert (report.embedded, report.reused) == (1, 2)
+    np.testing.assert_allclose(after.features[1], embed_image(tiny, root / "p1.bmp", PIPE), atol=1e-5)
+    assert not np.allclose(after.features[1], before[1])
+    np.testing.assert_array_equal(after.features[[0, 2]], before[[0, 2]])
+    # Touched to a time a nanosecond later, with the same content: embedded again too.
+    os.utime(root / "p2.bmp", ns=(stamp + 2_000_000_001, stamp + 2_000_000_001))
+    assert build_index(root, out, tiny, PIPE, dtype="float32").embedded == 1
+
+
+def test_two_files_with_one_id_skip_the_second_with_a_message(tiny, tmp_path):
+    root = tmp_path / "photos"
+    save_photo(root / "a.jpg", 1)
+    save_photo(root / "a.png", 2, fmt="PNG")
+    save_photo(root / "b.jpg", 3)
+    msgs = []
+    report = build_index(root, tmp_path / "idx", tiny, PIPE, dtype="float32", log=msgs.append)
+    idx = load_index(tmp_path / "idx")
+    assert idx.ids.tolist() == ["a", "b"] and report.count == 2
+    np.testing.assert_allclose(idx.features[0], embed_image(tiny, root / "a.jpg", PIPE), atol=1e-5)
+    assert report.skipped == [("a.png", "same id as a.jpg")]
+    assert msgs == ["skipped a.png: its id 'a' is taken by a.jpg"]
+
+
+def test_a_changed_thumbnail_side_embeds_everything_again(tiny, folder, tmp_path):
+    out = tmp_path / "idx"
+    build_index(folder, out, tiny, PIPE, thumbnail_side=32)
+    assert max(Image.open(io.BytesIO(load_index(out).thumbnail("p0"))).size) == 32
+    msgs = []
+    report = build_index(folder, out, tiny, PIPE, thumbnail_side=48, log=msgs.append)
+    idx = load_index(out)
+    assert report.embedded == 6 and report.reused == 0 and any("other settings" in m for m in msgs)
+    assert max(Image.open(io.BytesIO(idx.thumbnail("p0"))).size) == 48 and idx.meta["thumbnail_side"] == 48
+    assert build_index(folder, out, tiny, PIPE, thumbnail_side=48).reused == 6
+
+
+def test_progress_report_and_periodic_flushes(tiny, folder, tmp_path):
+    out = tmp_path / "idx"
+    calls = []
+    report = build_index(folder, out, tiny, PIPE, shard_size=2, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(i, 6) for i in range(1, 7)]
+    assert (report.count, report.embedded, report.reused, report.removed, report.skipped) == (6, 6, 0, 0, [])
+    assert report.seconds > 0
+    assert len(list((out / ".cache").glob("shard-*.npz"))) == 1  # three shards of 2, compacted into one
+    # flush_seconds=0: every finished image is written at once, so an interruption loses none.
+    def crash(done, total):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    for p in folder.rglob("*.jpg"):
+        os.utime(p, ns=(1, 1))
+    with pytest.raises(KeyboardInterrupt):
+        build_index(folder, out, tiny, PIPE, batch_size=1, workers=1, flush_seconds=0, progress=crash)
+    assert build_index(folder, out, tiny, PIPE).embedded == 3
+
+
+def test_a_corrupt_cache_shard_is_embedded_again(tiny, folder, tmp_path):
+    out = tmp_path / "idx"
+    build_index(folder, out, tiny, PIPE)
+    (shard,) = (out / ".cache").glob("shard-*.npz")
+    shard.write_bytes(b"not a zip")
+    (out / ".cache" / "state.json").write_text("{not json")
+    msgs = []
+    report = build_index(folder, out, tiny, PIPE, log=msgs.append)
+    assert report.embedded == 6 and any("other settings" in m for m in msgs)
+    build_index(folder, out, tiny, PIPE)
+    (shard,) = (out / ".cache").glob("shard-*.npz")
+    shard.write_bytes(b"not a zip")
+    msgs = []
+    assert build_index(folder, out, tiny, PIPE, log=msgs.append).embedded == 6
+    assert any(m.startswith(f"ignoring unreadable cache file {shard.name}") for m in msgs)
+
+
+def test_the_build_records_what_made_it(tiny, folder, tmp_path):
+    build_index(folder, tmp_path / "idx", tiny, PIPE, dtype="float32", alpha=2.0, dba=1, qe=2,
+                extra_meta={"source": "photos"})
+    meta = load_index(tmp_path / "idx").meta
+    assert (meta["network"], meta["weights"], meta["source"]) == (tiny.name, tiny.weights, "photos")
+    assert meta["dba"] == {"k": 1, "alpha": 2.0} and meta["query_expansion"] == {"k": 2, "alpha": 2.0}
+    assert meta["dtype"] == "float32" and meta["thumbnail_side"] == 192
+    state = json.loads((tmp_path / "idx" / ".cache" / "state.json").read_text())
+    assert state == {"cache_version": 1, "network": tiny.name, "weights": tiny.weights,
+                     "pipeline": PIPE.to_meta(), "thumbnail_side": 192}
+
+
+def test_whitening_needs_two_images_and_dba_one_neighbour(tiny, tmp_path):
+    root = tmp_path / "one"
+    save_photo(root / "p.jpg", 1)
+    with pytest.raises(BuildError, match="whitening needs at least two images"):
+        build_index(root, tmp_path / "idx", tiny, PIPE, whiten=True)
+    build_index(root, tmp_path / "idx", tiny, PIPE, dba=3)
+    assert load_index(tmp_path / "idx").meta["dba"] is None
+    with pytest.raises(BuildError, match=r"no image under .* could be indexed \(0 skipped\)"):
+        (tmp_path / "empty").mkdir()
+        build_index(tmp_path / "empty", tmp_path / "e", tiny, PIPE)
+
+
+def test_cache_shards_are_written_every_shard_size_images_or_flush_seconds(tiny, folder, tmp_path, monkeypatch):
+    # What an interrupted (killed) build keeps: every finished shard. Counted by the shards written.
+    from retrieval import build as build_module
+
+    sizes = []
+    write = build_module._Cache.write_shard
+
+    def recording(self, entries):
+        sizes.append(len(entries))
+        write(self, entries)
+
+    monkeypatch.setattr(build_module._Cache, "write_shard", recording)
+    build_index(folder, tmp_path / "a", tiny, PIPE, shard_size=2, flush_seconds=1000)
+    assert sizes == [2, 2, 2, 6]  # then compacted into one shard of all six
+    sizes.clear()
+    build_index(folder, tmp_path / "b", tiny, PIPE, shard_size=100, flush_seconds=0)
+    assert sizes == [1, 1, 1, 1, 1, 1, 6]
+    sizes.clear()
+    build_index(folder, tmp_path / "c", tiny, PIPE, shard_size=100, flush_seconds=1000)
+    assert sizes == [6]  # one shard at the end, nothing to compact
+
+
+def test_a_rebuild_with_nothing_changed_leaves_the_cache_alone(tiny, folder, tmp_path):
+    out = tmp_path / "idx"
+    build_index(folder, out, tiny, PIPE)
+    (shard,) = (out / ".cache").glob("shard-*.npz")
+    stamp = shard.stat().st_mtime_ns
+    build_index(folder, out, tiny, PIPE)
+    assert [p.name for p in (out / ".cache").glob("shard-*.npz")] == [shard.name]
+    assert shard.stat().st_mtime_ns == stamp
+
+
+def test_ids_keep_every_dot_but_the_extension(tiny, tmp_path):
+    from retrieval.build import image_id
+
+    assert image_id("photo.v2.jpg") == "photo.v2" and image_id("sub/a.b/c.png") == "sub/a.b/c"
+    root = tmp_path / "photos"
+    save_photo(root / "notre.dame.2.jpg", 1)
+    build_index(root, tmp_path / "idx", tiny, PIPE)
+    assert load_index(tmp_path / "idx").ids.tolist() == ["notre.dame.2"]
+
+
+def test_one_neighbour_dba_one_result_qe_alpha_and_shrinkage(tiny, folder, tmp_path):
+    from retrieval.rerank import database_augmentation
+    from retrieval.whitening import apply_whitening, learn_whitening
+
+    build_index(folder, tmp_path / "plain", tiny, PIPE, dtype="float32")
+    plain = load_index(tmp_path / "plain").features
+    build_index(folder, tmp_path / "dba", tiny, PIPE, dtype="float32", dba=2, qe=1, alpha=1.0)
+    aug = load_index(tmp_path / "dba")
+    np.testing.assert_allclose(aug.features, database_augmentation(plain, k=2, alpha=1.0), atol=1e-6)
+    assert aug.meta["dba"] == {"k": 2, "alpha": 1.0} and aug.meta["query_expansion"] == {"k": 1, "alpha": 1.0}
+    build_index(folder, tmp_path / "one", tiny, PIPE, dtype="float32", dba=1)
+    np.testing.assert_allclose(load_index(tmp_path / "one").features, database_augmentation(plain, k=1), atol=1e-6)
+    build_index(folder, tmp_path / "w", tiny, PIPE, dtype="float32", whiten=True)
+    assert load_index(tmp_path / "w").meta["whitening"]["shrinkage"] == 0.5
+    build_index(folder, tmp_path / "w50", tiny, PIPE, dtype="float32", whiten=True, whiten_shrinkage=50.0)
+    w50 = load_index(tmp_path / "w50")
+    assert w50.meta["whitening"]["shrinkage"] == 50.0
+    np.testing.assert_allclose(w50.features, apply_whitening(plain, learn_whitening(plain, shrinkage=50.0)), atol=1e-5)
+
+
+def test_two_images_can_be_whitened_and_the_report_counts_add_up(tiny, tmp_path):
+    import time
+
+    root = tmp_path / "two"
+    save_photo(root / "a.jpg", 1)
+    save_photo(root / "b.jpg", 2)
+    (root / "bad.jpg").write_text("not an image")
+    started = time.perf_counter()
+    report = build_index(root, tmp_path / "idx", tiny, PIPE, whiten=True)
+    took = time.perf_counter() - started
+    assert load_index(tmp_path / "idx").whitening is not None
+    assert (report.count, report.embedded, len(report.skipped)) == (2, 2, 1)
+    assert 0 < report.seconds <= took
+    with pytest.raises(BuildError, match="^whitening needs at least two images$"):
+        (root / "b.jpg").unlink()
+        build_index(root, tmp_path / "idx2", tiny, PIPE, whiten=True)
+
+
+def test_the_cache_folder_holds_the_settings_and_one_numbered_shard(tiny, folder, tmp_path):
+    out = tmp_path / "idx"
+    build_index(folder, out, tiny, PIPE)
+    assert sorted(p.name for p in (out / ".cache").iterdir()) == ["shard-000001.npz", "state.json"]
+    save_photo(folder / "p9.jpg", 9)
+    build_index(folder, out, tiny, PIPE)  # a second shard for the new photo, then both compacted into a third
+    assert sorted(p.name for p in (out / ".cache").iterdir()) == ["shard-000003.npz", "state.json"]
+    with np.load(out / ".cache" / "shard-000003.npz", allow_pickle=False) as z:
+        assert sorted(z.files) == ["mtimes", "offsets", "relpaths", "sizes", "thumbs", "vectors"]
+        assert z["relpaths"].tolist() == sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
+        assert z["vectors"].dtype == np.float32 and z["sizes"].dtype == z["mtimes"].dtype == np.int64
+        stat = (folder / "p9.jpg").stat()
+        j = z["relpaths"].tolist().index("p9.jpg")
+        assert (z["sizes"][j], z["mtimes"][j]) == (stat.st_size, stat.st_mtime_ns)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "photos"]  # nothing half-written left
+
+
+def test_everything_deleted_and_a_changed_network_start_afresh(tiny, folder, tmp_path):
+    out = tmp_path / "idx"
+    build_index(folder, out, tiny, PIPE)
+    from retrieval.networks import tiny_network
+
+    msgs = []
+    other = tiny_network(seed=1, channels=8)
+    report = build_index(folder, out, other, PIPE, log=msgs.append)
+    assert report.embedded == 6 and report.reused == 0
+    assert msgs == ["the cached descriptors were made with other settings; embedding everything again"]
+    assert json.loads((out / ".cache" / "state.json").read_text())["network"] == other.name

@@ -15,10 +15,13 @@ from PIL import Image
 
 from retrieval import datasets as ds
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-needs_shared = pytest.mark.skipif(
-    not (SHARED / "rparis6k" / "gnd_rparis6k.pkl").is_file(), reason="../shared/data is not on this machine"
-)
+from tests.conftest import DATA as SHARED
+from tests.conftest import require_shared
+
+
+@pytest.fixture
+def needs_shared():
+    require_shared(SHARED / "rparis6k" / "gnd_rparis6k.pkl")
 
 
 def _save_jpg(path: Path, size=(40, 30), seed=0):
@@ -267,7 +270,7 @@ def test_unreadable_mat_is_a_clear_error(tmp_path):
 # --------------------------------------------------------------- the real data
 
 
-@needs_shared
+@pytest.mark.usefixtures("needs_shared")
 def test_real_rparis6k_mini_benchmark():
     d = ds.load_dataset("rparis6k", SHARED)
     assert (len(d.db_ids), len(d.query_ids)) == (397, 19)
@@ -283,7 +286,7 @@ def test_real_rparis6k_mini_benchmark():
         assert len(gnd["easy"]) + len(gnd["hard"]) > 0
 
 
-@needs_shared
+@pytest.mark.usefixtures("needs_shared")
 def test_real_crops_match_cropping_the_full_image():
     with_crops = ds.load_dataset("rparis6k", SHARED)
     no_crops = ds.load_dataset("rparis6k", SHARED, crops_dir=SHARED / "none")
@@ -292,7 +295,7 @@ def test_real_crops_match_cropping_the_full_image():
     assert with_crops.query_image(i).size == no_crops.query_image(0).size
 
 
-@needs_shared
+@pytest.mark.usefixtures("needs_shared")
 def test_real_paris6k_mat_on_rparis6k_images():
     with pytest.raises(FileNotFoundError, match="paris6k"):
         ds.load_dataset("paris6k", SHARED)

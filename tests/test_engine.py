@@ -71,3 +71,113 @@ def test_network_must_match_the_index(index):
     idx, _ = index
     with pytest.raises(IndexFormatError, match="built with 'tiny-8-seed0'"):
         SearchEngine(idx, tiny_network(seed=0, channels=4))
+
+
+@pytest.fixture(scope="module")
+def whitened(index):
+    """The 12 photos' index, whitened by a rotation about their mean: the whitened rows keep
+    the raw dimension, so a query left unprojected would be searched, wrongly, without error."""
+    from retrieval.index import Index
+    from retrieval.whitening import Whitening, apply_whitening
+
+    idx, root = index
+    rotation, _ = np.linalg.qr(np.random.default_rng(5).standard_normal((idx.dim, idx.dim)))
+    w = Whitening(idx.features.mean(axis=0), rotation.astype(np.float32), 0.0)
+    meta = {**idx.meta, "whitening": w.to_meta()}
+    return Index(idx.path, apply_whitening(idx.features, w), idx.ids, meta, w), root
+
+
+def test_a_whitened_index_projects_the_query(tiny, whitened):
+    from retrieval.whitening import apply_whitening
+
+    idx, root = whitened
+    engine = SearchEngine(idx, tiny, backend="exact", query_expansion=0)
+    result = engine.search(root / "p05.png", 12)
+    q = apply_whitening(embed_image(tiny, root / "p05.png", PIPE), idx.whitening)[0]
+    np.testing.assert_allclose(engine.embed(root / "p05.png"), q, atol=1e-6)
+    assert result.ids[0] == "p05" and result.scores[0] == pytest.approx(1.0, abs=1e-5)
+    sims = idx.features @ q
+    assert result.ids == [idx.ids[r] for r in np.argsort(-sims, kind="stable")]
+    np.testing.assert_allclose(result.scores, np.sort(sims)[::-1], atol=1e-5)
+
+
+def test_query_expansion_settings_come_from_the_index_unless_given(tiny, index):
+    idx, root = index
+    assert idx.meta["query_expansion"] == {"k": 3, "alpha": 3.0}
+    engine = SearchEngine(idx, tiny, backend="exact")
+    assert (engine.qe_k, engine.qe_alpha) == (3, 3.0)
+    assert SearchEngine(idx, tiny, query_expansion=50).qe_k == 12  # never more than the index holds
+    assert SearchEngine(idx, tiny, query_expansion=0).qe_k == 0
+    # search_id expands the stored descriptor as search expands an embedded one.
+    stored = idx.features[idx.row_of("p04")]
+    first = np.argsort(-(idx.features @ stored), kind="stable")[:3]
+    expanded = alpha_query_expansion(stored[None], idx.features, first[None], k=3)[0]
+    want = np.argsort(-(idx.features @ expanded), kind="stable")[:5]
+    result = engine.search_id("p04", 5)
+    assert result.ids == [idx.ids[r] for r in want] and result.embed_ms == 0.0
+    np.testing.assert_allclose(result.scores, (idx.features @ expanded)[want], atol=1e-5)
+    for k in (0, 13, 2.5):
+        with pytest.raises(ValueError, match="k must be"):
+            engine.search_id("p04", k)
+
+
+def test_query_expansion_uses_the_alpha_the_index_records(tiny, index):
+    idx, root = index
+    meta = {**idx.meta, "query_expansion": {"k": 3, "alpha": 1.0}}
+    engine = SearchEngine(type(idx)(idx.path, idx.features, idx.ids, meta), tiny, backend="exact")
+    assert engine.qe_alpha == 1.0
+    q = embed_image(tiny, root / "p02.png", PIPE)
+    first = np.argsort(-(idx.features @ q), kind="stable")[:3]
+    expanded = alpha_query_expansion(q[None], idx.features, first[None], k=3, alpha=1.0)[0]
+    np.testing.assert_allclose(engine.search(root / "p02.png", 4).scores,
+                               np.sort(idx.features @ expanded)[::-1][:4], atol=1e-5)
+    no_qe = SearchEngine(type(idx)(idx.path, idx.features, idx.ids, {**idx.meta, "query_expansion": None}), tiny)
+    assert no_qe.qe_k == 0 and no_qe.qe_alpha == 3.0
+
+
+def test_records_and_warm_up(tiny, index):
+    idx, _ = index
+    engine = SearchEngine(idx, tiny)
+    assert len(engine) == 12 and engine.pipeline == PIPE
+    engine.warm_up()
+    from retrieval.engine import SearchResult
+
+    result = SearchResult(["a", "b"], [0.123456789, 0.5], 1.0, 2.0)
+    assert result.to_records() == [{"rank": 1, "id": "a", "score": 0.123457}, {"rank": 2, "id": "b", "score": 0.5}]
+    found = engine.search_id("p01", 3)
+    assert all(type(s) is float for s in found.scores) and all(type(i) is str for i in found.ids)
+
+
+def test_timings_are_milliseconds_of_each_part(tiny, index, monkeypatch):
+    import retrieval.engine as engine_module
+
+    class Clock:
+        """perf_counter advancing one second per reading."""
+
+        now = 1000.0
+
+        @classmethod
+        def perf_counter(cls):
+            cls.now += 1.0
+            return cls.now
+
+    idx, root = index
+    engine = SearchEngine(idx, tiny, backend="exact")
+    monkeypatch.setattr(engine_module, "time", Clock)
+    result = engine.search(root / "p01.png", 2)
+    assert (result.embed_ms, result.search_ms) == (1000.0, 1000.0)
+    assert engine.search_id("p01", 2).search_ms == 1000.0
+
+
+def test_the_backend_asked_for_is_used_and_one_neighbour_expands(tiny, index):
+    idx, root = index
+    assert SearchEngine(idx, tiny, backend="exact").searcher.backend == "exact"
+    assert SearchEngine(idx, tiny).searcher.backend == "kdtree"
+    engine = SearchEngine(idx, tiny, backend="exact", query_expansion=1)
+    # Not an indexed photo: expanding a photo by itself would change nothing.
+    new = Image.fromarray(np.random.default_rng(99).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    q = embed_image(tiny, new, PIPE)
+    first = np.argsort(-(idx.features @ q), kind="stable")[:1]
+    expanded = alpha_query_expansion(q[None], idx.features, first[None], k=1)[0]
+    assert not np.allclose(np.sort(idx.features @ expanded), np.sort(idx.features @ q), atol=1e-4)
+    np.testing.assert_allclose(engine.search(new, 3).scores, np.sort(idx.features @ expanded)[::-1][:3], atol=1e-6)

@@ -225,3 +225,71 @@ def test_evaluate_ranks_refuses_bad_input():
         ev.evaluate_ranks(np.zeros((1, 2)), gnd, "classic")
     with pytest.raises(ValueError, match="kind"):
         ev.evaluate_ranks(np.zeros((1, 2), dtype=int), gnd, "holidays")
+
+
+def test_messages_say_what_is_wrong():
+    with pytest.raises(ValueError, match=r"^n_positives must be >= 1 and >= 3 found positives, got 2$"):
+        ev.compute_ap([0, 1, 2], 2)
+    with pytest.raises(ValueError, match=r"^n_positives must be >= 1 and >= 0 found positives, got 0$"):
+        ev.compute_ap_report([], 0)
+    with pytest.raises(ValueError, match=r"^kappas must be >= 1, got \[0, 5\]$"):
+        ev.precision_at([0], (0, 5))
+    with pytest.raises(ValueError, match="^a precision-recall curve needs at least one positive$"):
+        ev.precision_recall([1, 2], [])
+    with pytest.raises(ValueError, match=r"^unknown protocol 'extreme'; expected one of \['classic', 'easy', 'hard', 'medium'\]$"):
+        ev.protocol_gnd([], "extreme")
+    with pytest.raises(ValueError, match=r"^ground truth of query 1 has no \['ok'\] for protocol 'classic'$"):
+        ev.protocol_gnd([{"ok": [1]}, {"easy": [1]}], "classic")
+    with pytest.raises(ValueError, match=r"^ranks must be a 2-D integer array \(n_queries, n_ranked\), got int64 \(3,\)$"):
+        ev.compute_map(np.arange(3), [{"ok": [0]}])
+    with pytest.raises(ValueError, match=r"^ranks has 2 rows but the ground truth has 1 queries; ranks is row-major"):
+        ev.compute_map(np.zeros((2, 3), dtype=np.int64), [{"ok": [0]}])
+    with pytest.raises(ValueError, match=r"^unknown dataset kind 'holidays'; expected one of \['classic', 'revisited'\]$"):
+        ev.evaluate_ranks(np.zeros((1, 2), dtype=int), [{"ok": [0]}], "holidays")
+
+
+def test_compute_map_reports_every_part():
+    gnd = [{"ok": [1, 2], "junk": [0]}, {"ok": [], "junk": []}, {"ok": [3]}]
+    ranks = np.array([[0, 1, 3, 2], [0, 1, 2, 3], [3, 2, 1, 0]])
+    result = ev.compute_map(ranks, gnd, kappas=(1, 2))
+    # Query 0: junk 0 dropped -> 1, 3, 2: positives at 0 and 2. Query 2: its positive first, no junk key.
+    ap0 = ((1 + 1) / 2 + (1 / 2 + 2 / 3) / 2) / 2
+    np.testing.assert_allclose(result["aps"], [ap0, np.nan, 1.0])
+    np.testing.assert_allclose(result["report_aps"], [(1 + 2 / 3) / 2, np.nan, 1.0])
+    np.testing.assert_allclose(result["precisions"], [[1.0, 0.5], [np.nan, np.nan], [1.0, 1.0]])
+    assert result["map"] == pytest.approx((ap0 + 1) / 2)
+    assert result["report_map"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+    assert result["mp_at"] == {1: 1.0, 2: 0.75}
+    assert (result["n_queries"], result["n_skipped"]) == (2, 1)
+    empty = ev.compute_map(np.zeros((1, 2), dtype=int), [{"ok": []}], kappas=(1, 5))
+    assert math.isnan(empty["report_map"]) and all(math.isnan(v) for v in empty["mp_at"].values())
+    assert list(empty["mp_at"]) == [1, 5]
+    by_protocol = ev.evaluate_ranks(ranks[:1], gnd[:1], "classic", kappas=(3,))
+    assert by_protocol["classic"]["mp_at"] == {3: pytest.approx(2 / 3)}
+    assert list(ev.compute_map(ranks[:1], gnd[:1])["mp_at"]) == [1, 5, 10]
+
+
+def test_positions_in_a_ranking_with_junk_by_hand():
+    assert ev.positive_positions([5, 6, 7, 8, 9], [7, 9], junk=[5, 8]).tolist() == [1, 2]
+    assert ev.positive_positions([5, 6, 7], [8]).tolist() == []
+    assert ev.positive_positions(np.array([[5, 6], [7, 8]]), [8]).tolist() == [3]
+    assert ev.positive_positions([5, 6, 7], [7]).dtype == np.int64
+    recall, precision = ev.precision_recall([5, 6, 7, 8], [8, 8, 5])
+    np.testing.assert_allclose(recall, [0, 0.5, 0.5, 0.5, 1.0])
+    np.testing.assert_allclose(precision, [1, 1, 0.5, 1 / 3, 0.5])
+
+
+def test_protocol_sets_are_int64_arrays_even_when_empty():
+    (easy,) = ev.protocol_gnd([{"easy": [], "hard": [], "junk": []}], "easy")
+    assert easy["ok"].dtype == np.int64 and easy["junk"].dtype == np.int64
+    (classic,) = ev.protocol_gnd([{"ok": [1, 2]}], "classic")  # no junk key at all
+    assert classic["junk"].dtype == np.int64 and classic["junk"].tolist() == [] and classic["ok"].tolist() == [1, 2]
+
+
+def test_no_usable_query_gives_nan_without_numpy_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a mean of nothing would warn "Mean of empty slice"
+        result = ev.compute_map(np.array([[0, 1]]), [{"ok": [], "junk": []}])
+    assert math.isnan(result["map"]) and math.isnan(result["mp_at"][1])

@@ -298,3 +298,151 @@ def test_an_unidentified_file_is_refused_without_its_path(tmp_path):
     with pytest.raises(ImageError) as refused:
         load_image(path)
     assert str(tmp_path) not in str(refused.value) and "not a readable image" in str(refused.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(pooling="avg"), r"^unknown pooling 'avg'; choose one of gem, mac, spoc, flatten$"),
+    (dict(max_side=None), r"^give exactly one of max_side \(aspect-preserving\) or squash \(fixed square\)$"),
+    (dict(squash=224), r"^give exactly one of max_side"),
+    (dict(max_side=31), r"^input side must be at least 32 pixels, got 31$"),
+    (dict(max_side=None, squash=16), r"^input side must be at least 32 pixels, got 16$"),
+    (dict(scales=()), r"^scales must be in \(0, 4\], got \(\)$"),
+    (dict(scales=(1, 4.5)), r"^scales must be in \(0, 4\], got \(1.0, 4.5\)$"),
+    (dict(scales=(-1,)), r"^scales must be in \(0, 4\]"),
+    (dict(pooling="flatten"), r"^flatten pooling needs a fixed input size: use squash and a single scale$"),
+    (dict(pooling="flatten", max_side=None, squash=224, scales=(1, 0.5)), r"^flatten pooling needs a fixed"),
+    (dict(gem_p=0), r"^gem_p must be positive, got 0$"),
+])
+def test_pipeline_refusals_say_what_is_wrong(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Pipeline(**kwargs)
+
+
+def test_pipeline_edges_that_are_allowed():
+    assert Pipeline(max_side=32).max_side == 32 and Pipeline(scales=(4,)).scales == (4.0,)
+    assert Pipeline(pooling="mac", gem_p=0).gem_p == 0  # the exponent only matters to GeM
+    assert Pipeline(scales=[1, 0.5]).scales == (1.0, 0.5)
+    assert Pipeline().to_meta() == {"pooling": "gem", "max_side": 384, "squash": None, "scales": [1.0], "gem_p": 3.0}
+    assert Pipeline.from_meta({"pooling": "mac", "max_side": 64, "squash": None, "gem_p": 3.0}).scales == (1.0,)
+    # sizes round to the nearest pixel and never fall under 32
+    assert Pipeline(max_side=100).target_size(300, 200) == (100, 67)
+    assert Pipeline(max_side=100).target_size(300, 200, 0.5) == (50, 33)
+    assert Pipeline(max_side=None, squash=100).target_size(300, 200, 0.5) == (50, 50)
+    assert Pipeline(max_side=None, squash=40).target_size(300, 200, 0.5) == (32, 32)
+    assert descriptor_dim(8, Pipeline(max_side=None, squash=65, pooling="flatten")) == 3 * 3 * 8
+    assert descriptor_dim(8, Pipeline()) == 8
+
+
+def test_crop_box_messages_and_rounding_outwards():
+    img = photo(100, 50)
+    assert crop_box(img, (10.2, 5.7, 40.5, 25.1)).size == (31, 21)  # floor the start, ceil the end
+    assert crop_box(img, (0, 0, 0.2, 0.2)).size == (1, 1)
+    with pytest.raises(ImageError, match=r"^a box is four numbers x0, y0, x1, y1; got \(1, 2, 3\)$"):
+        crop_box(img, (1, 2, 3))
+    with pytest.raises(ImageError, match=r"^box coordinates must be finite, got \(0, 0, inf, 4\)$"):
+        crop_box(img, (0, 0, float("inf"), 4))
+    with pytest.raises(ImageError, match=r"^the crop \(5, 5, 5, 20\) is empty on a 100x50 image$"):
+        crop_box(img, (5, 5, 5, 20))
+    with pytest.raises(ImageError, match=r"^the crop \(0, 60, 10, 70\) is empty on a 100x50 image$"):
+        crop_box(img, (0, 60, 10, 70))
+
+
+def test_load_image_messages(tmp_path):
+    with pytest.raises(ImageError, match=r"^the file is empty \(0 bytes\)$"):
+        load_image(b"")
+    (tmp_path / "zero.png").write_bytes(b"")
+    with pytest.raises(ImageError, match=r"^the file is empty \(0 bytes\)$"):
+        load_image(tmp_path / "zero.png")
+    with pytest.raises(ImageError, match=r"^not a readable image \(UnidentifiedImageError: "):
+        load_image(b"text")
+    with pytest.raises(ImageError, match=r"^the image is too large to decode safely: 200x100 pixels, the limit is "
+                       r"19,999 pixels$"):
+        load_image(encode(photo(200, 100)), max_pixels=19_999)
+    assert load_image(encode(photo(200, 100)), max_pixels=20_000).size == (200, 100)
+    with pytest.raises(ValueError, match="^unknown pooling 'median'$"):
+        pool(np.ones((1, 2, 2, 1)), "median")
+
+
+def test_sixteen_bit_and_float_images_are_scaled_not_clipped():
+    from retrieval.features import _to_rgb
+
+    grey = np.array([[0, 128, 255]], dtype=np.uint8)
+    sixteen = Image.fromarray(grey.astype(np.uint16) * 257)
+    np.testing.assert_array_equal(np.asarray(_to_rgb(sixteen))[..., 0], grey)
+    as_float = Image.fromarray(grey.astype(np.float32), "F")  # values up to 255: already 8-bit range
+    np.testing.assert_array_equal(np.asarray(_to_rgb(as_float))[..., 1], grey)
+    wide = Image.fromarray(grey.astype(np.int32) * 257, "I")  # over 255: a 16-bit range
+    np.testing.assert_array_equal(np.asarray(_to_rgb(wide))[..., 2], grey)
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([10, 20, 30] * 256)
+    assert _to_rgb(palette).getpixel((0, 0)) == (10, 20, 30)
+    half = Image.new("LA", (1, 1), (0, 128))
+    assert _to_rgb(half).getpixel((0, 0)) == (127, 127, 127)
+
+
+def test_thumbnails_are_jpegs_of_the_given_side():
+    from retrieval.features import make_thumbnail
+
+    thumb = Image.open(io.BytesIO(make_thumbnail(photo(400, 100), 64)))
+    assert thumb.format == "JPEG" and thumb.size == (64, 16)
+    assert Image.open(io.BytesIO(make_thumbnail(photo(40, 30)))).size == (40, 30)  # never enlarged
+
+
+def test_find_images_skips_hidden_folders_and_other_files(tmp_path):
+    for name in ("a.JPG", "b.jpeg", "c.webp", "d.tif", "e.tiff", "f.bmp", "g.png", "notes.txt", ".hidden/h.jpg",
+                 "sub/.x/i.jpg", "sub/j.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "folder.jpg").mkdir()
+    found = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)]
+    assert found == ["a.JPG", "b.jpeg", "c.webp", "d.tif", "e.tiff", "f.bmp", "g.png", "sub/j.jpg"]
+    with pytest.raises(FileNotFoundError, match="^image folder not found: "):
+        find_images(tmp_path / "none")
+
+
+def test_extract_features_messages_progress_and_descriptions(tiny, tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    with pytest.raises(ImageError, match=rf"^input 1 \({tmp_path / 'bad.jpg'}\): not a readable image"):
+        extract_features(tiny, [photo(), tmp_path / "bad.jpg"], Pipeline(max_side=64))
+    with pytest.raises(ImageError, match=r"^input 0 \(bytes\): the file is empty"):
+        extract_features(tiny, [b""], Pipeline(max_side=64))
+    with pytest.raises(ValueError, match="^no images given$"):
+        extract_features(tiny, [], Pipeline(max_side=64))
+    ticks = []
+    out = extract_features(tiny, [photo(seed=s) for s in range(3)], Pipeline(max_side=64), progress=ticks.append)
+    assert ticks == [1, 1, 1] and out.flags.c_contiguous and out.dtype == np.float32
+
+
+def test_iter_features_yields_every_input_once_with_its_thumbnail(tiny):
+    images = [photo(96 + 8 * (i % 3), 64, seed=i) for i in range(11)]  # three shapes, odd counts
+    items = list(iter_features(tiny, images, Pipeline(max_side=64), batch_size=4, workers=1, thumbnail_side=40))
+    assert sorted(it.position for it in items) == list(range(11))
+    for it in items:
+        np.testing.assert_allclose(it.vector, embed_image(tiny, images[it.position], Pipeline(max_side=64)), atol=1e-5)
+        assert Image.open(io.BytesIO(it.thumbnail)).size[0] == 40
+    assert all(it.thumbnail is None for it in iter_features(tiny, images[:2], Pipeline(max_side=64)))
+
+
+def test_a_decoder_crash_on_one_file_is_reported_and_the_rest_go_on(tiny, monkeypatch):
+    import retrieval.features as features
+
+    real = features._decode
+
+    def flaky(source, pipeline, thumbnail_side):
+        if isinstance(source, bytes) and source == b"boom":
+            raise RuntimeError("decoder bug")
+        return real(source, pipeline, thumbnail_side)
+
+    monkeypatch.setattr(features, "_decode", flaky)
+    items = {it.position: it for it in iter_features(tiny, [b"boom", photo()], Pipeline(max_side=64))}
+    assert items[0].error == "RuntimeError: decoder bug" and items[1].vector is not None
+
+
+def test_gem_clamps_at_eps_and_uses_its_exponent():
+    fm = np.array([0.0, 0.0, 0.0, 8.0], dtype=np.float32).reshape(1, 2, 2, 1)
+    np.testing.assert_allclose(pool(fm, "gem", p=3), [[(512 / 4) ** (1 / 3)]], rtol=1e-6)
+    np.testing.assert_allclose(pool(fm, "gem", p=2), [[(64 / 4) ** 0.5]], rtol=1e-6)
+    tiny_values = np.full((1, 1, 1, 1), -5.0, dtype=np.float32)
+    np.testing.assert_allclose(pool(tiny_values, "gem", p=3), [[1e-6]], rtol=1e-3)
+    np.testing.assert_allclose(pool(tiny_values, "gem", p=3, eps=1e-2), [[1e-2]], rtol=1e-3)
+    assert pool(fm, "mac").dtype == np.float32 and pool(fm.astype(np.float64), "spoc").dtype == np.float32

@@ -151,3 +151,360 @@ def test_an_index_without_previews_serves_its_thumbnails(tmp_path):
     assert not idx.has_previews and [idx.preview(i) for i in ids] == thumbs
     with pytest.raises(ValueError, match="5 rows and 2 previews"):
         make(tmp_path / "bad", previews=[b"a", b"b"])
+
+
+def rewrite(out, name, array):
+    """Replaces one array file and re-records its size and sha256, so only the content check can object."""
+    from retrieval.index import file_sha256
+
+    np.save(out / name, array)
+    meta = json.loads((out / "index.json").read_text())
+    meta["files"][name] = {"sha256": file_sha256(out / name), "bytes": (out / name).stat().st_size}
+    (out / "index.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_rows_holding_nan_or_infinity_are_refused(tmp_path, bad):
+    out, feats, *_ = make(tmp_path, dtype="float32")
+    feats = feats.copy()
+    feats[2, 3] = bad
+    rewrite(out, "feature_list.npy", feats)
+    with pytest.raises(IndexFormatError, match="feature_list.npy holds NaN or infinite values"):
+        load_index(out)
+
+
+def test_repeated_ids_are_refused(tmp_path):
+    out, _, ids, _ = make(tmp_path)
+    rewrite(out, "feature_id.npy", np.array(ids[:4] + [ids[0]]))
+    with pytest.raises(IndexFormatError, match="feature_id.npy has duplicate ids"):
+        load_index(out)
+
+
+def test_ids_and_offsets_that_do_not_fit_are_refused(tmp_path):
+    out, _, ids, _ = make(tmp_path)
+    rewrite(out, "feature_id.npy", np.arange(5))
+    with pytest.raises(IndexFormatError, match=r"holds \(5,\) int64, expected 5 unicode ids"):
+        load_index(out)
+    rewrite(out, "feature_id.npy", np.array(ids))
+    offsets = np.load(out / "thumbnails_offsets.npy")
+    for bad in (offsets[:-1], offsets + 1, offsets[::-1].copy(), np.r_[offsets[:-1], offsets[-1] + 1]):
+        rewrite(out, "thumbnails_offsets.npy", bad)
+        with pytest.raises(IndexFormatError, match="thumbnails_offsets.npy does not describe thumbnails.bin for 5 images"):
+            load_index(out)
+    swapped = offsets.copy()
+    swapped[2], swapped[3] = swapped[3], swapped[2]  # still 0 .. len, but one thumbnail of -1 bytes
+    rewrite(out, "thumbnails_offsets.npy", swapped)
+    with pytest.raises(IndexFormatError, match="does not describe"):
+        load_index(out)
+
+
+def test_dtype_and_pipeline_in_index_json_are_checked(tmp_path):
+    out, *_ = make(tmp_path, dtype="float32")
+    edit_meta(out, dtype="float16")
+    with pytest.raises(IndexFormatError, match="feature_list.npy is float32, index.json says float16"):
+        load_index(out)
+    edit_meta(out, dtype="float32", pipeline={**META["pipeline"], "pooling": "median"})
+    with pytest.raises(IndexFormatError, match="the pipeline in index.json is not valid"):
+        load_index(out)
+
+
+def test_files_and_weights_recorded_in_index_json_are_checked(tmp_path):
+    out, *_ = make(tmp_path)
+    with pytest.raises(IndexFormatError, match="built with weights 'random-seed-0', not 'imagenet'"):
+        load_index(out, weights="imagenet")
+    assert len(load_index(out, network="tiny", weights="random-seed-0")) == 5
+    meta = json.loads((out / "index.json").read_text())
+    del meta["files"]["thumbnails.bin"]
+    (out / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexFormatError, match="index.json in .* has no record of thumbnails.bin"):
+        load_index(out)
+    edit_meta(out, files={})
+    del_key = json.loads((out / "index.json").read_text())
+    del del_key["dim"]
+    (out / "index.json").write_text(json.dumps(del_key))
+    with pytest.raises(IndexFormatError, match="lacks dim"):
+        load_index(out)
+    (out / "index.json").write_text("[1, 2]")
+    with pytest.raises(IndexFormatError, match="must hold a JSON object"):
+        load_index(out)
+    (out / "index.json").write_text("{not json")
+    with pytest.raises(IndexFormatError, match="is not valid JSON"):
+        load_index(out)
+
+
+def test_an_altered_file_of_the_same_size_is_caught_only_by_its_sha256(tmp_path):
+    out, *_ = make(tmp_path)
+    data = bytearray((out / "thumbnails.bin").read_bytes())
+    data[0] ^= 0xFF
+    (out / "thumbnails.bin").write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match="thumbnails.bin does not match its sha256"):
+        load_index(out)
+    assert load_index(out, verify=False).thumbnail("img/000") == bytes(data[:1])
+
+
+def whitened(tmp_path):
+    raw = l2_normalize(np.random.default_rng(1).standard_normal((30, 16)))
+    w = learn_whitening(raw)
+    out = save_index(tmp_path / "w", apply_whitening(raw, w), range(30), META,
+                     thumbnails=[b"x"] * 30, whitening=w, dtype="float32")
+    return out, raw, w
+
+
+@pytest.mark.parametrize("name", ["whitening_mean.npy", "whitening_projection.npy"])
+def test_missing_or_corrupt_whitening_files_are_refused(tmp_path, name):
+    out, _, w = whitened(tmp_path)
+    good = (out / name).read_bytes()
+    garbage = b"\x93NUMPY garbage".ljust(len(good), b"\0")
+    (out / name).write_bytes(garbage)  # same size: only the sha256 (or, unverified, the parse) objects
+    with pytest.raises(IndexFormatError, match=f"{name} does not match its sha256"):
+        load_index(out)
+    with pytest.raises(IndexFormatError, match="a whitening file cannot be read"):
+        load_index(out, verify=False)
+    (out / name).unlink()
+    with pytest.raises(IndexFormatError, match=f"is incomplete: {name} is missing"):
+        load_index(out)
+    rewrite(out, name, (w.mean if name == "whitening_mean.npy" else w.projection)[:3])
+    with pytest.raises(IndexFormatError, match="whitening arrays .* do not fit dim"):
+        load_index(out)
+    bad = (w.mean if name == "whitening_mean.npy" else w.projection).copy()
+    bad.flat[0] = np.nan
+    rewrite(out, name, bad)
+    with pytest.raises(IndexFormatError, match="whitening arrays hold NaN"):
+        load_index(out)
+
+
+def test_whitening_is_stored_exactly(tmp_path):
+    out, raw, w = whitened(tmp_path)
+    idx = load_index(out)
+    np.testing.assert_array_equal(idx.whitening.mean, w.mean)
+    np.testing.assert_array_equal(idx.whitening.projection, w.projection)
+    assert idx.whitening.shrinkage == w.shrinkage == idx.meta["whitening"]["shrinkage"]
+    assert idx.project(raw[:2]).shape == (2, w.dim_out)
+    assert idx.project(raw[0]).dtype == np.float32
+
+
+def test_recover_from_a_crash_after_the_old_index_moved_away(tmp_path):
+    # The swap renames idx -> .idx.old-PID, then .idx.new-XXX -> idx; a crash in between leaves both.
+    out, *_ = make(tmp_path, n=4)
+    make(tmp_path / "next", n=6)
+    out.rename(tmp_path / ".idx.old-123")
+    (tmp_path / "next" / "idx").rename(tmp_path / ".idx.new-abc")
+    recover_index_folder(out)
+    assert len(load_index(out)) == 6  # the complete new index wins
+    assert (tmp_path / ".idx.old-123").is_dir()  # left for save_index's next swap to clear
+
+
+def test_recover_refuses_a_half_written_new_index_and_restores_the_old_one(tmp_path):
+    out, *_ = make(tmp_path, n=4)
+    out.rename(tmp_path / ".idx.old-123")
+    half = tmp_path / ".idx.new-abc"
+    half.mkdir()
+    (half / "feature_list.npy").write_bytes(b"partial")  # interrupted before index.json was written
+    recover_index_folder(out)
+    assert len(load_index(out)) == 4
+    assert half.is_dir() and not (half / "index.json").exists()
+
+
+def test_recover_leaves_a_present_index_alone(tmp_path):
+    out, *_ = make(tmp_path, n=4)
+    make(tmp_path / "next", n=6)
+    (tmp_path / "next" / "idx").rename(tmp_path / ".idx.new-abc")
+    recover_index_folder(out)
+    assert len(load_index(out)) == 4
+    recover_index_folder(tmp_path / "never-built")
+    assert not (tmp_path / "never-built").exists()
+
+
+def test_replacing_an_index_clears_the_old_folder_and_refuses_a_file(tmp_path):
+    out, *_ = make(tmp_path, n=4)
+    make(tmp_path, n=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+    blocker = tmp_path / "f" / "idx"
+    blocker.parent.mkdir()
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="is a file, not an index folder"):
+        save_index(blocker, np.eye(2, dtype=np.float32), ["a", "b"], META, thumbnails=[b"", b""])
+    assert sorted(p.name for p in blocker.parent.iterdir()) == ["idx"]
+
+
+def test_save_records_what_load_checks(tmp_path):
+    out, feats, ids, thumbs = make(tmp_path, dtype="float16")
+    meta = read_meta(out)
+    assert (meta["format_version"], meta["dim"], meta["dtype"], meta["count"]) == (1, 8, "float16", 5)
+    assert meta["whitening"] is None and meta["network"] == "tiny" and "numpy" in meta["versions"]
+    assert sorted(meta["files"]) == ["feature_id.npy", "feature_list.npy", "thumbnails.bin", "thumbnails_offsets.npy"]
+    assert np.load(out / "feature_list.npy").dtype == np.float16
+    assert np.load(out / "feature_id.npy").dtype == np.dtype("<U7")
+    assert (out / "thumbnails.bin").read_bytes() == b"".join(thumbs)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        save_index(tmp_path / "b", feats, ids, META, thumbnails=thumbs, dtype="float64")
+    w = learn_whitening(l2_normalize(np.random.default_rng(1).standard_normal((30, 16))))
+    with pytest.raises(ValueError, match="features do not have the whitening's output dimension"):
+        save_index(tmp_path / "b", feats, ids, META, thumbnails=thumbs, whitening=w)
+    with pytest.raises(ValueError, match="not valid|pooling"):
+        save_index(tmp_path / "b", feats, ids, {**META, "pipeline": {"pooling": "median"}}, thumbnails=thumbs)
+
+
+@pytest.mark.parametrize("name", ["feature_list.npy", "feature_id.npy", "thumbnails_offsets.npy",
+                                  "whitening_mean.npy", "whitening_projection.npy"])
+def test_pickled_arrays_are_never_loaded(tmp_path, name):
+    # An index's .npy files hold plain arrays; an object array would need pickle, i.e. running code.
+    out, *_ = whitened(tmp_path)
+    rewrite(out, name, np.array([{"evil": 1}] * 3, dtype=object))
+    cannot = "a whitening file cannot be read" if name.startswith("whitening") else "an array file cannot be read"
+    with pytest.raises(IndexFormatError, match=cannot + r" \(Object arrays cannot be loaded when allow_pickle=False\)"):
+        load_index(out)
+
+
+def test_an_unreadable_array_file_names_itself(tmp_path):
+    out, *_ = make(tmp_path)
+    size = (out / "feature_list.npy").stat().st_size
+    (out / "feature_list.npy").write_bytes(b"garbage".ljust(size, b"\0"))
+    with pytest.raises(IndexFormatError, match=r"idx: an array file cannot be read \(.+\)$"):
+        load_index(out, verify=False)
+
+
+def test_offsets_must_have_one_entry_per_thumbnail_plus_one(tmp_path):
+    out, *_ = make(tmp_path)
+    offsets = np.load(out / "thumbnails_offsets.npy")
+    rewrite(out, "thumbnails_offsets.npy", np.r_[offsets[:2], offsets[1:]])  # from 0 to the end, one too many
+    with pytest.raises(IndexFormatError, match="does not describe thumbnails.bin"):
+        load_index(out)
+
+
+def test_empty_thumbnails_and_one_letter_ids_are_fine(tmp_path):
+    feats = l2_normalize(np.random.default_rng(0).standard_normal((3, 4)))
+    out = save_index(tmp_path / "a" / "b" / "idx", feats, ["x", "y", "z"], META, thumbnails=[b"", b"jpg", b""])
+    idx = load_index(out)
+    assert [idx.thumbnail(i) for i in "xyz"] == [b"", b"jpg", b""]
+    assert np.load(out / "feature_id.npy").dtype == np.dtype("<U1")
+    assert idx.path == out
+    empty = load_index(save_index(tmp_path / "empty", np.zeros((0, 4)), [], META, thumbnails=[]))
+    assert len(empty) == 0 and empty.ids.dtype == np.dtype("<U1")
+
+
+def test_an_unwhitened_index_projects_queries_unchanged(tmp_path):
+    out, feats, *_ = make(tmp_path, dtype="float32")
+    idx = load_index(out)
+    assert idx.whitening is None
+    projected = idx.project(feats[:2].astype(np.float64))
+    assert projected.dtype == np.float32
+    np.testing.assert_array_equal(projected, feats[:2])
+
+
+def test_whitening_without_a_recorded_shrinkage_and_a_1d_projection(tmp_path):
+    out, raw, w = whitened(tmp_path)
+    meta = json.loads((out / "index.json").read_text())
+    del meta["whitening"]["shrinkage"]
+    (out / "index.json").write_text(json.dumps(meta))
+    assert load_index(out).whitening.shrinkage == 0.0
+    rewrite(out, "whitening_projection.npy", w.projection[0])
+    with pytest.raises(IndexFormatError, match=r"whitening arrays \(16,\), \(\d+,\) do not fit dim"):
+        load_index(out)
+
+
+def test_whitening_is_saved_as_float32(tmp_path):
+    from retrieval.whitening import Whitening
+
+    raw = l2_normalize(np.random.default_rng(1).standard_normal((30, 16)))
+    w = learn_whitening(raw)
+    wide = Whitening(w.mean.astype(np.float64), w.projection.astype(np.float64), w.shrinkage)
+    out = save_index(tmp_path / "w", apply_whitening(raw, w), range(30), META, thumbnails=[b"x"] * 30, whitening=wide)
+    assert np.load(out / "whitening_mean.npy").dtype == np.float32
+    assert np.load(out / "whitening_projection.npy").dtype == np.float32
+
+
+def test_index_json_is_sorted_indented_and_dated_in_utc(tmp_path):
+    import platform
+    from datetime import datetime, timedelta
+    from importlib.metadata import version
+
+    out, *_ = make(tmp_path)
+    text = (out / "index.json").read_text()
+    meta = json.loads(text)
+    assert text == json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    created = datetime.fromisoformat(meta["created"])
+    assert created.utcoffset() == timedelta(0) and created.microsecond == 0
+    versions = meta["versions"]
+    assert versions["python"] == platform.python_version() and versions["numpy"] == np.__version__
+    for dist in ("keras", "scikit-learn", "pillow", "tensorflow-cpu"):
+        assert versions[dist] == version(dist)
+
+
+def test_messages_of_refused_indexes_say_why(tmp_path):
+    out, *_ = make(tmp_path)
+    with pytest.raises(IndexFormatError, match=r"was built with network 'tiny', but queries would be embedded with "
+                       r"'b7': descriptors of different networks cannot be compared\. Use the index's network or "
+                       r"rebuild the index\.$"):
+        load_index(out, network="b7")
+    (out / "thumbnails.bin").write_bytes(b"x")
+    with pytest.raises(IndexFormatError, match=r"thumbnails.bin has 1 bytes but index.json says 15: the file is "
+                       r"truncated or from another build$"):
+        load_index(out)
+    edit_meta(out, format_version=2)
+    with pytest.raises(IndexFormatError, match=r"unknown index format version 2; this code reads version 1\. "
+                       r"Rebuild the index with this version of precompute\.build_index\.$"):
+        load_index(out)
+    meta = json.loads((out / "index.json").read_text())
+    for key in ("network", "count", "format_version"):
+        meta.pop(key)
+    meta["format_version"] = 1
+    (out / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexFormatError, match=r"index.json lacks network, count$"):
+        load_index(out)
+
+
+def test_messages_of_refused_saves_say_why(tmp_path):
+    f = np.eye(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="^image ids must be unique$"):
+        save_index(tmp_path / "a", f, ["a", "a", "b"], META, thumbnails=[b""] * 3)
+    with pytest.raises(ValueError, match="^features holds NaN or infinite values$"):
+        save_index(tmp_path / "a", np.full((3, 3), np.nan), "abc", META, thumbnails=[b""] * 3)
+    w = learn_whitening(l2_normalize(np.random.default_rng(1).standard_normal((30, 16))))
+    with pytest.raises(ValueError, match="^features do not have the whitening's output dimension$"):
+        save_index(tmp_path / "a", f, "abc", META, thumbnails=[b""] * 3, whitening=w)
+
+
+def test_a_failed_save_leaves_no_temporary_folder_and_names_it_for_recovery(tmp_path, monkeypatch):
+    import retrieval.index as index_module
+
+    seen = []
+
+    def crash(new, out_dir, keep):
+        seen.append(new)
+        assert (new / "index.json").is_file()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index_module, "_swap_in", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_index(tmp_path / "idx", np.eye(2, dtype=np.float32), ["a", "b"], META, thumbnails=[b"", b""])
+    (new,) = seen
+    assert new.parent == tmp_path and new.name.startswith(".idx.new-")  # what recover_index_folder looks for
+    assert list(tmp_path.iterdir()) == []
+
+
+def undeletable(path, ignore_errors=False, **kwargs):
+    """shutil.rmtree on a folder it may not delete (a busy share, permissions): raises unless told not to."""
+    if not ignore_errors:
+        raise PermissionError(f"cannot delete {path}")
+
+
+def test_an_old_index_that_cannot_be_deleted_does_not_fail_the_save(tmp_path, monkeypatch):
+    import retrieval.index as index_module
+
+    out, *_ = make(tmp_path, n=4)
+    monkeypatch.setattr(index_module.shutil, "rmtree", undeletable)
+    make(tmp_path, n=6)
+    assert len(load_index(out)) == 6
+
+
+def test_a_failed_save_reports_its_own_error_even_when_cleaning_up_fails(tmp_path, monkeypatch):
+    import retrieval.index as index_module
+
+    def crash(new, out_dir, keep):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index_module, "_swap_in", crash)
+    monkeypatch.setattr(index_module.shutil, "rmtree", undeletable)
+    with pytest.raises(OSError, match="disk full"):
+        save_index(tmp_path / "idx", np.eye(2, dtype=np.float32), ["a", "b"], META, thumbnails=[b"", b""])

@@ -31,6 +31,10 @@ def test_exact_and_kdtree_engines_agree_on_real_queries(lite0, lite0_index, rpar
     ds = load_dataset("rparis6k", rparis_dir.parent)
     index = load_index(lite0_index)
     kd, exact = SearchEngine(index, lite0, backend="kdtree"), SearchEngine(index, lite0, backend="exact")
-    for i in range(3):
+    # float16 rows and duplicate photos make near-ties: both backends follow one tie order
+    # (score descending, then row), so the whole top 100 agrees for every query.
+    for i in range(len(ds.query_ids)):
         q = kd.embed(ds.query_image(i))
-        assert kd._search_vector(q, 10, embed_ms=0).ids == exact._search_vector(q, 10, embed_ms=0).ids
+        a, b = kd._search_vector(q, 100, embed_ms=0), exact._search_vector(q, 100, embed_ms=0)
+        assert a.ids == b.ids, ds.query_ids[i]
+        assert a.scores == b.scores

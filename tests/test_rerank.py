@@ -101,3 +101,44 @@ def test_mismatched_shapes_are_refused():
         alpha_query_expansion(np.ones((1, 3)), DB, np.array([[0]]), k=1)
     with pytest.raises(ValueError, match="ranks must be"):
         alpha_query_expansion(Q, DB, np.array([[0], [1]]), k=1)
+
+
+def test_alpha_defaults_to_3_and_may_be_0_or_fractional():
+    ranks = np.array([[0, 1, 2]])
+    np.testing.assert_array_equal(alpha_query_expansion(Q, DB, ranks, k=1), alpha_query_expansion(Q, DB, ranks, k=1, alpha=3))
+    assert not np.allclose(alpha_query_expansion(Q, DB, ranks, k=1), alpha_query_expansion(Q, DB, ranks, k=1, alpha=4))
+    db = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], dtype=np.float32)
+    np.testing.assert_array_equal(database_augmentation(db, k=1), database_augmentation(db, k=1, alpha=3))
+    # alpha 0: every neighbour with a positive similarity weighs 1.
+    np.testing.assert_allclose(alpha_query_expansion(Q, DB, ranks, k=1, alpha=0)[0], unit(1.6, 0.8), rtol=1e-6)
+    np.testing.assert_allclose(alpha_query_expansion(Q, DB, ranks, k=1, alpha=0.5)[0],
+                               unit(1 + 0.6**1.5, 0.8 * 0.6**0.5), rtol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [-0.5, np.nan, np.inf])
+def test_bad_alpha_is_refused(alpha):
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0, got"):
+        alpha_query_expansion(Q, DB, np.array([[0, 1, 2]]), k=1, alpha=alpha)
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0, got"):
+        database_augmentation(DB, k=1, alpha=alpha)
+
+
+def test_messages_name_the_bad_array():
+    with pytest.raises(ValueError, match="^queries holds NaN"):
+        alpha_query_expansion(np.array([[np.nan, 0.0]]), DB, np.array([[0]]), k=1)
+    with pytest.raises(ValueError, match="^database holds NaN"):
+        alpha_query_expansion(Q, np.array([[np.nan, 0.0]]), np.array([[0]]), k=1)
+    with pytest.raises(ValueError, match="^database holds NaN"):
+        database_augmentation(np.array([[np.nan, 0.0], [1.0, 0.0]]), k=1)
+    with pytest.raises(ValueError, match=r"^ranks must be \(1, n_ranked\) integers, got float64 \(1, 3\)$"):
+        alpha_query_expansion(Q, DB, np.array([[0.0, 1.0, 2.0]]), k=1)
+    with pytest.raises(ValueError, match=r"^k = 3 exceeds the 2 ranked rows per query$"):
+        alpha_query_expansion(Q, DB, np.array([[0, 1]]), k=3)
+
+
+def test_dba_on_a_larger_database_matches_brute_force():
+    rng = np.random.default_rng(11)
+    db = rng.normal(size=(300, 8)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    for k in (1, 2, 5):
+        np.testing.assert_allclose(database_augmentation(db, k=k, alpha=3), brute_force_dba(db, k, 3), atol=1e-5)

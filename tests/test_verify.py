@@ -317,3 +317,103 @@ def test_evaluate_sv_options():
     for bad in (["--sv", "-1"], ["--sv-min-inliers", "0"]):
         with pytest.raises(SystemExit):
             cmd.parse_args(["--dataset", "rparis6k", "--data-root", ".", *bad])
+
+
+def unit_at(distance: float, axis: int) -> np.ndarray:
+    """A unit 128-vector at Euclidean distance `distance` from e0, leaning towards e_axis."""
+    theta = 2 * np.arcsin(distance / 2)
+    v = np.zeros(128, np.float32)
+    v[0], v[axis] = np.cos(theta), np.sin(theta)
+    return v
+
+
+@pytest.mark.parametrize("ratio_of_distances, kept", [(0.6, True), (0.7, True), (0.79, True), (0.81, False),
+                                                      (0.85, False), (0.95, False)])
+def test_ratio_test_compares_distances_with_the_ratio_itself(ratio_of_distances, kept):
+    # Nearest at distance 0.5 r, second at 0.5: kept exactly when r < 0.8. Cases between 0.8^2 and 0.8
+    # and between 0.8 and sqrt(0.8) tell distances from squared distances.
+    a = LocalFeatures(np.zeros((1, 2), np.float32), unit_at(0.0, 1)[None])
+    b = LocalFeatures(np.zeros((2, 2), np.float32), np.stack([unit_at(0.5 * ratio_of_distances, 1),
+                                                              unit_at(0.5, 2)]))
+    assert match_features(a, b, ratio=0.8).tolist() == ([[0, 0]] if kept else [])
+    assert match_features(a, b, ratio=None).tolist() == [[0, 0]]
+    assert match_features(a, LocalFeatures(b.keypoints[:1], b.descriptors[:1]), ratio=0.8).tolist() == [[0, 0]]
+
+
+def test_repeated_correspondences_count_once():
+    # 30 points moved by a known homography; each point has three keypoints at one position (as SIFT
+    # gives one position several orientations), each with its own descriptor and its own match.
+    rng = np.random.default_rng(0)
+    points = rng.uniform(10, 300, (30, 2)).astype(np.float32)
+    moved = cv2.perspectiveTransform(points[None].astype(np.float64), H)[0].astype(np.float32)
+    e = np.eye(128, dtype=np.float32)
+    descriptors = e[:90]
+    a = LocalFeatures(np.repeat(points, 3, axis=0), descriptors)
+    b = LocalFeatures(np.repeat(moved, 3, axis=0), descriptors)
+    assert len(match_features(a, b)) == 90
+    assert count_inliers(a, b) == 30
+    assert count_inliers(a, b, at_least=31) == 0  # 30 distinct correspondences cannot reach 31
+    assert count_inliers(a, b, at_least=30) == 30
+    once = LocalFeatures(points, e[:30])
+    assert count_inliers(once, LocalFeatures(moved, e[:30])) == 30
+
+
+def test_refusals_say_what_is_wrong(feats):
+    a = feats["original"]
+    cases = [
+        (lambda: local_features(np.zeros((50, 50, 3), np.float32)),
+         r"^an image array must be \(h, w\) or \(h, w, 3\) uint8, got float32 \(50, 50, 3\)$"),
+        (lambda: local_features(texture(0), max_side=15), r"^max_side must be a whole number >= 16, got 15$"),
+        (lambda: local_features(texture(0), max_side=True), r"^max_side must be a whole number >= 16, got True$"),
+        (lambda: local_features(texture(0), max_features=0), r"^max_features must be a whole number >= 1 or None, got 0$"),
+        (lambda: local_features(texture(0), max_features=2.0), r"^max_features must be a whole number >= 1 or None"),
+        (lambda: local_features(np.zeros((0, 5), np.uint8)), r"^the image is empty \(5x0\)$"),
+        (lambda: root_sift(np.ones((2, 5))), r"^SIFT descriptors must be \(k, 128\), got shape \(2, 5\)$"),
+        (lambda: root_sift(np.full((1, 128), np.nan)), r"^SIFT descriptors must be finite and non-negative$"),
+        (lambda: match_features(a, a, ratio=0), r"^ratio must be in \(0, 1\] or None, got 0$"),
+        (lambda: match_features(a, (1, 2, 3)), r"^features_b must be a \(keypoints, descriptors\) pair$"),
+        (lambda: match_features(LocalFeatures(np.zeros((2, 3)), np.zeros((2, 128))), a),
+         r"^features_a keypoints must be \(k, 2\), got shape \(2, 3\)$"),
+        (lambda: match_features(a, LocalFeatures(np.zeros((2, 2)), np.zeros((3, 128)))),
+         r"^features_b descriptors must be \(2, 128\) to match the keypoints, got shape \(3, 128\)$"),
+        (lambda: count_inliers(a, a, model="projective"),
+         r"^unknown model 'projective'; choose one of homography, affine, similarity, fundamental$"),
+        (lambda: count_inliers(a, a, threshold=float("nan")), r"^threshold must be a positive number of pixels, got nan$"),
+        (lambda: count_inliers(a, a, at_least=-1), r"^at_least must be a whole number >= 0, got -1$"),
+        (lambda: verify_top(np.array([[0]]), a, [a]), r"^ranking must be a 1-D integer array, got int64 \(1, 1\)$"),
+        (lambda: verify_top(np.array([0]), a, [a], top=True), r"^top must be a whole number >= 0, got True$"),
+        (lambda: rerank_by_inliers(np.array([0, 1]), np.array([1.0])),
+         r"^inliers must be 1-D integers, at most 2 long, got float64 \(1,\)$"),
+        (lambda: rerank_by_inliers(np.array([0, 1]), np.array([1]), min_inliers=0),
+         r"^min_inliers must be a whole number >= 1, got 0$"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_feature_store_refusals_and_negative_indexing(tmp_path):
+    store = FeatureStore.from_sift([detect_sift(texture(0)), detect_sift(texture(1))])
+    np.testing.assert_array_equal(store[-1].keypoints, store[1].keypoints)
+    with pytest.raises(IndexError, match="^image 2 is out of range for 2 images$"):
+        store[2]
+    with pytest.raises(IndexError, match="^image -3 is out of range for 2 images$"):
+        store[-3]
+    k, d, o = store.keypoints, store.descriptors, store.offsets
+    with pytest.raises(ValueError, match=r"^keypoints must be \(K, 2\), got shape"):
+        FeatureStore(k[:, :1], d, o)
+    with pytest.raises(ValueError, match=r"^descriptors must be \(\d+, 128\) uint8, got float32"):
+        FeatureStore(k, d.astype(np.float32), o)
+    for bad in (o[:-1], o + 1, o[::-1], o.astype(np.float64), np.array([], np.int64)):
+        with pytest.raises(ValueError, match=r"^offsets must rise from 0 to \d+"):
+            FeatureStore(k, d, bad)
+    assert FeatureStore.from_sift([]).offsets.tolist() == [0] and len(FeatureStore.from_sift([])) == 0
+
+
+def test_the_verification_is_described_for_reports():
+    meta = verify.verification_meta(top=50)
+    assert meta == {"top": 50, "min_inliers": 8, "detector": "SIFT", "descriptor": "RootSIFT",
+                    "opencv": cv2.__version__, "max_side": 512, "max_features": 1000,
+                    "matching": "mutual nearest neighbours, ratio test 0.8", "model": "homography",
+                    "estimator": "OpenCV USAC_DEFAULT", "threshold_px": 4.0}
+    assert verify.feature_meta(max_side=256, max_features=None)["max_features"] is None

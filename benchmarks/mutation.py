@@ -1,0 +1,319 @@
+"""Mutation testing of the core modules with mutmut 3: how many deliberate small bugs the tests catch.
+
+    python -m benchmarks.mutation                        # every module, fresh (long: run modules in chunks)
+    python -m benchmarks.mutation --modules search,rerank
+    python -m benchmarks.mutation --modules build --resume --minutes 9   # continue a stopped run, retest survivors
+    python -m benchmarks.mutation --report                # only rewrite the results from the last runs
+
+Not part of CI: it takes tens of minutes. Install the tool first:
+`pip install -r requirements-mutation.txt`.
+
+Each module is mutated on its own, in a work folder `.mutation/<module>/` holding a copy of the
+code, and each of its mutants is run against the tests meant for that module (`MODULES`), never
+the whole suite. mutmut puts one mutation at a time into a function (a flipped comparison, a
+changed constant, a dropped argument...) and runs the tests that call that function; a mutant
+that fails a test is *killed*, one that passes them all *survived*. Survivors that cannot change
+any outcome (equivalent mutants) are listed with the reason in `benchmarks/mutation_notes.py`.
+
+Writes `results/mutation.json` (per module: killed, survived, equivalent, score, and each survivor
+with its diff and note; the README table `mutation`) and `docs/mutation-survivors.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".mutation"
+RESULTS = ROOT / "results" / "mutation.json"
+SURVIVORS_DOC = ROOT / "docs" / "mutation-survivors.md"
+# What a mutated copy needs to import and test: the library, the app and the commands the tests call.
+COPIED = ("retrieval", "precompute", "benchmarks", "app.py", "pytest.ini")
+
+# module -> (file mutated, tests meant for it, process isolation). "forkserver" for tests that run
+# TensorFlow: a worker forked from a process that already ran TensorFlow can hang.
+MODULES = {
+    "search": ("retrieval/search.py", ["tests/test_search.py", "tests/test_properties.py"], "fork"),
+    "rerank": ("retrieval/rerank.py", ["tests/test_rerank.py", "tests/test_properties.py"], "fork"),
+    "evaluate": ("retrieval/evaluate.py", ["tests/test_evaluate.py", "tests/test_properties.py"], "fork"),
+    "index": ("retrieval/index.py", ["tests/test_index.py", "tests/test_whitening.py"], "fork"),
+    "engine": ("retrieval/engine.py", ["tests/test_engine.py"], "forkserver"),
+    "build": ("retrieval/build.py", ["tests/test_build.py"], "forkserver"),
+    "verify": ("retrieval/verify.py", ["tests/test_verify.py"], "fork"),
+    "features": ("retrieval/features.py", ["tests/test_features.py"], "forkserver"),
+    "app": ("app.py", ["tests/test_app_handlers.py"], "forkserver"),
+}
+# Functions left out of a module's score: app.py's UI layout and process start-up, which the live-app
+# and browser tests (tests/test_app.py, tests/test_browser.py) exercise through a server, not in-process.
+OUT_OF_SCOPE = {"app": ("build_demo", "main", "load_engine", "build_from_images")}
+# The modules with the 90% target; the rest count towards the 80% over all core modules.
+STRICT = ("search", "rerank", "evaluate", "index", "engine")
+DETECTED = {"killed", "timeout", "caught by type check", "segfault"}
+
+
+def prepare(name: str, *, resume: bool) -> Path:
+    """Returns the work folder of one module with a fresh copy of the code and its mutmut config."""
+    source, tests, isolation = MODULES[name]
+    work = WORK / name
+    if work.exists() and not resume:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    for item in COPIED:
+        src, dst = ROOT / item, work / item
+        if src.is_dir():
+            shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    shutil.copytree(ROOT / "tests", work / "tests", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    # The tests find ../shared/data next to their repository root, here work/mutants/.
+    shared = work / "shared"
+    if not shared.exists() and (ROOT.parent / "shared").is_dir():
+        shared.symlink_to((ROOT.parent / "shared").resolve())
+    sources = "\n    ".join(item for item in COPIED if item.endswith(".py") or (ROOT / item).is_dir())
+    (work / "setup.cfg").write_text(
+        "[mutmut]\n"
+        f"source_paths =\n    {sources}\n"
+        f"only_mutate =\n    {source}\n"
+        "also_copy =\n    pytest.ini\n"
+        "pytest_add_cli_args_test_selection =\n    " + "\n    ".join(tests) + "\n"
+        "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n"
+        f"process_isolation = {isolation}\n"
+        "use_git_change_detection = false\n"
+    )
+    return work
+
+
+def run_module(name: str, *, resume: bool, minutes: float, children: int) -> bool:
+    """Runs mutmut on one module for at most `minutes`; returns True when every mutant was tried."""
+    work = prepare(name, resume=resume)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0"}
+    env.pop("CI", None)  # a missing ../shared/data skips here rather than failing the clean run
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)]
+    if resume:
+        # Named mutants are tested again even when they have a result: the survivors meet the tests
+        # added since, and the ones a stopped run never reached are tried.
+        cmd += [m for m, status in read_statuses(name).items() if status not in DETECTED]
+    print(f"[{name}] {' '.join(cmd[:6])}{' ...' if len(cmd) > 6 else ''} in {work.relative_to(ROOT)}", flush=True)
+    log = open(work / "mutmut.log", "ab")
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        proc.wait(timeout=minutes * 60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)  # mutmut saves what it has on Ctrl-C
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        print(f"[{name}] stopped after {minutes} min; continue with --resume", flush=True)
+    finally:
+        log.close()
+    counts = read_statuses(name)
+    print(f"[{name}] exit {proc.returncode}: {summary_counts(counts)}", flush=True)
+    return proc.returncode == 0 and "not checked" not in counts.values()
+
+
+def read_statuses(name: str) -> dict[str, str]:
+    """Returns {mutant name: mutmut status} from a module's last run (empty if none)."""
+    from mutmut.stats import status_by_exit_code
+
+    meta = WORK / name / "mutants" / (MODULES[name][0] + ".meta")
+    if not meta.is_file():
+        return {}
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    return {key: status_by_exit_code[code] for key, code in sorted(codes.items())}
+
+
+def summary_counts(statuses: dict[str, str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for status in statuses.values():
+        out[status] = out.get(status, 0) + 1
+    return out
+
+
+_DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+print(json.dumps({name: get_diff_for_mutant(name) for name in json.load(sys.stdin)}))
+"""
+
+
+def mutant_diffs(name: str, mutants: list[str]) -> dict[str, str]:
+    """Returns {mutant: its changed lines ("- old" / "+ new")}, from mutmut in the module's work folder."""
+    if not mutants:
+        return {}
+    done = subprocess.run([sys.executable, "-c", _DIFFS], cwd=WORK / name, input=json.dumps(mutants),
+                          capture_output=True, text=True, timeout=600, check=True)
+    out = {}
+    for mutant, diff in json.loads(done.stdout).items():
+        lines = [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+        out[mutant] = "\n".join(line[0] + " " + line[1:].strip() for line in lines)
+    return out
+
+
+def module_result(name: str, previous: dict | None) -> dict | None:
+    """Returns one module's counts and survivors, or the previous result when it has no run here."""
+    from benchmarks.mutation_notes import EQUIVALENT, NOTES
+
+    statuses = read_statuses(name)
+    if not statuses:
+        return previous
+    skipped = {m for m in statuses if _function_of(m) in OUT_OF_SCOPE.get(name, ())}
+    statuses = {m: status for m, status in statuses.items() if m not in skipped}
+    survivors, equivalent, detected, counts = [], 0, 0, summary_counts(statuses)
+    diffs = mutant_diffs(name, [m for m, status in statuses.items() if status not in DETECTED])
+    for mutant, status in statuses.items():
+        if status in DETECTED:
+            detected += 1
+            continue
+        diff = diffs[mutant]
+        reason = EQUIVALENT.get(mutant)
+        is_equivalent = reason is not None and status == "survived"
+        equivalent += is_equivalent
+        survivors.append({"name": mutant, "status": status, "diff": diff, "equivalent": is_equivalent,
+                          "note": reason if is_equivalent else NOTES.get(mutant, "")})
+    not_tried = sum(1 for status in statuses.values() if status == "not checked")
+    survivors = [x for x in survivors if x["status"] != "not checked"]  # a stopped run: see not_tried
+    total = len(statuses) - not_tried
+    effective = total - equivalent
+    return {
+        "source": MODULES[name][0],
+        "tests": MODULES[name][1],
+        "mutants": total,
+        "killed": detected,
+        "survived": total - detected - equivalent,
+        "equivalent": equivalent,
+        "not_tried": not_tried,
+        "statuses": counts,
+        "score": round(detected / effective, 4) if effective else None,
+        "out_of_scope": {"functions": list(OUT_OF_SCOPE.get(name, ())), "mutants": len(skipped)},
+        "survivors": survivors,
+    }
+
+
+def _function_of(mutant: str) -> str:
+    """Returns the function (or method) a mutant name belongs to: `app.x_search__mutmut_3` -> `search`."""
+    last = mutant.rsplit(".", 1)[-1].split("__mutmut_")[0]
+    return last.split("ǁ")[-1] if "ǁ" in last else last[2:]
+
+
+def write_results(modules: dict[str, dict], *, seconds: dict[str, float]) -> dict:
+    rows = []
+    killed = survived = equivalent = 0
+    for name in MODULES:
+        m = modules.get(name)
+        if m is None:
+            rows.append([f"`{name}`", "", "", "", "", "not run", ""])
+            continue
+        killed, survived, equivalent = killed + m["killed"], survived + m["survived"], equivalent + m["equivalent"]
+        target = "90%" if name in STRICT else "80% overall"
+        rows.append([f"`{name}`", m["killed"], m["survived"], m["equivalent"], m.get("not_tried", 0),
+                     f"{100 * m['score']:.1f}%", target])
+    overall = killed / (killed + survived) if killed + survived else None
+    rows.append(["**all core modules**", killed, survived, equivalent, sum(m.get("not_tried", 0) for m in modules.values()),
+                 f"**{100 * overall:.1f}%**" if overall is not None else "", "80%"])
+    data = {
+        "tool": "mutmut " + _mutmut_version(),
+        "command": "python -m benchmarks.mutation",
+        "score": "killed / (killed + survived): mutants caught by the module's tests among those that are not equivalent",
+        "seconds": seconds,
+        "modules": modules,
+        "overall": {"killed": killed, "survived": survived, "equivalent": equivalent,
+                    "score": round(overall, 4) if overall is not None else None},
+        "tables": {"mutation": {
+            "columns": ["module", "killed", "survived", "equivalent", "not tried", "score", "target"],
+            "align": "lrrrrrl",
+            "rows": rows,
+        }},
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    SURVIVORS_DOC.write_text(survivors_markdown(modules))
+    return data
+
+
+def survivors_markdown(modules: dict[str, dict]) -> str:
+    lines = [
+        "# Surviving mutants",
+        "",
+        "Generated by `python -m benchmarks.mutation` from `results/mutation.json`; the notes come from",
+        "`benchmarks/mutation_notes.py`. Each line: the mutant, what it changes, and why no test",
+        "catches it. *Equivalent* mutants cannot change any outcome and do not count against the score.",
+        "",
+    ]
+    for name in MODULES:
+        m = modules.get(name)
+        if m is None:
+            continue
+        lines.append(f"## `{name}` ({m['source']}): {m['killed']} killed, {m['survived']} survived, "
+                     f"{m['equivalent']} equivalent")
+        lines.append("")
+        if not m["survivors"]:
+            lines.append("No survivors.")
+        for s in m["survivors"]:
+            change = " / ".join(f"`{line}`" for line in s["diff"].splitlines()[:2]) or "(no diff)"
+            kind = "equivalent" if s["equivalent"] else s["status"]
+            lines.append(f"- `{s['name']}` ({kind}): {change}. {s['note'] or 'Not reviewed yet.'}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _mutmut_version() -> str:
+    from importlib.metadata import version
+
+    return version("mutmut")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.mutation", description=__doc__.split("\n")[0])
+    parser.add_argument("--modules", default=",".join(MODULES), help=f"comma-separated, of {', '.join(MODULES)}")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the last run: test the mutants it did not reach and its survivors again")
+    parser.add_argument("--minutes", type=float, default=9.0, help="stop each module's run after this long")
+    parser.add_argument("--children", type=int, default=2, help="mutants tested at once")
+    parser.add_argument("--report", action="store_true", help="only rewrite the results from the last runs")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.modules.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
+    took = {}
+    for name in names:
+        if not args.report:
+            t0 = time.monotonic()
+            run_module(name, resume=args.resume, minutes=args.minutes, children=args.children)
+            took[name] = time.monotonic() - t0
+    # Read the last results only now: another run may have written them meanwhile. Every module
+    # with a run here is scored again, so the notes' latest state applies to all of them.
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    modules, seconds = dict(previous.get("modules", {})), dict(previous.get("seconds", {}))
+    for name, spent in took.items():
+        seconds[name] = round((seconds.get(name, 0) if args.resume else 0) + spent, 1)
+    for name in MODULES:
+        try:
+            result = module_result(name, modules.get(name))
+        except (subprocess.CalledProcessError, json.JSONDecodeError, KeyError) as e:
+            # e.g. a module whose run is starting right now: keep its last result
+            print(f"[{name}] not rescored ({type(e).__name__}); keeping its last result", file=sys.stderr)
+            result = modules.get(name)
+        if result is not None:
+            modules[name] = result
+    data = write_results(modules, seconds=seconds)
+    from benchmarks import readme_tables
+
+    readme_tables.main([])  # the README's mutation table comes from results/mutation.json
+    for row in data["tables"]["mutation"]["rows"]:
+        print(" | ".join(str(c) for c in row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""The app's handlers in this process, over a tiny index: what each query path shows the user.
+
+The live app (tests/test_app.py, tests/test_browser.py) checks the same paths end to end over
+real photos; these run in a second and are the tests meant for app.py in mutation runs.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+import app
+from retrieval.build import build_index
+from retrieval.engine import SearchEngine
+from retrieval.features import Pipeline, embed_image
+from retrieval.index import load_index
+
+PIPE = Pipeline(max_side=64)
+N = 12
+
+
+@pytest.fixture(scope="module")
+def served(tiny, tmp_path_factory):
+    """(engine, thumbnails, photos folder) over 12 random photos, thumbnails as the app serves them."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(N):
+        Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(root / f"p{i:02d}.png")
+    out = tmp_path_factory.mktemp("idx") / "index"
+    build_index(root, out, tiny, PIPE, dtype="float32", qe=2)
+    engine = SearchEngine(load_index(out), tiny, backend="exact")
+    return engine, app.Thumbnails(engine.index, tmp_path_factory.mktemp("thumbs")), root
+
+
+def editor(path) -> dict:
+    """The editor's value as Gradio hands it to a search: a FileData dict of the file."""
+    return {"background": {"path": str(path)}, "layers": [], "composite": None}
+
+
+def test_an_unedited_example_is_searched_by_its_stored_descriptor(served):
+    engine, thumbs, _ = served
+    gallery, records, timings, searched = app.search(engine, thumbs, editor(thumbs.png("p03")), 5, "", "p03")
+    stored = engine.search_id("p03", 5)
+    assert [r["id"] for r in records] == stored.ids and records == stored.to_records()
+    assert timings["embed_ms"] == 0.0 and timings["total_ms"] == timings["search_ms"]
+    assert searched["id"] == "p03"
+    assert [caption for _, caption in gallery] == [f"#{r['rank']} · {r['score']:.3f}\n{r['id']}" for r in records]
+    assert [Path(f).read_bytes() for f, _ in gallery] == [engine.index.thumbnail(i) for i in stored.ids]
+    line, preview, share = app.describe(timings, searched, "p03", "", 5)
+    assert "its stored descriptor needs no embedding" in line and "embedding 0.0 ms" not in line
+    assert share == "?id=p03&k=5"
+    assert "Query as searched: 80 × 60 px" in preview
+
+
+def test_a_crop_or_upload_after_an_example_is_searched_as_the_new_image(served, tmp_path):
+    engine, thumbs, root = served
+    # The editor still says the query came from p03, but it now holds a crop of it, or another photo.
+    crop = thumbs.image("p03").crop((0, 0, 40, 30))
+    crop.save(tmp_path / "crop.png")
+    for picture, path in ((crop, tmp_path / "crop.png"), (Image.open(root / "p07.png"), root / "p07.png")):
+        _, records, timings, searched = app.search(engine, thumbs, editor(path), 4, "", "p03")
+        embedded = engine.search(picture, 4)
+        assert records == embedded.to_records()
+        assert records != engine.search_id("p03", 4).to_records()
+        assert timings["embed_ms"] > 0 and searched["id"] is None
+        line, _, share = app.describe(timings, searched, "p03", "", 4)
+        assert share == "" and "embedding" in line and "stored descriptor" not in line
+    # One changed pixel is an edit too.
+    edited = thumbs.image("p03")
+    edited.putpixel((0, 0), tuple(255 - v for v in edited.getpixel((0, 0))))
+    edited.save(tmp_path / "edited.png")
+    assert app.search(engine, thumbs, editor(tmp_path / "edited.png"), 4, "", "p03")[3]["id"] is None
+    assert not thumbs.is_unedited("p03", thumbs.image("p04"))
+    assert not thumbs.is_unedited("p03", thumbs.image("p03").resize((40, 30)))
+
+
+def test_an_example_with_a_box_is_embedded_and_its_link_keeps_the_box(served):
+    engine, thumbs, _ = served
+    _, records, timings, searched = app.search(engine, thumbs, editor(thumbs.png("p05")), 3, "0,0,40,30", "p05")
+    assert records == engine.search(thumbs.image("p05").crop((0, 0, 40, 30)), 3).to_records()
+    assert searched["id"] == "p05" and searched["image"].size == (40, 30) and timings["embed_ms"] > 0
+    line, _, share = app.describe(timings, searched, "p05", "0,0,40,30", 3)
+    assert share == "?id=p05&k=3&box=0%2C0%2C40%2C30" and "embedding" in line and "stored descriptor" not in line
+    assert app.describe(None, searched, "p05", "", 3) == ("", "", "")
+
+
+def test_big_queries_are_downscaled_to_2048_pixels(served, tmp_path):
+    engine, thumbs, root = served
+    big = Image.open(root / "p02.png").resize((3000, 2250), Image.NEAREST)
+    big.save(tmp_path / "big.png")
+    _, records, _, searched = app.search(engine, thumbs, editor(tmp_path / "big.png"), 3)
+    assert searched["image"].size == (2048, 1536)
+    small = big.copy()
+    small.thumbnail((2048, 2048), Image.BILINEAR)
+    assert records == engine.search(small, 3).to_records()
+    for size, searched_size in (((2048, 1536), (2048, 1536)), ((1537, 2049), (1536, 2048))):
+        Image.open(root / "p02.png").resize(size, Image.NEAREST).save(tmp_path / "edge.png")
+        assert app.search(engine, thumbs, editor(tmp_path / "edge.png"), 3)[3]["image"].size == searched_size
+
+
+@pytest.mark.parametrize("k", [2.5, 0, 13, "3", None, True])
+def test_bad_k_is_refused_with_its_range(served, k):
+    engine, thumbs, _ = served
+    with pytest.raises(gr.Error, match=r"K must be a whole number from 1 to 12; got"):
+        app.search(engine, thumbs, editor(thumbs.png("p01")), k)
+
+
+def test_whole_float_k_and_the_largest_k_are_accepted(served):
+    engine, thumbs, _ = served
+    assert app.check_k(engine, 4.0) == 4 and type(app.check_k(engine, 4.0)) is int
+    assert app.check_k(engine, 12) == 12 and app.check_k(engine, 1) == 1
+    assert app.max_k(engine) == 12
+
+
+def test_bad_queries_are_refused_with_their_message(served, tmp_path):
+    engine, thumbs, _ = served
+    with pytest.raises(gr.Error, match="Upload an image first"):
+        app.search(engine, thumbs, None, 3)
+    with pytest.raises(gr.Error, match="Upload an image first"):
+        app.search(engine, thumbs, {"background": {"path": ""}}, 3)
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(gr.Error, match="This file cannot be used as a query: not a readable image"):
+        app.search(engine, thumbs, editor(tmp_path / "notes.png"), 3)
+    with pytest.raises(gr.Error, match="The crop is empty"):
+        app.search(engine, thumbs, editor(thumbs.png("p01")), 3, "10,10,10,20")
+    with pytest.raises(gr.Error, match="four whole numbers"):
+        app.search(engine, thumbs, editor(thumbs.png("p01")), 3, "1,2,3")
+
+
+def test_parse_box():
+    assert app.parse_box(None) is None and app.parse_box("  ") is None
+    assert app.parse_box("1,2,3,4") == (1, 2, 3, 4)
+    assert app.parse_box(" 1 2  3.7 4 ") == (1, 2, 3, 4)
+    for bad in ("1,2,3", "1,2,3,4,5", "a,b,c,d"):
+        with pytest.raises(gr.Error, match=f"four whole numbers x0,y0,x1,y1 in pixels; got '{bad}'"):
+            app.parse_box(bad)
+
+
+def test_the_editor_value_shown_is_the_one_searched(tmp_path):
+    Image.new("RGB", (5, 4), (1, 2, 3)).save(tmp_path / "bg.png")
+    Image.new("RGB", (3, 2), (9, 9, 9)).save(tmp_path / "composite.png")
+    both = {"background": {"path": str(tmp_path / "bg.png")}, "composite": {"path": str(tmp_path / "composite.png")}}
+    assert app.editor_image(both).size == (3, 2)
+    assert app.editor_image({"background": {"path": str(tmp_path / "bg.png")}}).size == (5, 4)
+    pil = Image.new("RGB", (7, 7))
+    assert app.editor_image({"background": pil}) is pil
+    assert app.editor_image({}) is None and app.editor_image({"background": None}) is None
+    assert app.editor_image({"background": "not a dict"}) is None
+
+
+def warned(fn, *args):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = fn(*args)
+    return value, [str(w.message) for w in caught]
+
+
+def test_read_link_takes_a_good_link_as_it_is(served):
+    engine, _, _ = served
+    assert warned(app.read_link, engine, {"id": "p04", "k": "7", "box": "1,2,30,40"}) == (
+        {"id": "p04", "k": 7, "box": "1,2,30,40"}, [])
+    assert warned(app.read_link, engine, {"id": "p04"}) == ({"id": "p04", "k": 12, "box": ""}, [])
+    assert app.read_link(engine, {}) is None and app.read_link(engine, {"id": ""}) is None
+
+
+@pytest.mark.parametrize("k", ["abc", "0", "13", "2.5", ""])
+def test_read_link_replaces_a_bad_k_and_says_so(served, k):
+    engine, _, _ = served
+    link, messages = warned(app.read_link, engine, {"id": "p04", "k": k})
+    assert link == {"id": "p04", "k": 12, "box": ""}
+    assert messages == ["k must be a whole number from 1 to 12; using 12."]
+
+
+def test_read_link_drops_a_bad_box_and_refuses_an_unknown_id(served):
+    engine, _, _ = served
+    link, messages = warned(app.read_link, engine, {"id": "p04", "k": "3", "box": "1,2"})
+    assert link == {"id": "p04", "k": 3, "box": ""}
+    assert messages == ["Ignoring the box '1,2': it must be four whole numbers x0,y0,x1,y1."]
+    link, messages = warned(app.read_link, engine, {"id": "../../etc/passwd"})
+    assert link is None and messages == ["The link names an image that is not in this index ('../../etc/passwd')."]
+
+
+def test_run_link_shows_the_linked_image_and_its_results(served):
+    engine, thumbs, _ = served
+    out = app.run_link(engine, thumbs, {"id": "p06", "k": 4, "box": ""})
+    editor_png, k, box, source, gallery, records, timings, searched, line, preview, share = out
+    assert Image.open(editor_png).size == thumbs.image("p06").size and (k, box, source) == (4, "", "p06")
+    assert records == engine.search_id("p06", 4).to_records() and len(gallery) == 4
+    assert share == "?id=p06&k=4" and "stored descriptor" in line and searched["id"] == "p06"
+
+
+def test_examples_are_spread_over_the_index_and_picking_one_loads_it(served):
+    engine, thumbs, _ = served
+    assert app.example_ids(engine.index) == ["p00", "p01", "p03", "p04", "p06", "p07", "p09", "p10"]
+    assert app.example_ids(engine.index, n=3) == ["p00", "p04", "p08"]
+    assert app.example_ids(engine.index, n=20) == [f"p{i:02d}" for i in range(N)]
+
+    class Selected:
+        index = 2
+
+    png, box, source = app.pick_example(thumbs, ["p00", "p05", "p09"], Selected())
+    assert (box, source) == ("", "p09")
+    assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), np.asarray(thumbs.image("p09")))
+
+
+def test_thumbnail_files_are_written_once_and_named_by_row(served):
+    engine, thumbs, _ = served
+    path = thumbs.jpeg("p02")
+    assert Path(path).name == f"{engine.index.row_of('p02')}.jpg"
+    assert Path(path).read_bytes() == engine.index.thumbnail("p02")
+    Path(path).write_bytes(b"kept")  # an existing file is served as it is, never rewritten
+    assert Path(thumbs.jpeg("p02")).read_bytes() == b"kept"
+    png = thumbs.png("p02")
+    assert Path(png).suffix == ".png" and Image.open(png).format == "PNG"
+    assert thumbs.is_unedited("p02", Image.open(png))
+
+
+def test_the_preview_is_an_inline_jpeg_of_at_most_320_pixels():
+    html = app.preview_html(Image.new("RGB", (1000, 500)))
+    assert "Query as searched: 1000 × 500 px" in html
+    import base64
+    import re
+
+    data = base64.b64decode(re.search(r"base64,([^\"]+)\"", html).group(1))
+    assert Image.open(io.BytesIO(data)).size == (320, 160)
+    assert app.preview_html(None) == ""
+
+
+def test_share_query_only_for_the_unedited_index_image():
+    searched = {"id": "p01"}
+    assert app.share_query("p01", "", 5, searched) == "?id=p01&k=5"
+    assert app.share_query("p01", "", 5.0, searched) == "?id=p01&k=5"
+    assert app.share_query("p01", "", 5, {"id": None}) == ""
+    assert app.share_query("p01", "", 5, {"id": "p02"}) == ""
+    assert app.share_query(None, "", 5, searched) == "" and app.share_query("p01", "", 5, None) == ""
+
+
+class Args:
+    def __init__(self, **kw):
+        self.index, self.images, self.out, self.network, self.weights = None, None, None, "efficientnet-lite0", "none"
+        self.__dict__.update(kw)
+
+
+def test_start_up_takes_index_repo_at_its_revision(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(app, "pull_index", lambda repo, revision=None: calls.append((repo, revision)) or "pulled")
+    monkeypatch.setattr(app, "DEFAULT_INDEX", tmp_path / "absent")
+    assert app.open_index(Args(), {"INDEX_REPO": "me/idx", "INDEX_REVISION": "v2"}) == "pulled"
+    assert app.open_index(Args(), {"INDEX_REPO": "me/idx", "INDEX_REVISION": ""}) == "pulled"
+    assert app.open_index(Args(), {"INDEX_REPO": "me/idx"}) == "pulled"
+    assert calls == [("me/idx", "v2"), ("me/idx", None), ("me/idx", None)]
+    with pytest.raises(SystemExit, match="No index to serve"):
+        app.open_index(Args(), {"INDEX_REPO": ""})
+
+
+def test_index_on_the_command_line_comes_before_index_repo(monkeypatch, served, tmp_path):
+    engine, _, _ = served
+    monkeypatch.setattr(app, "pull_index", lambda *a, **k: pytest.fail("INDEX_REPO was used"))
+    index = app.open_index(Args(index=engine.index.path), {"INDEX_REPO": "me/idx"})
+    assert index.path == engine.index.path and len(index) == N
+    monkeypatch.setattr(app, "DEFAULT_INDEX", engine.index.path)
+    assert len(app.open_index(Args(), {})) == N
+    built = []
+    monkeypatch.setattr(app, "build_from_images", lambda *a: built.append(a) or engine.index.path)
+    assert len(app.open_index(Args(images=tmp_path / "photos"), {"INDEX_REPO": "me/idx"})) == N
+    assert built == [(tmp_path / "photos", Path("indexes") / "photos-efficientnet-lite0", "efficientnet-lite0", "none")]
+    app.open_index(Args(images=tmp_path / "photos", out=tmp_path / "o"), {})
+    assert built[-1][1] == tmp_path / "o"
+
+
+def test_command_line_options(monkeypatch):
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    args = app.parse_args([])
+    assert (args.host, args.port, args.concurrency, args.network) == ("127.0.0.1", 7860, 1, "efficientnet-b7")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    args = app.parse_args(["--index", "x", "--concurrency", "2"])
+    assert (args.host, args.port, args.concurrency, args.index) == ("0.0.0.0", 7999, 2, Path("x"))
+    with pytest.raises(SystemExit):
+        app.parse_args(["--index", "x", "--images", "y"])
+
+
+def test_the_stored_descriptor_is_the_one_embedded_from_the_full_photo(served):
+    engine, _, root = served
+    np.testing.assert_allclose(engine.index.features[engine.index.row_of("p08")],
+                               embed_image(engine.network, root / "p08.png", PIPE), atol=1e-5)
+
+
+def refusal(fn, *args) -> tuple[str, str]:
+    """Returns the (title, message) of the gr.Error that fn(*args) raises: what the user's toast shows."""
+    with pytest.raises(gr.Error) as caught:
+        fn(*args)
+    return caught.value.title, caught.value.message
+
+
+def test_every_refusal_has_its_title_and_message(served, tmp_path, monkeypatch):
+    engine, thumbs, _ = served
+    assert refusal(app.check_k, engine, 0) == ("Bad K", "K must be a whole number from 1 to 12; got 0.")
+    assert refusal(app.parse_box, "1,2") == ("Bad box", "A box is four whole numbers x0,y0,x1,y1 in pixels; got '1,2'.")
+    (tmp_path / "notes.png").write_text("not a picture")
+    title, message = refusal(app.editor_image, editor(tmp_path / "notes.png"))
+    assert title == "Not a usable image" and message.startswith("This file cannot be used as a query: not a readable")
+    assert refusal(app.search, engine, thumbs, None, 3) == (
+        "No image", "Upload an image first (or pick one of the examples).")
+    title, message = refusal(app.search, engine, thumbs, editor(thumbs.png("p01")), 3, "10,10,10,20")
+    assert title == "Empty crop" and message.startswith("The crop is empty: the crop (10, 10, 10, 20) is empty")
+    from retrieval.features import ImageError
+
+    def unusable(*args, **kwargs):
+        raise ImageError("too strange")
+
+    monkeypatch.setattr(engine, "search", unusable)
+    assert refusal(app.search, engine, thumbs, {"background": Image.new("RGB", (40, 40))}, 3) == (
+        "Not a usable image", "This image cannot be searched: too strange.")
+
+
+def test_timings_are_rounded_to_hundredths_of_a_millisecond(served, monkeypatch):
+    from retrieval.engine import SearchResult
+
+    engine, thumbs, _ = served
+    monkeypatch.setattr(engine, "search", lambda image, k: SearchResult(["p00"], [0.5], 12.3456, 0.6789))
+    _, records, timings, _ = app.search(engine, thumbs, {"background": Image.new("RGB", (40, 40))}, 1)
+    assert timings == {"embed_ms": 12.35, "search_ms": 0.68, "total_ms": 13.02}
+    assert records == [{"rank": 1, "id": "p00", "score": 0.5}]
+
+
+class Recorder:
+    """Stands in for gr.Warning: records (title, message) of each warning the user would see."""
+
+    def __init__(self):
+        self.shown = []
+
+    def __call__(self, message, *, title=None, **kwargs):
+        self.shown.append((title, message))
+
+
+def test_link_warnings_have_their_titles_and_cut_long_values(served, monkeypatch):
+    engine, _, _ = served
+    shown = Recorder()
+    monkeypatch.setattr(app.gr, "Warning", shown)
+    long_id, long_box = "x" * 100, "9" * 100
+    assert app.read_link(engine, {"id": long_id}) is None
+    assert app.read_link(engine, {"id": "p01", "k": "0", "box": long_box}) == {"id": "p01", "k": 12, "box": ""}
+    assert shown.shown == [
+        ("Unknown image", f"The link names an image that is not in this index ({'x' * 80!r})."),
+        ("Bad k", "k must be a whole number from 1 to 12; using 12."),
+        ("Bad box", f"Ignoring the box {'9' * 80!r}: it must be four whole numbers x0,y0,x1,y1."),
+    ]
+
+
+@pytest.mark.parametrize("k", ["1", "12", "6"])
+def test_read_link_takes_every_k_in_range(served, k, monkeypatch):
+    engine, _, _ = served
+    shown = Recorder()
+    monkeypatch.setattr(app.gr, "Warning", shown)
+    assert app.read_link(engine, {"id": "p01", "k": k})["k"] == int(k) and shown.shown == []
+
+
+def test_run_link_with_a_box_searches_the_crop_and_shares_the_box(served):
+    engine, thumbs, _ = served
+    out = app.run_link(engine, thumbs, {"id": "p06", "k": 3, "box": "0,0,40,30"})
+    records, line, share = out[5], out[8], out[10]
+    assert records == engine.search(thumbs.image("p06").crop((0, 0, 40, 30)), 3).to_records()
+    assert share == "?id=p06&k=3&box=0%2C0%2C40%2C30" and "stored descriptor" not in line
+
+
+def test_describe_without_a_searched_state():
+    line, preview, share = app.describe({"total_ms": 3.0, "embed_ms": 2.0, "search_ms": 1.0}, None, None, "", 5)
+    assert line == "**Query time 3.0 ms**: embedding 2.0 ms + search 1.0 ms" and (preview, share) == ("", "")
+    line, _, _ = app.describe({"total_ms": 1.25, "embed_ms": 0.0, "search_ms": 1.25}, {"id": "p01"}, "p01", "", 5)
+    assert line == "**Query time 1.2 ms**: search 1.2 ms (an index image: its stored descriptor needs no embedding)"
+
+
+def test_max_k_is_100_or_the_index_size():
+    class Sized:
+        def __init__(self, n):
+            self.n = n
+
+        def __len__(self):
+            return self.n
+
+    assert [app.max_k(Sized(n)) for n in (0, 1, 7, 100, 5000)] == [1, 1, 7, 100, 100]
+
+
+def test_no_index_at_all_says_where_one_can_come_from(monkeypatch, tmp_path):
+    monkeypatch.setattr(app, "DEFAULT_INDEX", tmp_path / "absent")
+    with pytest.raises(SystemExit) as stop:
+        app.open_index(Args(), {})
+    assert str(stop.value) == app.NO_INDEX_MESSAGE.format(default=tmp_path / "absent")
+    assert str(tmp_path / "absent") in str(stop.value)
+
+
+def test_help_lists_every_option(capsys, monkeypatch):
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    with pytest.raises(SystemExit):
+        app.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert " ".join(app.__doc__.split()[:12]) in text  # the module docstring, as written
+    assert "python app.py --index DIR # a folder made by" in text
+    for option, help_text in [
+        ("--index INDEX", "an index folder (default: the embedded one, ./index)"),
+        ("--images IMAGES", "a folder of images to index, then serve"),
+        ("--out OUT", "with --images: where the index goes (default: indexes/<folder>)"),
+        ("--network NETWORK", "with --images: efficientnet-b7 or efficientnet-lite0 (works offline)"),
+        ("--weights WEIGHTS", "with --images: imagenet or a weights file"),
+        ("--concurrency CONCURRENCY", "searches run at once (default 1, measured best on 2 cores)"),
+    ]:
+        assert f"{option} {help_text}" in text, option
+    args = app.parse_args(["--images", "photos", "--out", "o", "--port", "8000"])
+    assert (args.images, args.out, args.port, args.weights, args.index) == (Path("photos"), Path("o"), 8000, "imagenet", None)
+    assert app.parse_args(["--index", "i"]).index == Path("i")
+
+
+def test_the_preview_is_the_query_as_a_bilinear_jpeg_at_quality_85():
+    import base64
+    import re
+
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (500, 700, 3), dtype=np.uint8))
+    small = image.copy()
+    small.thumbnail((320, 320), Image.BILINEAR)
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=85)
+    html = app.preview_html(image)
+    assert base64.b64decode(re.search(r"base64,([^\"]+)\"", html).group(1)) == buffer.getvalue()
