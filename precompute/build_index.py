@@ -15,8 +15,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from precompute.options import (
-    add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options, network_from_args, pipeline_from_args,
-    rerank_from_args,
+    add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options,
+    network_from_args, pipeline_from_args, rerank_from_args,
 )
 
 
@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     except (ValueError, NetworkError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(network.describe(), file=sys.stderr)
     bar = tqdm(total=0, unit="img", desc="embedding", dynamic_ncols=True)
 
     def progress(done: int, total: int) -> None:
