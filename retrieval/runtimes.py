@@ -152,7 +152,18 @@ def openvino_infer(name: str, model, graph, *, precision: str = "float32", cache
 
 
 def _convert(ov, graph):
+    _silence_telemetry()
     return ov.convert_model(graph.get_concrete_function())
+
+
+def _silence_telemetry() -> None:
+    """Swaps OpenVINO's converter telemetry (usage reports sent over the network unless the user
+    opted out) for its own no-op stub: converting a network here sends nothing anywhere."""
+    try:
+        from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils
+    except ImportError:  # another layout: nothing of this kind to silence, or nothing known
+        return
+    convert_impl.tm = telemetry_utils.tm = telemetry_stub
 
 
 def _read_cached(ov, folder: Path, key: dict):

@@ -104,3 +104,10 @@ def test_a_damaged_cache_entry_is_converted_again(conversions, tmp_path):
     assert len(conversions) == 2
     batch = np.full((1, 64, 64, 3), 50.0, np.float32)
     np.testing.assert_allclose(forward(network, batch), forward(keras, batch), atol=1e-5)
+
+
+def test_converting_sends_no_telemetry(tiny, tmp_path):
+    with_runtime(tiny, "openvino", cache_dir=tmp_path)
+    from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils
+
+    assert convert_impl.tm is telemetry_stub and telemetry_utils.tm is telemetry_stub
