@@ -40,6 +40,9 @@ __all__ = ["NETWORKS", "RUNTIMES", "Network", "NetworkError", "build_network", "
 NETWORKS = ("efficientnet-b7", "efficientnet-lite0")
 # Fastest first: "auto" tries them in this order (measured in README, "CPU runtime").
 RUNTIMES = ("openvino", "keras")
+# Except where the benchmark measured otherwise: B7 through OpenVINO pays about 0.1 s of compilation
+# for every new input size, and every query crop has one, so its queries ran slower than Keras'.
+_AUTO_KERAS = ("efficientnet-b7",)
 
 _B7_WEIGHTS_FILE = "efficientnetb7_notop.h5"
 _B7_WEIGHTS_URL = "https://storage.googleapis.com/keras-applications/" + _B7_WEIGHTS_FILE
@@ -147,7 +150,7 @@ def with_runtime(network: Network, runtime: str, *, precision: str = "float32",
             that says why.
     """
     _check_runtime(runtime, precision)
-    if runtime == "keras":
+    if runtime == "keras" or (runtime == "auto" and network.name in _AUTO_KERAS):
         return replace(network, runtime="keras", precision="float32", infer=None)
     from retrieval.runtimes import RuntimeUnavailable, openvino_infer
 

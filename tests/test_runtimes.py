@@ -111,3 +111,8 @@ def test_converting_sends_no_telemetry(tiny, tmp_path):
     from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils
 
     assert convert_impl.tm is telemetry_stub and telemetry_utils.tm is telemetry_stub
+
+
+def test_auto_keeps_keras_for_b7_where_it_measured_faster():
+    network = build_network("efficientnet-b7", weights="none", runtime="auto")
+    assert network.runtime == "keras"
