@@ -65,6 +65,8 @@ MAX_FILE_SIZE = "20mb"
 MAX_FILE_BYTES = 20 * 1024 * 1024
 # Uploaded files and result thumbnails in Gradio's cache: swept hourly, kept one day.
 DELETE_CACHE = (3600, 24 * 3600)
+# Converted networks (OpenVINO IR), as precompute.options.RUNTIME_CACHE: a second start converts nothing.
+RUNTIME_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "landmark-search" / "networks"
 
 NO_INDEX_MESSAGE = """No index to serve. Give one of:
   --index DIR        a folder made by `python -m precompute.build_index --images ... --out DIR`
@@ -77,7 +79,7 @@ Upload a photo of a building or monument and find the most similar photos among 
 images**. To search for part of the photo, **drag a rectangle on it**, then **Search**. Or start
 from one of the example images. Click a result to see which details matched.
 <small>Each image is described by one vector from a convolutional network ({network}, {pooling}
-pooling); results are ranked by cosine similarity.</small>"""
+pooling, run by {runtime}); results are ranked by cosine similarity.</small>"""
 
 CSS = """
 #intro { max-width: 64rem; }
@@ -450,12 +452,13 @@ def run_query(engine: SearchEngine, thumbnails: Thumbnails, image, k=DEFAULT_K, 
             raise QueryError("Not a usable image", f"This image cannot be searched: {e}.") from None
 
 
-def timings_of(result) -> dict:
-    """Returns {"embed_ms", "search_ms", "total_ms"} of a SearchResult, rounded to 0.01 ms."""
+def timings_of(result, engine: SearchEngine) -> dict:
+    """Returns {"embed_ms", "search_ms", "total_ms", "runtime"} of a SearchResult, rounded to 0.01 ms."""
     return {
         "embed_ms": round(result.embed_ms, 2),
         "search_ms": round(result.search_ms, 2),
         "total_ms": round(result.embed_ms + result.search_ms, 2),
+        "runtime": engine.network.runtime,  # what ran the network (retrieval.networks.RUNTIMES)
     }
 
 
@@ -470,7 +473,7 @@ def search(engine: SearchEngine, thumbnails: Thumbnails, image, k=DEFAULT_K, box
         result, searched = run_query(engine, thumbnails, image, k, box, source, gate=gate)
     except QueryError as e:
         raise refused(e) from None
-    return result_gallery(thumbnails, result), result.to_records(), timings_of(result), searched
+    return result_gallery(thumbnails, result), result.to_records(), timings_of(result, engine), searched
 
 
 def search_ui(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, image, k, box, source):
@@ -558,7 +561,7 @@ def describe(timings: dict | None, searched: dict | None, source: str | None, bo
                 " (an index image: its stored descriptor needs no embedding)")
     else:
         line = (f"**Query time {timings['total_ms']:.1f} ms**: embedding {timings['embed_ms']:.1f} ms"
-                f" + search {timings['search_ms']:.1f} ms")
+                f" ({timings.get('runtime', 'keras')}) + search {timings['search_ms']:.1f} ms")
     try:
         link = share_query(source, box, k, searched)
     except QueryError:
@@ -650,7 +653,8 @@ def build_demo(engine: SearchEngine, thumbnails: Thumbnails, *, concurrency: int
         searched = gr.State(None)
         link = gr.State(None)  # the query a shared link asks for
         gr.Markdown(
-            INTRO.format(network=index.meta["network"], pooling=pipeline.get("pooling", "?"), count=len(index)),
+            INTRO.format(network=index.meta["network"], pooling=pipeline.get("pooling", "?"), count=len(index),
+                         runtime=engine.network.runtime),
             elem_id="intro",
         )
         with gr.Row(equal_height=False):
@@ -754,6 +758,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--network", default="efficientnet-b7",
                         help="with --images: efficientnet-b7 or efficientnet-lite0 (works offline)")
     parser.add_argument("--weights", default="imagenet", help="with --images: imagenet or a weights file")
+    parser.add_argument("--runtime", default="auto",
+                        help="what runs the network: auto (default: openvino if it loads, else keras), openvino, keras")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: openvino's reduced-precision inference (faster, less exact)")
+    parser.add_argument("--runtime-cache", type=Path, default=RUNTIME_CACHE,
+                        help=f"folder of converted networks, reused across starts (default {RUNTIME_CACHE})")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY_LIMIT,
                         help=f"searches run at once (default {CONCURRENCY_LIMIT}, measured best on 2 cores)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
@@ -772,7 +782,7 @@ def open_index(args: argparse.Namespace, environ) -> Index:
         return load_index(args.index)
     if args.images is not None:
         out = args.out or Path("indexes") / f"{args.images.resolve().name}-{args.network}"
-        return load_index(build_from_images(args.images, out, args.network, args.weights))
+        return load_index(build_from_images(args.images, out, args.network, args.weights, runtime_kwargs(args)))
     if environ.get("INDEX_REPO"):
         return pull_index(environ["INDEX_REPO"], revision=environ.get("INDEX_REVISION") or None)
     if DEFAULT_INDEX.is_dir():
@@ -780,7 +790,7 @@ def open_index(args: argparse.Namespace, environ) -> Index:
     raise SystemExit(NO_INDEX_MESSAGE.format(default=DEFAULT_INDEX))
 
 
-def build_from_images(images: Path, out: Path, network_name: str, weights: str) -> Path:
+def build_from_images(images: Path, out: Path, network_name: str, weights: str, runtime: dict | None = None) -> Path:
     """Indexes `images` into `out`, reusing what an earlier run there already did; returns `out`."""
     from tqdm import tqdm
 
@@ -794,16 +804,24 @@ def build_from_images(images: Path, out: Path, network_name: str, weights: str) 
             bar.total = total
             bar.update(done - bar.n)
 
-        report = build_index(images, out, build_network(network_name, weights=weights), DEFAULT.descriptor,
+        network = build_network(network_name, weights=weights, **(runtime or {}))
+        report = build_index(images, out, network, DEFAULT.descriptor,
                              dba=DEFAULT.dba, qe=DEFAULT.qe, alpha=DEFAULT.alpha, progress=progress, log=tqdm.write)
     print(f"{report.count} images ({report.embedded} embedded, {report.reused} reused, "
           f"{len(report.skipped)} skipped)", file=sys.stderr, flush=True)
     return out
 
 
-def load_engine(index: Index) -> SearchEngine:
-    """Returns a warmed-up engine over `index`, with the network recorded in it."""
-    network = build_network(index.meta["network"], weights=index.meta["weights"])
+def runtime_kwargs(args: argparse.Namespace) -> dict:
+    """Returns build_network's runtime, precision and cache_dir from the parsed options."""
+    return {"runtime": args.runtime, "precision": args.precision, "cache_dir": args.runtime_cache}
+
+
+def load_engine(index: Index, runtime: dict | None = None) -> SearchEngine:
+    """Returns a warmed-up engine over `index`, with the network recorded in it, run by the runtime
+    that `runtime` (build_network's runtime, precision and cache_dir) names."""
+    network = build_network(index.meta["network"], weights=index.meta["weights"], **(runtime or {}))
+    print(network.describe(), file=sys.stderr, flush=True)
     engine = SearchEngine(index, network)
     engine.warm_up()
     return engine
@@ -830,7 +848,7 @@ def http_search(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, data: 
     except QueryError as e:
         log.info("refused (HTTP): %s: %s", e.title, e)
         return HTTP_STATUS.get(e.title, 400), {"error": str(e), "title": e.title}
-    return 200, {"results": result.to_records(), "timings": timings_of(result)}
+    return 200, {"results": result.to_records(), "timings": timings_of(result, engine)}
 
 
 def add_http_api(app, engine: SearchEngine, thumbnails: Thumbnails, gate: Gate) -> None:
@@ -865,7 +883,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     started = time.perf_counter()
     try:
-        engine = load_engine(open_index(args, os.environ))
+        engine = load_engine(open_index(args, os.environ), runtime_kwargs(args))
     except (IndexFormatError, FileNotFoundError, NetworkError, BuildError, HubError) as e:
         raise SystemExit(f"Cannot serve this index: {e}") from None
     print(f"Loaded {len(engine)} images in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)

@@ -35,9 +35,10 @@ def format_report(results: dict) -> str:
     ]
     if results.get("smoke"):
         out += ["", SMOKE_NOTE]
-    present = {_latency: "latency", _search: "search", _build: "build", _index: "index_size"}
+    # A run of some sections only (--only) leaves the others out.
+    needs = {_latency: "latency", _search: "search", _build: "build", _index: "coldstart"}
     for section in (_latency, _search, _build, _index, _memory, _targets):
-        if present.get(section, "targets") in results or section in (_memory, _targets):
+        if needs.get(section, "machine") in results:
             out += ["", *section(results)]
     return "\n".join(out) + "\n"
 
@@ -50,13 +51,13 @@ def _latency(results: dict) -> list[str]:
         "expansion, as an index built with the defaults records it), over a database of synthetic unit vectors; "
         f"{plan['latency_queries']} timed queries cycling over the query crops after warm_up() and "
         f"{plan['warm_queries']} untimed queries.", "",
-        *_table("network", "pipeline", "d", "DB rows", "QE k", "tree build s", "total median ms", "total p95 ms",
-                "embed median ms", "search median ms", "peak RSS GB"),
+        *_table("network", "pipeline", "runtime", "d", "DB rows", "QE k", "tree build s", "total median ms",
+                "total p95 ms", "embed median ms", "search median ms", "peak RSS GB"),
     ]
     for r in results["latency"]:
         name = ("report (224x224 squash, flatten)" if r["pipeline"] == "report"
                 else f"default (GeM, max side {r.get('max_side', plan['max_side'])})")
-        head = (r["network"], name, r["dim"], r["n_db"], r.get("qe", ""))
+        head = (r["network"], name, r.get("runtime", "keras"), r["dim"], r["n_db"], r.get("qe", ""))
         if "skipped" in r:
             out.append(_row(*head, r["skipped"], *[""] * 5))
             continue
@@ -159,7 +160,7 @@ def cost_table(results: dict) -> dict:
 
 def _index(results: dict) -> list[str]:
     out = ["## 4. Index size and app cold start", ""]
-    s = results["index_size"]
+    s = results.get("index_size", {"skipped": "not run"})
     if "skipped" in s:
         out.append(f"Index size: {s['skipped']}")
     else:
@@ -173,14 +174,14 @@ def _index(results: dict) -> list[str]:
         "", f"Cold start for an index of {results['plan']['coldstart_rows']:,} images (synthetic GeM float16 rows, "
         "real thumbnails), each in a fresh process: import (Keras, TensorFlow), load_index with sha256 checks, "
         "network build, KD-tree build, SearchEngine.warm_up().", "",
-        *_table("network", "index MB", "import s", "load_index s", "network build s", "tree s", "warm-up s",
-                "total s", "peak RSS GB"),
+        *_table("network", "runtime (conversion cache)", "index MB", "import s", "load_index s", "network build s",
+                "tree s", "warm-up s", "total s", "peak RSS GB"),
     ]
     for r in results["coldstart"]:
         if "skipped" in r:
-            out.append(_row(r["network"], r["skipped"], *[""] * 7))
+            out.append(_row(r["network"], "", r["skipped"], *[""] * 7))
             continue
-        out.append(_row(r["network"], f"{r['index_bytes'] / 1e6:.1f}",
+        out.append(_row(r["network"], _runtime_label(r), f"{r['index_bytes'] / 1e6:.1f}",
                         *(f"{r[k]:.2f}" for k in ("import_s", "load_index_s", "network_s", "tree_s", "warm_up_s",
                                                   "total_s")), _gb(r["peak_rss_bytes"])))
     return out
@@ -190,11 +191,12 @@ def _memory(results: dict) -> list[str]:
     out = ["## 5. Peak memory (RSS) of each part", "", "Each part ran in a process of its own (VmHWM at its end).",
            "", *_table("part", "peak RSS GB")]
     names = (
-        [(f"latency {r['network']} {r['pipeline']} (N={r['n_db']}, d={r['dim']})", r)
+        [(f"latency {r['network']} {r['pipeline']} {r.get('runtime', 'keras')} (N={r['n_db']}, d={r['dim']})", r)
          for r in results.get("latency", [])]
         + [(f"search N={r['n']:,} d={r['d']} {r['backend']} {r['storage']}", r) for r in results.get("search", [])]
         + [(f"build {r['network']} ({r.get('images')} photos)", r) for r in results.get("build", [])]
-        + [(f"cold start {r['network']} ({r.get('rows')} rows)", r) for r in results.get("coldstart", [])]
+        + [(f"cold start {r['network']} {_runtime_label(r)} ({r.get('rows')} rows)", r)
+           for r in results.get("coldstart", [])]
     )
     out += [_row(name, _gb(r["peak_rss_bytes"])) for name, r in names if "peak_rss_bytes" in r]
     return out
@@ -211,6 +213,47 @@ def _targets(results: dict) -> list[str]:
         out.append(_row(f"{t['target']} ({t['what']})", f"{t['baseline']:.4g}", f"{t['ours']:.4g}",
                         f"{t['ratio']:.3g}", f">= {t['goal']:g}", verdict))
     return out
+
+
+def _runtime_label(r: dict) -> str:
+    runtime = r.get("runtime", "keras")
+    cache = r.get("conversion_cache", "none")
+    return runtime if cache == "none" else f"{runtime} ({cache})"
+
+
+def _verdict(t: dict) -> str:
+    return "PASS" if t["pass"] else f"MISS (x{t['shortfall']:.2f} short)"
+
+
+def runtime_tables(results: dict) -> dict:
+    """Returns the README's runtime tables (latency, cold start, targets) in benchmarks.readme_tables' format."""
+    ms = "{:.1f}".format
+    latency = {"columns": ["network", "pipeline", "runtime", "query median ms", "p95 ms", "embed median ms",
+                           "embed ms, a crop's first visit / later", "search ms"],
+               "align": "lllrrrrr", "rows": []}
+    for r in results.get("latency", []):
+        pipeline = "report (224 squash, flatten)" if r["pipeline"] == "report" else f"default (GeM {r.get('max_side')})"
+        if "skipped" in r:
+            latency["rows"].append([r["network"], pipeline, r.get("runtime", "keras"), r["skipped"], "", "", "", ""])
+            continue
+        new, seen = r.get("embed_new_shape"), r.get("embed_seen_shape")
+        visits = f"{ms(new['median_ms'])} / {ms(seen['median_ms'])}" if new and seen else ""
+        latency["rows"].append([r["network"], pipeline, r["runtime"], ms(r["total"]["median_ms"]),
+                                ms(r["total"]["p95_ms"]), ms(r["embed"]["median_ms"]), visits,
+                                ms(r["search"]["median_ms"])])
+    cold = {"columns": ["network", "runtime (conversion cache)", "import s", "network build s", "warm-up s", "total s"],
+            "align": "llrrrr", "rows": []}
+    for r in results.get("coldstart", []):
+        if "skipped" in r:
+            cold["rows"].append([r["network"], _runtime_label(r), r["skipped"], "", "", ""])
+            continue
+        cold["rows"].append([r["network"], _runtime_label(r),
+                             *(f"{r[k]:.1f}" for k in ("import_s", "network_s", "warm_up_s", "total_s"))])
+    targets = {"columns": ["target", "baseline", "ours", "ratio", "goal", "result"], "align": "lrrrrl",
+               "rows": [[f"{t['target']} ({t['what']})", f"{t['baseline']:.4g}", f"{t['ours']:.4g}",
+                         f"{t['ratio']:.2f}", f">= {t['goal']:g}", _verdict(t)]
+                        for t in results["targets"] if t["goal_key"] in ("end_to_end", "embedding", "cold_start")]}
+    return {"latency": latency, "coldstart": cold, "targets": targets}
 
 
 def plot_search(results: dict, path: Path) -> None:

@@ -96,6 +96,8 @@ def main(argv=None) -> int:
         if code == 0 and args.push:
             _push(args)
         return code
+    if network is not None:
+        print(network.describe(), file=sys.stderr)
     bar = tqdm(total=0, unit="img", desc="embedding", dynamic_ncols=True)
 
     def progress(done: int, total: int) -> None:

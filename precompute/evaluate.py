@@ -91,9 +91,16 @@ def cache_key(dataset: Dataset, network, pipeline: Pipeline) -> dict:
         "dataset": dataset.name,
         "network": network.name,
         "weights": network.weights,
+        **_runtime_meta(network),
         "pipeline": pipeline.to_meta(),
         "files_sha256": hashlib.sha256(files.encode()).hexdigest(),
     }
+
+
+def _runtime_meta(network) -> dict:
+    # Only for a runtime other than Keras, so that caches made before runtimes existed still match.
+    runtime = getattr(network, "runtime", "keras")
+    return {} if runtime == "keras" else {"runtime": runtime, "precision": network.precision}
 
 
 def cache_path(cache_dir, key: dict) -> Path:
@@ -391,6 +398,7 @@ def run_evaluation(
         "pipeline": {
             "network": network.name,
             "weights": network.weights,
+            **_runtime_meta(network),
             "pipeline": pipeline.to_meta(),
             "whitening": whitening_meta,
             "qe": {"k": qe, "alpha": alpha} if qe else None,
@@ -583,6 +591,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, DatasetError, NetworkError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(network.describe())
     print(dataset.summary())
     if dataset.partial:
         print(f"evaluated on what is present: {len(dataset.db_ids)} of {dataset.total_db} database images, "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from retrieval.defaults import DEFAULT
 from retrieval.features import BUCKET_FITS, REPORT_PIPELINE, Pipeline
@@ -12,10 +14,12 @@ DEFAULT_MAX_SIDE = DEFAULT.descriptor.max_side
 DEFAULT_QE = DEFAULT.qe
 DEFAULT_DBA = DEFAULT.dba
 ALPHA = DEFAULT.alpha
+# Where a network runtime keeps its conversions (OpenVINO IR), shared by the commands and the app.
+RUNTIME_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "landmark-search" / "networks"
 
 
 def add_network_options(parser: argparse.ArgumentParser) -> None:
-    """Adds --network and --weights."""
+    """Adds --network and --weights, and the runtime options."""
     parser.add_argument(
         "--network", default="efficientnet-b7",
         help="efficientnet-b7 (default, ImageNet weights downloaded by Keras on first use) or "
@@ -25,6 +29,28 @@ def add_network_options(parser: argparse.ArgumentParser) -> None:
         "--weights", default="imagenet",
         help="imagenet (default), none (random, for smoke runs) or a local Keras weights file",
     )
+    add_runtime_options(parser)
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """Adds --runtime, --precision and --runtime-cache (app.py has the same three)."""
+    parser.add_argument(
+        "--runtime", default="auto",
+        help="what runs the network: auto (default: openvino if it loads, else keras, with a warning), "
+        "openvino or keras",
+    )
+    parser.add_argument(
+        "--precision", choices=("float32", "bfloat16"), default="float32",
+        help="bfloat16: reduced-precision inference with openvino (faster on CPUs with AMX/AVX512-BF16; "
+        "descriptors less exact)",
+    )
+    parser.add_argument("--runtime-cache", type=Path, default=RUNTIME_CACHE,
+                        help=f"folder of converted networks, reused across runs (default {RUNTIME_CACHE})")
+
+
+def runtime_kwargs(args: argparse.Namespace) -> dict:
+    """Returns build_network's runtime, precision and cache_dir from the parsed runtime options."""
+    return {"runtime": args.runtime, "precision": args.precision, "cache_dir": args.runtime_cache}
 
 
 def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +101,7 @@ def network_from_args(args: argparse.Namespace):
     """Builds the network the options name (imports Keras, so called only when needed)."""
     from retrieval.networks import build_network
 
-    return build_network(args.network, weights=args.weights)
+    return build_network(args.network, weights=args.weights, **runtime_kwargs(args))
 
 
 def nonnegative_int(text: str) -> int:

