@@ -33,6 +33,12 @@ EVALUATION = {"dataset": "rparis6k-mini", "protocol": "medium", "map": 0.4321,
               "command": "python -m precompute.evaluate --index idx --dataset rparis6k"}
 
 
+@pytest.fixture(autouse=True)
+def online_unless_asked(monkeypatch):
+    """Every test starts online, whatever HF_HUB_OFFLINE the caller exported; offline tests set it themselves."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
 def make_index(folder, *, seed=0, n=24, d=8, whiten=False, network="tiny", ann=False, previews=False,
                **extra) -> Path:
     """A small index written by save_index, with a build cache beside it that must never be pushed."""
