@@ -34,6 +34,7 @@ from precompute.options import (
 )
 from retrieval.datasets import Dataset, DatasetError, load_dataset
 from retrieval.evaluate import KAPPAS, PROTOCOLS, evaluate_ranks, precision_recall, protocol_gnd
+from retrieval.diffusion import Diffusion, DiffusionSettings, build_graph
 from retrieval.features import Pipeline, embed_image, extract_features
 from retrieval.rerank import alpha_query_expansion, database_augmentation
 from retrieval.search import BACKENDS, Searcher
@@ -256,11 +257,13 @@ def verify_queries(
 
 
 def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree", whitening=None,
-                 qe: int = 0, dba: int = 0, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
+                 qe: int = 0, dba: int = 0, alpha: float = ALPHA,
+                 diffusion: DiffusionSettings | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Returns (m, n) database rows per query, best first, and (m,) seconds of search per query.
 
-    The database is whitened then augmented (DBA) once, offline. Each query is then timed
-    alone: whitening, a full ranking and, with query expansion, the second ranking.
+    The database is whitened then augmented (DBA), and its diffusion graph built, once,
+    offline. Each query is then timed alone: whitening, a full ranking, with query expansion
+    the second ranking, and with diffusion the re-ranking over the graph.
 
     Args:
         db: (n, d) raw L2-normalised database descriptors.
@@ -268,24 +271,35 @@ def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree"
         whitening: a `Whitening` applied to both, or None.
         qe: alpha query expansion with this many top images; 0 for none.
         dba: database-side augmentation with this many neighbours; 0 for none.
+        diffusion: diffusion re-ranking settings (`retrieval.diffusion`), or None for none.
     """
     if whitening is not None:
         db = apply_whitening(db, whitening)
     if dba:
         db = database_augmentation(db, k=dba, alpha=alpha)
     searcher = Searcher(db, backend=backend)
+    diffuser = diffusion_for(db, diffusion)
     n = len(searcher)
     ranks = np.empty((len(queries), n), dtype=np.int64)
     seconds = np.empty(len(queries))
     for i, query in enumerate(queries):
         t0 = time.perf_counter()
         q = apply_whitening(query, whitening) if whitening is not None else query[None]
-        _, rows = searcher.search(q, n)
+        scores, rows = searcher.search(q, n)
         if qe:
-            _, rows = searcher.search(alpha_query_expansion(q, db, rows, k=qe, alpha=alpha), n)
+            scores, rows = searcher.search(alpha_query_expansion(q, db, rows, k=qe, alpha=alpha), n)
+        if diffuser is not None:
+            rows = diffuser.rerank(rows[0], scores[0])[None]
         seconds[i] = time.perf_counter() - t0
         ranks[i] = rows[0]
     return ranks, seconds
+
+
+def diffusion_for(db: np.ndarray, settings: DiffusionSettings | None) -> Diffusion | None:
+    """Returns the `Diffusion` over the exact kNN graph of (n, d) rows, as build_index stores it; None for None."""
+    if settings is None:
+        return None
+    return Diffusion(build_graph(db, k=settings.k, gamma=settings.gamma), settings)
 
 
 def _number(x) -> float | None:
