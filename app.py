@@ -477,7 +477,8 @@ def build_from_images(images: Path, out: Path, network_name: str, weights: str) 
             bar.update(done - bar.n)
 
         report = build_index(images, out, build_network(network_name, weights=weights), DEFAULT.descriptor,
-                             dba=DEFAULT.dba, qe=DEFAULT.qe, alpha=DEFAULT.alpha, progress=progress, log=tqdm.write)
+                             dba=DEFAULT.dba, qe=DEFAULT.qe, alpha=DEFAULT.alpha, diffusion=DEFAULT.diffusion,
+                             progress=progress, log=tqdm.write)
     print(f"{report.count} images ({report.embedded} embedded, {report.reused} reused, "
           f"{len(report.skipped)} skipped)", file=sys.stderr, flush=True)
     return out

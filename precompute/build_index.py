@@ -15,8 +15,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from precompute.options import (
-    add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options, network_from_args, pipeline_from_args,
-    rerank_from_args,
+    add_diffusion_options, add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options,
+    diffusion_from_args, network_from_args, pipeline_from_args, rerank_from_args,
 )
 
 
@@ -27,6 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_network_options(parser)
     add_pipeline_options(parser)
     add_rerank_options(parser)
+    add_diffusion_options(parser)
     parser.add_argument("--whiten", action="store_true", help="learn and store a PCA-whitening of the descriptors")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature type")
     add_extraction_options(parser)
@@ -45,6 +46,7 @@ def main(argv=None) -> int:
     try:
         pipeline = pipeline_from_args(args)
         qe, dba = rerank_from_args(args)
+        diffusion = diffusion_from_args(args)
         network = network_from_args(args)
     except (ValueError, NetworkError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
         report = build_index(
             args.images, args.out, network, pipeline,
             batch_size=args.batch_size, workers=args.workers, dtype=args.dtype, whiten=args.whiten,
-            qe=qe, dba=dba, alpha=args.alpha,
+            qe=qe, dba=dba, alpha=args.alpha, diffusion=diffusion,
             extra_meta=extra, progress=progress, log=lambda msg: tqdm.write(msg),
         )
     except (BuildError, FileNotFoundError, ImageError) as e:

@@ -2,7 +2,7 @@
 
     python -m precompute.evaluate --dataset rparis6k --data-root ../shared/data \\
         --network efficientnet-lite0 [pipeline options] [--whiten] [--qe K] [--dba K] \\
-        [--sv N] [--json FILE] [--plot FILE]
+        [--diffusion | --no-diffusion] [--sv N] [--json FILE] [--plot FILE]
 
 Descriptors are cached per (dataset, network, weights, pipeline) under --cache-dir, so a rerun
 that changes only the search options (whitening, query expansion, DBA, backend) skips the
@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from precompute.options import (
-    ALPHA, add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options,
-    network_from_args, nonnegative_int, pipeline_from_args, positive_int, rerank_from_args,
+    ALPHA, add_diffusion_options, add_extraction_options, add_network_options, add_pipeline_options,
+    add_rerank_options, diffusion_from_args, network_from_args, nonnegative_int, pipeline_from_args, positive_int,
+    rerank_from_args,
 )
 from retrieval.datasets import Dataset, DatasetError, load_dataset
 from retrieval.evaluate import KAPPAS, PROTOCOLS, evaluate_ranks, precision_recall, protocol_gnd
@@ -258,7 +259,8 @@ def verify_queries(
 
 def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree", whitening=None,
                  qe: int = 0, dba: int = 0, alpha: float = ALPHA,
-                 diffusion: DiffusionSettings | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 diffusion: DiffusionSettings | None = None,
+                 seed_ranks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Returns (m, n) database rows per query, best first, and (m,) seconds of search per query.
 
     The database is whitened then augmented (DBA), and its diffusion graph built, once,
@@ -272,6 +274,8 @@ def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree"
         qe: alpha query expansion with this many top images; 0 for none.
         dba: database-side augmentation with this many neighbours; 0 for none.
         diffusion: diffusion re-ranking settings (`retrieval.diffusion`), or None for none.
+        seed_ranks: (m, n) rankings whose top images seed each query's diffusion instead of its
+            own (spatially verified ones), weighted by their similarity to the query.
     """
     if whitening is not None:
         db = apply_whitening(db, whitening)
@@ -287,7 +291,11 @@ def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree"
         q = apply_whitening(query, whitening) if whitening is not None else query[None]
         scores, rows = searcher.search(q, n)
         if qe:
-            scores, rows = searcher.search(alpha_query_expansion(q, db, rows, k=qe, alpha=alpha), n)
+            q = alpha_query_expansion(q, db, rows, k=qe, alpha=alpha)
+            scores, rows = searcher.search(q, n)
+        if diffuser is not None and seed_ranks is not None:
+            rows = seed_ranks[i][None]
+            scores = q @ db[rows[0, : diffuser.settings.seeds]].T
         if diffuser is not None:
             rows = diffuser.rerank(rows[0], scores[0])[None]
         seconds[i] = time.perf_counter() - t0
@@ -319,6 +327,7 @@ def run_evaluation(
     alpha: float = ALPHA,
     sv: int = 0,
     sv_min_inliers: int | None = None,
+    diffusion: DiffusionSettings | None = None,
     cache_dir=None,
     batch_size: int = 8,
     workers: int = 2,
@@ -340,6 +349,8 @@ def run_evaluation(
         qe, dba, alpha: alpha query expansion and database-side augmentation (0: off).
         sv: spatially verify the top sv images of each final ranking (0: off).
         sv_min_inliers: fewest inliers that count as verified; None for the library's default.
+        diffusion: diffusion re-ranking over the database's kNN graph, after QE (None: off).
+            With sv, the spatially verified top of the first ranking seeds the diffusion.
         cache_dir: descriptor (and local feature) cache folder, or None.
         progress, sv_progress: called with 1 per database image embedded / given local features.
 
@@ -350,12 +361,14 @@ def run_evaluation(
     found = dataset_descriptors(dataset, network, pipeline, cache_dir=cache_dir, batch_size=batch_size,
                                 workers=workers, progress=progress)
     whitening = learn_whitening(found.db, shrinkage=whiten_shrinkage) if whiten else None
-    ranks, search_seconds = rank_queries(found.db, found.queries, backend=backend, whitening=whitening,
-                                         qe=qe, dba=dba, alpha=alpha)
+    search = dict(backend=backend, whitening=whitening, qe=qe, dba=dba, alpha=alpha)
+    ranks, search_seconds = rank_queries(found.db, found.queries, **search, diffusion=None if sv else diffusion)
     verify_seconds, sv_meta = np.zeros(len(ranks)), None
     if sv:
         ranks, verify_seconds, sv_meta = verify_queries(dataset, ranks, top=sv, min_inliers=sv_min_inliers,
                                                         cache_dir=cache_dir, progress=sv_progress)
+    if sv and diffusion is not None:
+        ranks, search_seconds = rank_queries(found.db, found.queries, **search, diffusion=diffusion, seed_ranks=ranks)
     metrics = evaluate_ranks(ranks, dataset.gnd, dataset.kind)
     protocols = list(metrics)
     per_query = [
@@ -389,6 +402,7 @@ def run_evaluation(
             "dba": {"k": dba, "alpha": alpha} if dba else None,
             "backend": backend,
             "sv": sv_meta,
+            "diffusion": diffusion.to_meta() if diffusion is not None else None,
         },
         "seconds_per_query": {
             "embed": _number(np.median(found.embed_seconds)),
@@ -424,8 +438,11 @@ def describe(report: dict) -> str:
         parts.append(f"αQE k={meta['qe']['k']}")
     if meta["dba"]:
         parts.append(f"DBA k={meta['dba']['k']}")
+    if meta.get("diffusion"):
+        d = meta["diffusion"]
+        parts.append(f"diffusion k={d['k']} seeds={d['seeds']} α={d['alpha']:g}" + (" truncated" if d["truncate"] else ""))
     if meta.get("sv"):
-        parts.append(f"SV top {meta['sv']['top']}")
+        parts.append(f"SV top {meta['sv']['top']}" + (" seeding the diffusion" if meta.get("diffusion") else ""))
     return ", ".join(parts) + f", {meta['backend']}"
 
 
@@ -537,6 +554,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="PCA-whitening learned on the database descriptors (unsupervised)")
     search.add_argument("--whiten-shrinkage", type=float, default=0.5, help="eigenvalue shrinkage (default 0.5)")
     add_rerank_options(parser)
+    add_diffusion_options(parser)
     sv = parser.add_argument_group("spatial verification")
     sv.add_argument("--sv", type=nonnegative_int, default=0, metavar="N",
                     help="re-rank the top N of each ranking by SIFT/RANSAC inliers, after QE and DBA (default 0: off)")
@@ -558,6 +576,7 @@ def main(argv=None) -> int:
     try:
         pipeline = pipeline_from_args(args)
         qe, dba = rerank_from_args(args)
+        diffusion = diffusion_from_args(args)
         dataset = load_dataset(args.dataset, args.data_root, images_dir=args.images_dir, crops_dir=args.crops_dir)
         network = network_from_args(args)
     except (ValueError, FileNotFoundError, DatasetError, NetworkError) as e:
@@ -575,7 +594,7 @@ def main(argv=None) -> int:
         evaluation = run_evaluation(
             dataset, network, pipeline, backend=args.backend, whiten=args.whiten,
             whiten_shrinkage=args.whiten_shrinkage, qe=qe, dba=dba, alpha=args.alpha, sv=args.sv,
-            sv_min_inliers=args.sv_min_inliers, cache_dir=args.cache_dir, batch_size=args.batch_size,
+            sv_min_inliers=args.sv_min_inliers, diffusion=diffusion, cache_dir=args.cache_dir, batch_size=args.batch_size,
             workers=args.workers, progress=bars[0].update, sv_progress=bars[1].update,
         )
     except (ValueError, OSError) as e:

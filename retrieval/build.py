@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.diffusion import DiffusionSettings, build_graph
 from retrieval.features import THUMBNAIL_SIDE, Pipeline, find_images, iter_features
 from retrieval.index import recover_index_folder, save_index
 from retrieval.rerank import database_augmentation
@@ -69,6 +70,7 @@ def build_index(
     dba: int = 0,
     qe: int = 0,
     alpha: float = 3.0,
+    diffusion: DiffusionSettings | None = None,
     shard_size: int = 256,
     flush_seconds: float = 30.0,
     thumbnail_side: int = THUMBNAIL_SIDE,
@@ -87,6 +89,8 @@ def build_index(
         dba: database-side augmentation with this many neighbours (fewer on a tiny index), 0 for none.
         qe: alpha query expansion with the top `qe` results, recorded for the search engine.
         alpha: the similarity exponent of DBA and query expansion.
+        diffusion: build the database's kNN graph (k, gamma) and store it with these query-time
+            settings for diffusion re-ranking; None for none.
         extra_meta: more metadata for index.json (source collection, evaluation...).
         progress: called as progress(done, total) after each image embedded in this run.
         log: called with one line per skipped file and per notable event.
@@ -166,6 +170,11 @@ def build_index(
     dba = min(dba, len(features) - 1)
     if dba > 0:
         features = database_augmentation(features, k=dba, alpha=alpha)
+    graph = None
+    if diffusion is not None and len(features) > 1:
+        # Built from the rows as stored (after rounding to dtype), so that a graph built again
+        # from a loaded index is this one exactly.
+        graph = build_graph(features.astype(dtype).astype(np.float32), k=diffusion.k, gamma=diffusion.gamma)
     meta = {
         "network": network.name,
         "weights": network.weights,
@@ -173,9 +182,10 @@ def build_index(
         "thumbnail_side": thumbnail_side,
         "dba": {"k": dba, "alpha": alpha} if dba > 0 else None,
         "query_expansion": {"k": qe, "alpha": alpha} if qe > 0 else None,
+        "diffusion": diffusion.to_meta() if graph is not None else None,
         **(extra_meta or {}),
     }
-    save_index(out_dir, features, ids, meta, thumbnails=thumbs, whitening=whitening, dtype=dtype)
+    save_index(out_dir, features, ids, meta, thumbnails=thumbs, whitening=whitening, graph=graph, dtype=dtype)
     report.count = len(ids)
     report.seconds = time.perf_counter() - t0
     return report

@@ -313,7 +313,16 @@ class Diffusion:
             rows: (m,) database rows of the first ranking, best first, m >= `needs`.
             sims: (>= seeds,) the query's similarity to the first rows.
         """
+        return self.ranked(rows, sims)[0]
+
+    def ranked(self, rows: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Returns `rerank`'s ranking and (m,) float32 scores: diffusion scores relative to the
+        best (1.0), decreasing, 0 for the rows after the candidates."""
         rows = np.asarray(rows, dtype=np.int64)
         f = self.scores(rows, sims)
         order = np.argsort(-f, kind="stable")
-        return np.concatenate([rows[: self.needs][order], rows[self.needs :]])
+        scores = np.zeros(len(rows), np.float32)
+        top = f[order[0]] if len(order) else 0.0
+        if top > 0:
+            scores[: len(order)] = np.maximum(f[order] / top, 0.0)
+        return np.concatenate([rows[: self.needs][order], rows[self.needs :]]), scores

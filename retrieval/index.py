@@ -6,6 +6,7 @@ Layout:
     thumbnails.bin          every image's JPEG thumbnail, concatenated
     thumbnails_offsets.npy  (n + 1,) int64 byte offsets into thumbnails.bin
     whitening_mean.npy, whitening_projection.npy   only when the index is whitened
+    graph_indptr.npy, graph_indices.npy, graph_weights.npy   the diffusion graph (CSR), when built
     index.json              format version, network, weights, pipeline, dim, dtype, count,
                             whitening, versions, and the sha256 of every file above
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.diffusion import Graph
 from retrieval.features import Pipeline
 from retrieval.search import as_rows
 from retrieval.whitening import Whitening, apply_whitening
@@ -33,6 +35,7 @@ FORMAT_VERSION = 1
 META_FILE = "index.json"
 DATA_FILES = ("feature_list.npy", "feature_id.npy", "thumbnails.bin", "thumbnails_offsets.npy")
 WHITENING_FILES = ("whitening_mean.npy", "whitening_projection.npy")
+GRAPH_FILES = ("graph_indptr.npy", "graph_indices.npy", "graph_weights.npy")
 INDEX_FILES = (META_FILE, *DATA_FILES)
 DTYPES = ("float16", "float32")
 
@@ -51,6 +54,7 @@ class Index:
         ids: (n,) unicode ids, row i describes ids[i].
         meta: the parsed index.json.
         whitening: applied to raw query descriptors before search, or None.
+        graph: the database's diffusion graph (`retrieval.diffusion.Graph`), or None.
     """
 
     path: Path
@@ -61,6 +65,7 @@ class Index:
     _thumbnails: bytes = field(default=b"", repr=False)
     _offsets: np.ndarray | None = field(default=None, repr=False)
     _rows: dict = field(default_factory=dict, repr=False)
+    graph: Graph | None = None
 
     def __post_init__(self):
         self._rows = {str(i): r for r, i in enumerate(self.ids)}
@@ -123,6 +128,7 @@ def save_index(
     *,
     thumbnails: list[bytes],
     whitening: Whitening | None = None,
+    graph: Graph | None = None,
     dtype: str = "float16",
     keep: tuple[str, ...] = (".cache",),
 ) -> Path:
@@ -140,6 +146,7 @@ def save_index(
             else (source, evaluation) is stored as given.
         thumbnails: n JPEG byte strings.
         whitening: the whitening applied to `features`, stored for queries.
+        graph: the diffusion graph of `features`, stored as its CSR arrays.
         dtype: "float16" (half the size) or "float32".
 
     Raises:
@@ -158,6 +165,8 @@ def save_index(
             raise ValueError(f"index metadata needs {key!r}")
     if whitening is not None and whitening.dim_out != features.shape[1]:
         raise ValueError("features do not have the whitening's output dimension")
+    if graph is not None and len(graph) != len(features):
+        raise ValueError(f"the graph has {len(graph)} nodes for {len(features)} rows")
     Pipeline.from_meta(meta["pipeline"])  # refuse a pipeline we could not rebuild at load time
 
     out_dir = Path(out_dir)
@@ -177,6 +186,10 @@ def save_index(
             np.save(tmp / "whitening_mean.npy", whitening.mean.astype(np.float32))
             np.save(tmp / "whitening_projection.npy", whitening.projection.astype(np.float32))
             files += WHITENING_FILES
+        if graph is not None:
+            for name, array in zip(GRAPH_FILES, (graph.indptr, graph.indices, graph.weights)):
+                np.save(tmp / name, array)
+            files += GRAPH_FILES
         full_meta = {
             **meta,
             "format_version": FORMAT_VERSION,
@@ -184,6 +197,7 @@ def save_index(
             "dtype": dtype,
             "count": int(len(ids)),
             "whitening": whitening.to_meta() if whitening is not None else None,
+            "graph": graph.to_meta() if graph is not None else None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": _versions(),
             "files": {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in files},
@@ -285,6 +299,7 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
     if weights is not None and meta["weights"] != weights:
         raise IndexFormatError(f"{path} was built with weights {meta['weights']!r}, not {weights!r}")
     expected = list(DATA_FILES) + (list(WHITENING_FILES) if meta.get("whitening") else [])
+    expected += list(GRAPH_FILES) if meta.get("graph") else []
     for name in expected:
         file = path / name
         if not file.is_file():
@@ -331,4 +346,19 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
     features = np.ascontiguousarray(features, dtype=np.float32)
     if not np.isfinite(features).all():
         raise IndexFormatError(f"{path}: feature_list.npy holds NaN or infinite values")
-    return Index(path, features, ids, meta, whitening, thumbs, offsets)
+    graph = _load_graph(path, meta) if meta.get("graph") else None
+    return Index(path, features, ids, meta, whitening, thumbs, offsets, graph=graph)
+
+
+def _load_graph(path: Path, meta: dict) -> Graph:
+    """Returns the stored diffusion graph, refusing one that is not a graph of this index's images."""
+    record = meta["graph"]
+    try:
+        arrays = [np.load(path / name, allow_pickle=False) for name in GRAPH_FILES]
+        graph = Graph(*arrays, k=int(record["k"]), gamma=float(record["gamma"]), mutual=bool(record["mutual"]),
+                      knn=str(record["knn"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise IndexFormatError(f"{path}: the diffusion graph is not valid ({e})") from None
+    if len(graph) != meta["count"]:
+        raise IndexFormatError(f"{path}: the diffusion graph has {len(graph)} nodes, {META_FILE} says {meta['count']} images")
+    return graph
