@@ -328,6 +328,7 @@ def run_evaluation(
     sv: int = 0,
     sv_min_inliers: int | None = None,
     diffusion: DiffusionSettings | None = None,
+    diffusion_then_sv: bool = False,
     cache_dir=None,
     batch_size: int = 8,
     workers: int = 2,
@@ -350,7 +351,8 @@ def run_evaluation(
         sv: spatially verify the top sv images of each final ranking (0: off).
         sv_min_inliers: fewest inliers that count as verified; None for the library's default.
         diffusion: diffusion re-ranking over the database's kNN graph, after QE (None: off).
-            With sv, the spatially verified top of the first ranking seeds the diffusion.
+            With sv, the spatially verified top of the first ranking seeds the diffusion,
+            unless `diffusion_then_sv`: then SV re-ranks the top of the diffusion's ranking.
         cache_dir: descriptor (and local feature) cache folder, or None.
         progress, sv_progress: called with 1 per database image embedded / given local features.
 
@@ -362,12 +364,13 @@ def run_evaluation(
                                 workers=workers, progress=progress)
     whitening = learn_whitening(found.db, shrinkage=whiten_shrinkage) if whiten else None
     search = dict(backend=backend, whitening=whitening, qe=qe, dba=dba, alpha=alpha)
-    ranks, search_seconds = rank_queries(found.db, found.queries, **search, diffusion=None if sv else diffusion)
+    seeded = bool(sv) and diffusion is not None and not diffusion_then_sv
+    ranks, search_seconds = rank_queries(found.db, found.queries, **search, diffusion=None if seeded else diffusion)
     verify_seconds, sv_meta = np.zeros(len(ranks)), None
     if sv:
         ranks, verify_seconds, sv_meta = verify_queries(dataset, ranks, top=sv, min_inliers=sv_min_inliers,
                                                         cache_dir=cache_dir, progress=sv_progress)
-    if sv and diffusion is not None:
+    if seeded:
         ranks, search_seconds = rank_queries(found.db, found.queries, **search, diffusion=diffusion, seed_ranks=ranks)
     metrics = evaluate_ranks(ranks, dataset.gnd, dataset.kind)
     protocols = list(metrics)
@@ -403,6 +406,7 @@ def run_evaluation(
             "backend": backend,
             "sv": sv_meta,
             "diffusion": diffusion.to_meta() if diffusion is not None else None,
+            "sv_seeds_diffusion": seeded,
         },
         "seconds_per_query": {
             "embed": _number(np.median(found.embed_seconds)),
@@ -442,7 +446,7 @@ def describe(report: dict) -> str:
         d = meta["diffusion"]
         parts.append(f"diffusion k={d['k']} seeds={d['seeds']} α={d['alpha']:g}" + (" truncated" if d["truncate"] else ""))
     if meta.get("sv"):
-        parts.append(f"SV top {meta['sv']['top']}" + (" seeding the diffusion" if meta.get("diffusion") else ""))
+        parts.append(f"SV top {meta['sv']['top']}" + (" seeding the diffusion" if meta.get("sv_seeds_diffusion") else ""))
     return ", ".join(parts) + f", {meta['backend']}"
 
 
@@ -560,6 +564,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="re-rank the top N of each ranking by SIFT/RANSAC inliers, after QE and DBA (default 0: off)")
     sv.add_argument("--sv-min-inliers", type=positive_int, default=None, metavar="M",
                     help="fewest inliers that verify an image (default: retrieval.verify.DEFAULT_MIN_INLIERS)")
+    sv.add_argument("--diffusion-then-sv", action="store_true",
+                    help="with diffusion, verify the top N of the diffusion's ranking (default: the verified top "
+                    "of the first ranking seeds the diffusion)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="descriptor cache (default %(default)s)")
     add_extraction_options(parser)
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
@@ -594,7 +601,7 @@ def main(argv=None) -> int:
         evaluation = run_evaluation(
             dataset, network, pipeline, backend=args.backend, whiten=args.whiten,
             whiten_shrinkage=args.whiten_shrinkage, qe=qe, dba=dba, alpha=args.alpha, sv=args.sv,
-            sv_min_inliers=args.sv_min_inliers, diffusion=diffusion, cache_dir=args.cache_dir, batch_size=args.batch_size,
+            sv_min_inliers=args.sv_min_inliers, diffusion=diffusion, diffusion_then_sv=args.diffusion_then_sv, cache_dir=args.cache_dir, batch_size=args.batch_size,
             workers=args.workers, progress=bars[0].update, sv_progress=bars[1].update,
         )
     except (ValueError, OSError) as e:
