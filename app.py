@@ -63,7 +63,9 @@ Upload a photo of a building or monument and find the most similar photos among 
 images**. To search for part of the photo, open the **Image** tool at the editor's left, choose
 **Crop**, drag the corners and **Confirm crop**. Or start from one of the example images.
 <small>Each image is described by one vector from a convolutional network ({network}, {pooling}
-pooling); results are ranked by cosine similarity.</small>"""
+pooling); results are ranked by cosine similarity{rerank}.</small>"""
+RERANK_DIFFUSION = (", then re-ranked by diffusion over the collection's neighbour graph, which favours"
+                    " photos of the same place; scores are then relative to the best match")
 
 CSS = """
 #intro { max-width: 64rem; }
@@ -354,7 +356,8 @@ def build_demo(engine: SearchEngine, thumbnails: Thumbnails, *,
         searched = gr.State(None)
         link = gr.State(None)  # the query a shared link asks for
         gr.Markdown(
-            INTRO.format(network=index.meta["network"], pooling=pipeline.get("pooling", "?"), count=len(index)),
+            INTRO.format(network=index.meta["network"], pooling=pipeline.get("pooling", "?"), count=len(index),
+                         rerank=RERANK_DIFFUSION if index.meta.get("diffusion") else ""),
             elem_id="intro",
         )
         with gr.Row(equal_height=False):
