@@ -1,6 +1,6 @@
 """The README's evaluation tables: `precompute.evaluate` with each row's options, in one run.
 
-    python -m benchmarks.evaluation [--json results/evaluation.json] [--only TEXT]
+    python -m benchmarks.evaluation [--json results/evaluation.json] [--table main|sv]
 
 Every row is exactly `python -m precompute.evaluate --dataset rparis6k --data-root ../shared/data
 --network efficientnet-lite0` plus the options in its row: the options are parsed by that
@@ -46,10 +46,12 @@ ROWS = (
     ("main", "+ PCA-whitening (own database, shrinkage 50)", "--whiten --whiten-shrinkage 50 --qe 0 --dba 0 --no-diffusion"),
     ("main", "+ αQE k=5", "--qe 5 --dba 0 --no-diffusion"),
     ("main", "+ DBA k=3", "--qe 0 --dba 3 --no-diffusion"),
-    ("main", "+ diffusion (k=20, 10 seeds, α=0.99)", "--qe 0 --dba 0"),
+    ("main", "+ diffusion (k=20, 10 seeds, α=0.95)", "--qe 0 --dba 0"),
     ("main", "previous default: GeM 384, DBA k=3, αQE k=5", "--no-diffusion"),
-    ("main", "+ diffusion, truncated to the top 100", "--diffusion-truncate --diffusion-candidates 100"),
+    ("main", "default, diffusion α=0.99", "--diffusion-alpha 0.99"),
+    ("main", "default, diffusion truncated to the top 100", "--diffusion-truncate --diffusion-candidates 100"),
     ("main", "**default: GeM 384, DBA k=3, αQE k=5, diffusion**", ""),
+    ("sv", "default, no SV", ""),
     ("sv", "previous default + SV top 50", "--no-diffusion --sv 50"),
     ("sv", "default, diffusion then SV top 50", "--sv 50 --diffusion-then-sv"),
     ("sv", "default + SV top 50 seeding the diffusion", "--sv 50"),
@@ -101,34 +103,39 @@ def _row(result: dict) -> list:
 
 
 def tables(results: list[dict]) -> dict:
-    """Returns the README tables, one per table name in ROWS."""
+    """Returns the README tables, one per table name in ROWS, rows in ROWS order."""
     columns = ["pipeline", "options", "Easy", "Medium", "Hard", "s/query", "search ms", f"search ms at {SCALE // 1000}k"]
+    by_label = {r["label"]: r for r in results}
     out = {}
-    for (name, *_), result in zip(ROWS, results):
-        out.setdefault(name, {"columns": columns, "align": "llrrrrrr", "rows": []})["rows"].append(_row(result))
+    for name, label, _ in ROWS:
+        if label in by_label:
+            out.setdefault(name, {"columns": columns, "align": "llrrrrrr", "rows": []})["rows"].append(_row(by_label[label]))
     return out
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.evaluation", description=__doc__.split("\n")[0])
     parser.add_argument("--json", default=str(ROOT / "results" / "evaluation.json"))
-    parser.add_argument("--only", default=None, help="run and print only rows whose label contains this; writes nothing")
+    parser.add_argument("--table", default=None, choices=sorted({name for name, *_ in ROWS}),
+                        help="run only this table's rows and keep the other tables' rows already in --json")
     args = parser.parse_args(argv)
     from retrieval.networks import build_network
 
     first = parse_args(shlex.split(BASE))
     dataset = load_dataset(first.dataset, first.data_root)
     network = build_network(first.network, weights=first.weights)
-    results = []
-    for _, label, options in ROWS:
-        if args.only is not None and args.only not in label:
-            continue
+    path = Path(args.json)
+    kept = json.loads(path.read_text())["rows"] if args.table and path.is_file() else []
+    run = [(label, options) for name, label, options in ROWS if args.table in (None, name)]
+    results = [r for r in kept if r["label"] not in {label for label, _ in run}]
+    for label, options in run:
         result = measure(label, options, network, dataset)
         print(" | ".join(str(c) for c in _row(result)), flush=True)
         results.append(result)
-    if args.only is None:
-        write_json({"command": "python -m benchmarks.evaluation", "base_command": f"python -m precompute.evaluate {BASE}",
-                    "rows": results, "tables": tables(results)}, args.json)
+    order = {label: i for i, (_, label, _) in enumerate(ROWS)}
+    results = sorted((r for r in results if r["label"] in order), key=lambda r: order[r["label"]])
+    write_json({"command": "python -m benchmarks.evaluation [--table main|sv]",
+                "base_command": f"python -m precompute.evaluate {BASE}", "rows": results, "tables": tables(results)}, path)
     return 0
 
 

@@ -63,6 +63,7 @@ CANDIDATES = (
     Candidate("default, diffusion k=10", replace(DEFAULT, diffusion=_diffusion(k=10))),
     Candidate("default, diffusion k=50", replace(DEFAULT, diffusion=_diffusion(k=50))),
     Candidate("default, diffusion α=0.9", replace(DEFAULT, diffusion=_diffusion(alpha=0.9))),
+    Candidate("default, diffusion α=0.99", replace(DEFAULT, diffusion=_diffusion(alpha=0.99))),
     Candidate("default, diffusion seeds=5", replace(DEFAULT, diffusion=_diffusion(seeds=5))),
     Candidate("default, diffusion seeds=20", replace(DEFAULT, diffusion=_diffusion(seeds=20))),
     Candidate("default, GeM p=4.6", replace(DEFAULT, descriptor=replace(DEFAULT.descriptor, gem_p=4.6))),
@@ -71,7 +72,7 @@ CANDIDATES = (
               replace(DEFAULT, descriptor=replace(DEFAULT.descriptor, scales=(1.0, 0.7071, 0.5), combine="max"))),
     Candidate("default, scales 1, 1/√2, 1/2, mean",
               replace(DEFAULT, descriptor=replace(DEFAULT.descriptor, scales=(1.0, 0.7071, 0.5)))),
-    Candidate("default + whitening from the other half (shrinkage 0.5)", DEFAULT, whiten=0.5),
+    Candidate("default, no diffusion + whitening from the other half (shrinkage 50)", PREVIOUS, whiten=50.0),
     Candidate("default + whitening from the other half (shrinkage 50)", DEFAULT, whiten=50.0),
 )
 

@@ -230,7 +230,7 @@ class DiffusionSettings:
 
     k: int = 20
     seeds: int = 10
-    alpha: float = 0.99
+    alpha: float = 0.95
     gamma: float = 3.0
     candidates: int = 1000
     truncate: bool = False
