@@ -94,7 +94,7 @@ def check_graph_arrays(indptr, indices, weights) -> None:
     a = sparse.csr_matrix((weights, indices, indptr), shape=(n, n))
     if a.diagonal().any():
         raise ValueError("graph has self loops")
-    if abs(a - a.T).max() > 1e-6 if a.nnz else False:
+    if a.nnz and abs(a - a.T).max() > 1e-6:
         raise ValueError("graph is not symmetric")
 
 
