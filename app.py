@@ -79,7 +79,9 @@ Upload a photo of a building or monument and find the most similar photos among 
 images**. To search for part of the photo, **drag a rectangle on it**, then **Search**. Or start
 from one of the example images. Click a result to see which details matched.
 <small>Each image is described by one vector from a convolutional network ({network}, {pooling}
-pooling, run by {runtime}); results are ranked by cosine similarity.</small>"""
+pooling, run by {runtime}); results are ranked by cosine similarity{rerank}.</small>"""
+RERANK_DIFFUSION = (", then re-ranked by diffusion over the collection's neighbour graph, which favours"
+                    " photos of the same place; scores are then relative to the best match")
 
 CSS = """
 #intro { max-width: 64rem; }
@@ -654,7 +656,8 @@ def build_demo(engine: SearchEngine, thumbnails: Thumbnails, *, concurrency: int
         link = gr.State(None)  # the query a shared link asks for
         gr.Markdown(
             INTRO.format(network=index.meta["network"], pooling=pipeline.get("pooling", "?"), count=len(index),
-                         runtime=engine.network.runtime),
+                         runtime=engine.network.runtime,
+                         rerank=RERANK_DIFFUSION if index.meta.get("diffusion") else ""),
             elem_id="intro",
         )
         with gr.Row(equal_height=False):
@@ -806,7 +809,8 @@ def build_from_images(images: Path, out: Path, network_name: str, weights: str, 
 
         network = build_network(network_name, weights=weights, **(runtime or {}))
         report = build_index(images, out, network, DEFAULT.descriptor,
-                             dba=DEFAULT.dba, qe=DEFAULT.qe, alpha=DEFAULT.alpha, progress=progress, log=tqdm.write)
+                             dba=DEFAULT.dba, qe=DEFAULT.qe, alpha=DEFAULT.alpha, diffusion=DEFAULT.diffusion,
+                             progress=progress, log=tqdm.write)
     print(f"{report.count} images ({report.embedded} embedded, {report.reused} reused, "
           f"{len(report.skipped)} skipped)", file=sys.stderr, flush=True)
     return out

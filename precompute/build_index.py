@@ -20,8 +20,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from precompute.options import (
-    add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options, network_from_args, pipeline_from_args,
-    nonnegative_int, positive_int, rerank_from_args,
+    add_diffusion_options, add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options,
+    diffusion_from_args, network_from_args, nonnegative_int, pipeline_from_args, positive_int, rerank_from_args,
 )
 from retrieval.previews import PREVIEW_MAX_IMAGES, PREVIEW_SIDE
 
@@ -39,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_network_options(parser)
     add_pipeline_options(parser)
     add_rerank_options(parser)
+    add_diffusion_options(parser)
     parser.add_argument("--whiten", action="store_true", help="learn and store a PCA-whitening of the descriptors")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature type")
     add_extraction_options(parser)
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
     try:
         pipeline = pipeline_from_args(args)
         qe, dba = rerank_from_args(args)
+        diffusion = diffusion_from_args(args)
         network = None if args.vectors or args.engine == "ray" else network_from_args(args)
     except (ValueError, NetworkError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
     extra = {"source": args.source or Path(args.images).resolve().name}
     try:
         common = dict(batch_size=args.batch_size, dtype=args.dtype, whiten=args.whiten, qe=qe, dba=dba,
-                      alpha=args.alpha, ann=args.ann,
+                      alpha=args.alpha, ann=args.ann, diffusion=diffusion,
                       preview_side=args.preview_side or None, max_previews=args.max_previews,
                       extra_meta=extra, progress=progress, log=lambda msg: tqdm.write(msg))
         if args.engine == "ray":

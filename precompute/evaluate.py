@@ -2,7 +2,7 @@
 
     python -m precompute.evaluate --dataset rparis6k --data-root ../shared/data \\
         --network efficientnet-lite0 [pipeline options] [--whiten] [--qe K] [--dba K] \\
-        [--sv N] [--json FILE] [--plot FILE]
+        [--diffusion | --no-diffusion] [--sv N] [--json FILE] [--plot FILE]
 
 Descriptors are cached per (dataset, network, weights, pipeline) under --cache-dir, so a rerun
 that changes only the search options (whitening, query expansion, DBA, backend) skips the
@@ -35,11 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from precompute.options import (
-    ALPHA, add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options,
-    network_from_args, nonnegative_int, pipeline_from_args, positive_int, rerank_from_args,
+    ALPHA, add_diffusion_options, add_extraction_options, add_network_options, add_pipeline_options,
+    add_rerank_options, diffusion_from_args, network_from_args, nonnegative_int, pipeline_from_args, positive_int,
+    rerank_from_args,
 )
 from retrieval.database import add_distractors, augment_database, full_ranking, make_searcher
 from retrieval.datasets import Dataset, DatasetError, load_dataset
+from retrieval.diffusion import Diffusion, DiffusionSettings, build_graph
 from retrieval.evaluate import KAPPAS, PROTOCOLS, evaluate_ranks, precision_recall, protocol_gnd
 from retrieval.features import Pipeline, embed_image, extract_features
 from retrieval.rerank import alpha_query_expansion
@@ -271,11 +273,13 @@ def verify_queries(
 
 def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree", whitening=None,
                  qe: int = 0, dba: int = 0, alpha: float = ALPHA, ann_k: int = 1000,
-                 ann=None) -> tuple[np.ndarray, np.ndarray]:
+                 ann=None, diffusion: DiffusionSettings | None = None,
+                 seed_ranks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Returns (m, n) database rows per query, best first, and (m,) seconds of search per query.
 
-    The database is whitened then augmented (DBA) once, offline. Each query is then timed
-    alone: whitening, a full ranking and, with query expansion, the second ranking.
+    The database is whitened then augmented (DBA), and its diffusion graph built, once,
+    offline. Each query is then timed alone: whitening, a full ranking, with query expansion
+    the second ranking, and with diffusion the re-ranking over the graph.
 
     Args:
         db: (n, d) raw L2-normalised database descriptors.
@@ -287,12 +291,16 @@ def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree"
         ann_k: with backend "ann", the top rows taken from the ANN and re-ranked exactly; the
             rest of the ranking follows in a fixed order (see `full_ranking`).
         ann: with backend "ann", a trained `AnnIndex` to refill with these rows instead of training one.
+        diffusion: diffusion re-ranking settings (`retrieval.diffusion`), or None for none.
+        seed_ranks: (m, n) rankings whose top images seed each query's diffusion instead of its
+            own (spatially verified ones), weighted by their similarity to the query.
     """
     if whitening is not None:
         db = apply_whitening(db, whitening)
     if dba:
         db = augment_database(db, k=dba, alpha=alpha, ann=ann)
     searcher = make_searcher(db, backend, ann)
+    diffuser = diffusion_for(db, diffusion)
     n = len(searcher)
     depth = min(ann_k, n) if backend == "ann" else n
     ranks = np.empty((len(queries), n), dtype=np.int64)
@@ -300,12 +308,25 @@ def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree"
     for i, query in enumerate(queries):
         t0 = time.perf_counter()
         q = apply_whitening(query, whitening) if whitening is not None else query[None]
-        _, rows = searcher.search(q, depth)
+        scores, rows = searcher.search(q, depth)
         if qe:
-            _, rows = searcher.search(alpha_query_expansion(q, db, rows, k=min(qe, depth), alpha=alpha), depth)
+            q = alpha_query_expansion(q, db, rows, k=min(qe, depth), alpha=alpha)
+            scores, rows = searcher.search(q, depth)
+        if diffuser is not None and seed_ranks is not None:
+            rows = seed_ranks[i][None]
+            scores = q @ db[rows[0, : diffuser.settings.seeds]].T
+        if diffuser is not None:
+            rows = diffuser.rerank(rows[0], scores[0])[None]
         seconds[i] = time.perf_counter() - t0
         ranks[i] = full_ranking(rows[0], n) if depth < n else rows[0]
     return ranks, seconds
+
+
+def diffusion_for(db: np.ndarray, settings: DiffusionSettings | None) -> Diffusion | None:
+    """Returns the `Diffusion` over the exact kNN graph of (n, d) rows, as build_index stores it; None for None."""
+    if settings is None:
+        return None
+    return Diffusion(build_graph(db, k=settings.k, gamma=settings.gamma), settings)
 
 
 def _number(x) -> float | None:
@@ -327,6 +348,8 @@ def run_evaluation(
     sv_min_inliers: int | None = None,
     distractors=None,
     ann_k: int = 1000,
+    diffusion: DiffusionSettings | None = None,
+    diffusion_then_sv: bool = False,
     cache_dir=None,
     batch_size: int = 8,
     workers: int = 2,
@@ -351,6 +374,9 @@ def run_evaluation(
         distractors: an index folder whose rows join the database after the dataset's (+R1M);
             it must be of the same network, weights and pipeline, without DBA or whitening.
         ann_k: with backend "ann", the ANN's top rows re-ranked exactly (see `rank_queries`).
+        diffusion: diffusion re-ranking over the database's kNN graph, after QE (None: off).
+            With sv, the spatially verified top of the first ranking seeds the diffusion,
+            unless `diffusion_then_sv`: then SV re-ranks the top of the diffusion's ranking.
         cache_dir: descriptor (and local feature) cache folder, or None.
         progress, sv_progress: called with 1 per database image embedded / given local features.
 
@@ -364,12 +390,15 @@ def run_evaluation(
     if distractors is not None:
         db, added, ann = add_distractors(found.db, distractors, network=network, pipeline=pipeline)
     whitening = learn_whitening(db, shrinkage=whiten_shrinkage) if whiten else None
-    ranks, search_seconds = rank_queries(db, found.queries, backend=backend, whitening=whitening,
-                                         qe=qe, dba=dba, alpha=alpha, ann_k=ann_k, ann=ann)
+    search = dict(backend=backend, whitening=whitening, qe=qe, dba=dba, alpha=alpha, ann_k=ann_k, ann=ann)
+    seeded = bool(sv) and diffusion is not None and not diffusion_then_sv
+    ranks, search_seconds = rank_queries(db, found.queries, **search, diffusion=None if seeded else diffusion)
     verify_seconds, sv_meta = np.zeros(len(ranks)), None
     if sv:
         ranks, verify_seconds, sv_meta = verify_queries(dataset, ranks, top=sv, min_inliers=sv_min_inliers,
                                                         cache_dir=cache_dir, progress=sv_progress)
+    if seeded:
+        ranks, search_seconds = rank_queries(db, found.queries, **search, diffusion=diffusion, seed_ranks=ranks)
     metrics = evaluate_ranks(ranks, dataset.gnd, dataset.kind)
     protocols = list(metrics)
     per_query = [
@@ -406,6 +435,8 @@ def run_evaluation(
             "backend": backend,
             "ann_k": ann_k if backend == "ann" else None,
             "sv": sv_meta,
+            "diffusion": diffusion.to_meta() if diffusion is not None else None,
+            "sv_seeds_diffusion": seeded,
         },
         "distractors": added,
         "seconds_per_query": {
@@ -442,8 +473,11 @@ def describe(report: dict) -> str:
         parts.append(f"αQE k={meta['qe']['k']}")
     if meta["dba"]:
         parts.append(f"DBA k={meta['dba']['k']}")
+    if meta.get("diffusion"):
+        d = meta["diffusion"]
+        parts.append(f"diffusion k={d['k']} seeds={d['seeds']} α={d['alpha']:g}" + (" truncated" if d["truncate"] else ""))
     if meta.get("sv"):
-        parts.append(f"SV top {meta['sv']['top']}")
+        parts.append(f"SV top {meta['sv']['top']}" + (" seeding the diffusion" if meta.get("sv_seeds_diffusion") else ""))
     backend = f"ann top {meta['ann_k']}" if meta.get("ann_k") else meta["backend"]
     distractors = f", +{report['distractors']['count']:,} distractors" if report.get("distractors") else ""
     return ", ".join(parts) + f", {backend}{distractors}"
@@ -565,11 +599,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="PCA-whitening learned on the database descriptors (unsupervised)")
     search.add_argument("--whiten-shrinkage", type=float, default=0.5, help="eigenvalue shrinkage (default 0.5)")
     add_rerank_options(parser)
+    add_diffusion_options(parser)
     sv = parser.add_argument_group("spatial verification")
     sv.add_argument("--sv", type=nonnegative_int, default=0, metavar="N",
                     help="re-rank the top N of each ranking by SIFT/RANSAC inliers, after QE and DBA (default 0: off)")
     sv.add_argument("--sv-min-inliers", type=positive_int, default=None, metavar="M",
                     help="fewest inliers that verify an image (default: retrieval.verify.DEFAULT_MIN_INLIERS)")
+    sv.add_argument("--diffusion-then-sv", action="store_true",
+                    help="with diffusion, verify the top N of the diffusion's ranking (default: the verified top "
+                    "of the first ranking seeds the diffusion)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="descriptor cache (default %(default)s)")
     add_extraction_options(parser)
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
@@ -586,6 +624,7 @@ def main(argv=None) -> int:
     try:
         pipeline = pipeline_from_args(args)
         qe, dba = rerank_from_args(args)
+        diffusion = diffusion_from_args(args)
         dataset = load_dataset(args.dataset, args.data_root, images_dir=args.images_dir, crops_dir=args.crops_dir)
         network = network_from_args(args)
     except (ValueError, FileNotFoundError, DatasetError, NetworkError) as e:
@@ -605,6 +644,7 @@ def main(argv=None) -> int:
             dataset, network, pipeline, backend=args.backend, whiten=args.whiten,
             whiten_shrinkage=args.whiten_shrinkage, qe=qe, dba=dba, alpha=args.alpha, sv=args.sv,
             sv_min_inliers=args.sv_min_inliers, distractors=args.distractors, ann_k=args.ann_k,
+            diffusion=diffusion, diffusion_then_sv=args.diffusion_then_sv,
             cache_dir=args.cache_dir, batch_size=args.batch_size,
             workers=args.workers, progress=bars[0].update, sv_progress=bars[1].update,
         )

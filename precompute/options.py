@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from retrieval.defaults import DEFAULT
-from retrieval.features import BUCKET_FITS, REPORT_PIPELINE, Pipeline
+from retrieval.diffusion import DiffusionSettings
+from retrieval.features import BUCKET_FITS, POOLINGS, REPORT_PIPELINE, SCALE_COMBINATIONS, Pipeline
 
 # The library's default pipeline (retrieval/defaults.py), as the options' defaults.
 DEFAULT_MAX_SIDE = DEFAULT.descriptor.max_side
@@ -61,12 +62,15 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
         help="report: the student report's pipeline (224x224 squash, flattened 7x7xC map); "
         "other pipeline options are then ignored",
     )
-    group.add_argument("--pooling", choices=("gem", "mac", "spoc", "flatten"), default=DEFAULT.descriptor.pooling)
+    group.add_argument("--pooling", choices=POOLINGS, default=DEFAULT.descriptor.pooling,
+                       help="rgem: an R-MAC grid of GeM regions (default %(default)s)")
     group.add_argument("--max-side", type=int, default=None, help=f"aspect-preserving resize (default {DEFAULT_MAX_SIDE})")
     group.add_argument("--squash", type=int, default=None, help="resize to SxS ignoring aspect ratio instead")
     group.add_argument(
         "--scales", default="1", help="comma-separated input scales averaged, e.g. 1,0.707,0.5 (default 1)"
     )
+    group.add_argument("--combine-scales", choices=SCALE_COMBINATIONS, default=DEFAULT.descriptor.combine,
+                       help="combine the scales' descriptors by their mean or element-wise max (default %(default)s)")
     group.add_argument("--gem-p", type=float, default=DEFAULT.descriptor.gem_p,
                        help=f"GeM exponent (default {DEFAULT.descriptor.gem_p:g})")
     group.add_argument(
@@ -94,7 +98,7 @@ def pipeline_from_args(args: argparse.Namespace) -> Pipeline:
     max_side = None if args.squash is not None else (args.max_side or DEFAULT_MAX_SIDE)
     bucket = None if max_side is None or args.bucket == "none" else args.bucket
     return Pipeline(pooling=args.pooling, max_side=max_side, squash=args.squash, scales=scales, gem_p=args.gem_p,
-                    bucket=bucket)
+                    bucket=bucket, combine=args.combine_scales)
 
 
 def network_from_args(args: argparse.Namespace):
@@ -135,6 +139,37 @@ def add_rerank_options(parser: argparse.ArgumentParser) -> None:
                        help=f"database-side augmentation with K neighbours, 0 for none (default {DEFAULT_DBA}; "
                        "0 with --preset report)")
     group.add_argument("--alpha", type=float, default=ALPHA, help=f"similarity exponent of QE and DBA ({ALPHA:g})")
+
+
+def add_diffusion_options(parser: argparse.ArgumentParser) -> None:
+    """Adds --diffusion / --no-diffusion and the diffusion parameters (defaults: retrieval/defaults.py)."""
+    d = DEFAULT.diffusion or DiffusionSettings()
+    group = parser.add_argument_group("diffusion (re-ranking over the database's kNN graph)")
+    group.add_argument("--diffusion", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"diffusion re-ranking (default {'on' if DEFAULT.diffusion else 'off'}; off with --preset report)")
+    group.add_argument("--diffusion-k", type=positive_int, default=d.k, help=f"graph neighbours per image ({d.k})")
+    group.add_argument("--diffusion-seeds", type=positive_int, default=d.seeds,
+                       help=f"the query's top images that seed the diffusion ({d.seeds})")
+    group.add_argument("--diffusion-alpha", type=float, default=d.alpha, help=f"restart weight in [0, 1) ({d.alpha:g})")
+    group.add_argument("--diffusion-gamma", type=float, default=d.gamma, help=f"similarity exponent ({d.gamma:g})")
+    group.add_argument("--diffusion-candidates", type=positive_int, default=d.candidates,
+                       help=f"top images of the first ranking re-ranked ({d.candidates})")
+    group.add_argument("--diffusion-truncate", action="store_true", default=d.truncate,
+                       help="diffuse over the candidates' subgraph only (Iscen's truncated variant)")
+
+
+def diffusion_from_args(args: argparse.Namespace) -> DiffusionSettings | None:
+    """Returns the diffusion settings the options describe, or None when diffusion is off.
+
+    Raises:
+        ValueError: for parameters out of range.
+    """
+    on = args.diffusion if args.diffusion is not None else (DEFAULT.diffusion is not None and args.preset != "report")
+    if not on:
+        return None
+    return DiffusionSettings(k=args.diffusion_k, seeds=args.diffusion_seeds, alpha=args.diffusion_alpha,
+                             gamma=args.diffusion_gamma, candidates=args.diffusion_candidates,
+                             truncate=args.diffusion_truncate)
 
 
 def rerank_from_args(args: argparse.Namespace) -> tuple[int, int]:

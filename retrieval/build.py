@@ -19,6 +19,7 @@ import numpy as np
 
 from retrieval.ann import build_ann
 from retrieval.defaults import DEFAULT
+from retrieval.diffusion import DiffusionSettings, build_graph
 from retrieval.features import THUMBNAIL_SIDE, Embedded, ImageError, Pipeline, find_images, iter_features
 from retrieval.index import recover_index_folder, save_index
 from retrieval.previews import PREVIEW_MAX_IMAGES, PREVIEW_SIDE, build_previews
@@ -73,6 +74,7 @@ def build_index(
     qe: int = 0,
     alpha: float = 3.0,
     ann: bool | None = None,
+    diffusion: DiffusionSettings | None = None,
     shard_size: int = 256,
     flush_seconds: float = 30.0,
     thumbnail_side: int = THUMBNAIL_SIDE,
@@ -98,6 +100,8 @@ def build_index(
         preview_side: also store a JPEG preview of every image, this many pixels on its longer
             side (for the app's editor and match view); None stores none.
         max_previews: store previews only when the index has at most this many images.
+        diffusion: build the database's kNN graph (k, gamma) and store it with these query-time
+            settings for diffusion re-ranking; None for none.
         extra_meta: more metadata for index.json (source collection, evaluation...).
         progress: called as progress(done, total) after each image embedded in this run.
         log: called with one line per skipped file and per notable event.
@@ -118,7 +122,7 @@ def build_index(
     record_results(plan, ((plan.todo[item.position], item) for item in stream),
                    shard_size=shard_size, flush_seconds=flush_seconds, progress=progress, log=say)
     return assemble_index(plan, network, pipeline, dtype=dtype, whiten=whiten, whiten_shrinkage=whiten_shrinkage,
-                          dba=dba, qe=qe, alpha=alpha, ann=ann, thumbnail_side=thumbnail_side,
+                          dba=dba, qe=qe, alpha=alpha, ann=ann, diffusion=diffusion, thumbnail_side=thumbnail_side,
                           preview_side=preview_side, max_previews=max_previews, workers=workers,
                           extra_meta=extra_meta, log=say, started=t0)
 
@@ -195,8 +199,9 @@ def record_results(plan: BuildPlan, results: Iterable[tuple[str, Embedded]], *, 
 
 def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str = "float16", whiten: bool = False,
                    whiten_shrinkage: float = 0.5, dba: int = 0, qe: int = 0, alpha: float = 3.0,
-                   ann: bool | None = None, thumbnail_side: int = THUMBNAIL_SIDE,
-                   preview_side: int | None = PREVIEW_SIDE, max_previews: int = PREVIEW_MAX_IMAGES, workers: int = 2, extra_meta: dict | None = None,
+                   ann: bool | None = None, diffusion: DiffusionSettings | None = None,
+                   thumbnail_side: int = THUMBNAIL_SIDE, preview_side: int | None = PREVIEW_SIDE,
+                   max_previews: int = PREVIEW_MAX_IMAGES, workers: int = 2, extra_meta: dict | None = None,
                    log: Callable[[str], None] | None = None, started: float | None = None) -> BuildReport:
     """Writes the index folder from the cached descriptors (ids sorted by path) and returns the report.
 
@@ -233,6 +238,11 @@ def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str =
     dba = min(dba, len(features) - 1)
     if dba > 0:
         features = database_augmentation(features, k=dba, alpha=alpha)
+    graph = None
+    if diffusion is not None and len(features) > 1:
+        # Built from the rows as stored (after rounding to dtype), so that a graph built again
+        # from a loaded index is this one exactly.
+        graph = build_graph(features.astype(dtype).astype(np.float32), k=diffusion.k, gamma=diffusion.gamma)
     meta = {
         "network": network.name,
         "weights": network.weights,
@@ -241,6 +251,7 @@ def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str =
         "preview_side": None,
         "dba": {"k": dba, "alpha": alpha} if dba > 0 else None,
         "query_expansion": {"k": qe, "alpha": alpha} if qe > 0 else None,
+        "diffusion": diffusion.to_meta() if graph is not None else None,
         **(extra_meta or {}),
     }
     structure = None
@@ -256,7 +267,7 @@ def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str =
             raise BuildError(f"a preview could not be made ({e}); the files changed during the build?") from None
         meta["preview_side"] = preview_side
     save_index(plan.out_dir, features, ids, meta, thumbnails=thumbs, previews=previews, whitening=whitening, dtype=dtype,
-               ann=structure)
+               ann=structure, graph=graph)
     report.count = len(ids)
     report.seconds = time.perf_counter() - (started if started is not None else time.perf_counter())
     return report

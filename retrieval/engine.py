@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from retrieval.diffusion import Diffusion, DiffusionSettings
 from retrieval.features import embed_image
 from retrieval.index import Index, IndexFormatError
 from retrieval.rerank import alpha_query_expansion
@@ -15,7 +16,11 @@ from retrieval.search import Searcher
 
 @dataclass
 class SearchResult:
-    """The k best matches of one query, best first; scores are cosine similarities."""
+    """The k best matches of one query, best first.
+
+    Scores are cosine similarities, or, when the index re-ranks by diffusion, diffusion scores
+    relative to the best match (1.0); either way they decrease down the list.
+    """
 
     ids: list[str]
     scores: list[float]
@@ -38,12 +43,14 @@ class SearchEngine:
             never trains one.
         query_expansion: alpha query expansion with this many top results; None takes the
             index's setting (index.json "query_expansion"), 0 turns it off.
+        diffusion: re-rank by diffusion over the index's graph (when it has one); False turns it off.
 
     Raises:
         IndexFormatError: if the network is not the one recorded in the index.
     """
 
-    def __init__(self, index: Index, network, *, backend: str | None = None, query_expansion: int | None = None):
+    def __init__(self, index: Index, network, *, backend: str | None = None, query_expansion: int | None = None,
+                 diffusion: bool = True):
         if network.name != index.meta["network"]:
             raise IndexFormatError(
                 f"the index was built with {index.meta['network']!r} but the network given is {network.name!r}"
@@ -59,6 +66,10 @@ class SearchEngine:
         qe = index.meta.get("query_expansion") or {}
         self.qe_k = min(qe.get("k", 0) if query_expansion is None else query_expansion, len(index))
         self.qe_alpha = float(qe.get("alpha", 3.0))
+        settings = index.meta.get("diffusion")
+        self.diffusion = None
+        if diffusion and settings and index.graph is not None:
+            self.diffusion = Diffusion(index.graph, DiffusionSettings.from_meta(settings))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -97,7 +108,15 @@ class SearchEngine:
         if self.qe_k > 0:
             _, first = self.searcher.search(query, self.qe_k)
             query = alpha_query_expansion(query[None], self.index.features, first, k=self.qe_k, alpha=self.qe_alpha)
-        scores, rows = self.searcher.search(query, k)
+        if self.diffusion is None:
+            scores, rows = self.searcher.search(query, k)
+        else:
+            scores, rows = self._diffuse(query, k)
         search_ms = (time.perf_counter() - t0) * 1000
         ids = [str(self.index.ids[r]) for r in rows[0]]
         return SearchResult(ids, [float(s) for s in scores[0]], embed_ms, search_ms)
+
+    def _diffuse(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        first_scores, first = self.searcher.search(query, max(k, self.diffusion.needs))
+        rows, scores = self.diffusion.ranked(first[0], first_scores[0])
+        return scores[None, :k], rows[None, :k]

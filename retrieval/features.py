@@ -21,7 +21,11 @@ from PIL import Image, ImageOps
 
 from retrieval.search import l2_normalize
 
-POOLINGS = ("gem", "mac", "spoc", "flatten")
+POOLINGS = ("gem", "mac", "spoc", "flatten", "rgem")
+SCALE_COMBINATIONS = ("mean", "max")
+# R-MAC's region levels (Tolias et al., ICLR 2016) and the overlap of neighbouring regions.
+RMAC_LEVELS = 3
+RMAC_OVERLAP = 0.4
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # Refuse to decode more than this many pixels: a 12000x12000 photo decodes to 432 MB of RGB.
 MAX_PIXELS = 100_000_000
@@ -47,16 +51,19 @@ class Pipeline:
     """How an image becomes a descriptor; recorded in every index so queries match it.
 
     Attributes:
-        pooling: "gem" (generalized mean), "mac" (max), "spoc" (average) or "flatten"
-            (the report's flattened feature map; needs a fixed input size).
+        pooling: "gem" (generalized mean), "mac" (max), "spoc" (average), "rgem" (an R-MAC
+            grid of GeM regions, each L2-normalised, summed) or "flatten" (the report's
+            flattened feature map; needs a fixed input size).
         max_side: aspect-preserving resize so the longer side has this many pixels.
         squash: resize to squash x squash, ignoring the aspect ratio (the report used 224).
-        scales: input scales whose descriptors are averaged (multi-scale).
+        scales: input scales whose descriptors are combined (multi-scale).
         gem_p: the GeM exponent.
         bucket: None (each image keeps its own aspect ratio), or map every image to the nearest
             of a few shapes at `max_side` (`bucket_size`), so batches have fixed shapes: "resize"
             stretches the image to the bucket's shape, "pad" fits it inside and pools over the
             image's part of the feature map only.
+        combine: how the scales' L2-normalised descriptors are combined: "mean" or "max"
+            (element-wise).
     """
 
     pooling: str = "gem"
@@ -65,6 +72,7 @@ class Pipeline:
     scales: tuple[float, ...] = (1.0,)
     gem_p: float = 3.0
     bucket: str | None = None
+    combine: str = "mean"
 
     def __post_init__(self):
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
@@ -79,7 +87,9 @@ class Pipeline:
             raise ValueError(f"scales must be in (0, 4], got {self.scales}")
         if self.pooling == "flatten" and (self.squash is None or len(self.scales) != 1):
             raise ValueError("flatten pooling needs a fixed input size: use squash and a single scale")
-        if self.pooling == "gem" and self.gem_p <= 0:
+        if self.combine not in SCALE_COMBINATIONS:
+            raise ValueError(f"unknown scale combination {self.combine!r}; choose one of {', '.join(SCALE_COMBINATIONS)}")
+        if self.pooling in ("gem", "rgem") and self.gem_p <= 0:
             raise ValueError(f"gem_p must be positive, got {self.gem_p}")
         if self.bucket is not None and (self.bucket not in BUCKET_FITS or self.max_side is None):
             raise ValueError(f"bucket is None or one of {', '.join(BUCKET_FITS)}, with max_side; got {self.bucket!r}")
@@ -90,6 +100,8 @@ class Pipeline:
         meta["scales"] = list(self.scales)
         if meta["bucket"] is None:
             del meta["bucket"]  # as indexes made before buckets existed describe themselves
+        if self.combine == "mean":  # added later: left out at its default, so older indexes and caches still match
+            del meta["combine"]
         return meta
 
     @classmethod
@@ -256,11 +268,19 @@ def pool(feature_map: np.ndarray, pooling: str, *, p: float = 3.0, eps: float = 
     """Returns (b, d) float32 descriptors, not normalised, from (b, h, w, c) feature maps.
 
     gem: (mean x^p)^(1/p) over positions, with x clamped at eps (the last activation can be
-    slightly negative); mac: max; spoc: mean; flatten: the whole map, d = h * w * c.
+    slightly negative); mac: max; spoc: mean; rgem: the sum of the L2-normalised GeM of the
+    whole map and of R-MAC's grid of square regions; flatten: the whole map, d = h * w * c.
     """
     x = np.asarray(feature_map, dtype=np.float32)
     if pooling == "gem":
         return np.power(np.mean(np.power(np.maximum(x, eps), p), axis=(1, 2)), 1.0 / p)
+    if pooling == "rgem":
+        xp = np.power(np.maximum(x, eps), p)
+        total = l2_normalize(np.power(np.mean(xp, axis=(1, 2)), 1.0 / p))
+        for y0, x0, side in rmac_regions(x.shape[1], x.shape[2]):
+            region = np.power(np.mean(xp[:, y0 : y0 + side, x0 : x0 + side], axis=(1, 2)), 1.0 / p)
+            total += l2_normalize(region)
+        return total
     if pooling == "mac":
         return x.max(axis=(1, 2))
     if pooling == "spoc":
@@ -285,6 +305,38 @@ def pool_regions(feature_map: np.ndarray, pooling: str, contents, input_hw, *, p
     rows = [pool(fm[i : i + 1, : max(1, math.ceil(fh * ch / ih)), : max(1, math.ceil(fw * cw / iw))], pooling, p=p)
             for i, (cw, ch) in enumerate(contents)]
     return np.concatenate(rows)
+
+
+def rmac_regions(height: int, width: int, levels: int = RMAC_LEVELS) -> list[tuple[int, int, int]]:
+    """Returns R-MAC's square regions of a height x width map as (y0, x0, side), level by level.
+
+    Level l has regions of side 2 min(h, w) / (l + 1), spread evenly with about 40% overlap
+    (Tolias et al., "Particular object retrieval with integral max-pooling of CNN activations");
+    the longer side gets one more region per level when that brings the overlap nearer 40%.
+    """
+    short, long_ = min(height, width), max(height, width)
+    steps = np.arange(2, 7)
+    b = (long_ - short) / (steps - 1)
+    extra = int(np.argmin(np.abs((short * short - short * b) / (short * short) - RMAC_OVERLAP))) + 1
+    if height == width:
+        extra = 0
+    regions = []
+    for level in range(1, levels + 1):
+        side = int(np.floor(2 * short / (level + 1)))
+        if side < 1:
+            break
+        n_y = level + (extra if height > width else 0)
+        n_x = level + (extra if width > height else 0)
+        ys = _region_starts(height, side, n_y)
+        xs = _region_starts(width, side, n_x)
+        regions += [(y, x, side) for y in ys for x in xs]
+    return regions
+
+
+def _region_starts(length: int, side: int, count: int) -> list[int]:
+    if count <= 1 or length <= side:
+        return [max(0, (length - side) // 2)]
+    return sorted({int(round(i * (length - side) / (count - 1))) for i in range(count)})
 
 
 def descriptor_dim(channels: int, pipeline: Pipeline) -> int:
@@ -420,7 +472,8 @@ def iter_features(
         for pos in done:
             item = pending.pop(pos)
             parts = [v for _, v in sorted(item.parts, key=lambda t: t[0])]
-            yield Embedded(pos, l2_normalize(np.mean(parts, axis=0))[0], thumbnail=item.thumbnail)
+            combined = np.max(parts, axis=0) if pipeline.combine == "max" else np.mean(parts, axis=0)
+            yield Embedded(pos, l2_normalize(combined)[0], thumbnail=item.thumbnail)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool_:
         futures: deque = deque()  # decodes in flight, in submission order

@@ -8,6 +8,7 @@ Layout:
     previews.bin, previews_offsets.npy   optional: larger JPEG previews, laid out as the thumbnails
     whitening_mean.npy, whitening_projection.npy   only when the index is whitened
     ann.faiss               only with an ANN structure: a FAISS index in FAISS's format (`retrieval.ann`)
+    graph_indptr.npy, graph_indices.npy, graph_weights.npy   the diffusion graph (CSR), when built
     index.json              format version, network, weights, pipeline, dim, dtype, count,
                             whitening, versions, and the sha256 of every file above
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.diffusion import Graph
 from retrieval.features import Pipeline
 from retrieval.search import as_rows
 from retrieval.whitening import Whitening, apply_whitening
@@ -36,6 +38,7 @@ META_FILE = "index.json"
 DATA_FILES = ("feature_list.npy", "feature_id.npy", "thumbnails.bin", "thumbnails_offsets.npy")
 WHITENING_FILES = ("whitening_mean.npy", "whitening_projection.npy")
 PREVIEW_FILES = ("previews.bin", "previews_offsets.npy")
+GRAPH_FILES = ("graph_indptr.npy", "graph_indices.npy", "graph_weights.npy")
 INDEX_FILES = (META_FILE, *DATA_FILES)
 ANN_FILE = "ann.faiss"
 DTYPES = ("float16", "float32")
@@ -63,6 +66,7 @@ class Index:
         meta: the parsed index.json.
         whitening: applied to raw query descriptors before search, or None.
         ann: the index's ANN structure (`retrieval.ann.AnnIndex`), or None.
+        graph: the database's diffusion graph (`retrieval.diffusion.Graph`), or None.
     """
 
     path: Path
@@ -76,6 +80,7 @@ class Index:
     ann: object = None
     _thumbnail_file: Path | None = field(default=None, repr=False)
     _preview_offsets: np.ndarray | None = field(default=None, repr=False)
+    graph: Graph | None = None
 
     def __post_init__(self):
         self._rows = {str(i): r for r, i in enumerate(self.ids)}
@@ -159,6 +164,7 @@ def save_index(
     thumbnails: list[bytes] | None,
     previews: list[bytes] | None = None,
     whitening: Whitening | None = None,
+    graph: Graph | None = None,
     dtype: str = "float16",
     keep: tuple[str, ...] = (".cache",),
     ann=None,
@@ -180,6 +186,7 @@ def save_index(
             from elsewhere): every image then has an empty one, and the app a placeholder.
         previews: n larger JPEG byte strings, or None to store none.
         whitening: the whitening applied to `features`, stored for queries.
+        graph: the diffusion graph of `features`, stored as its CSR arrays.
         dtype: "float16" (half the size) or "float32".
         ann: a `retrieval.ann.AnnIndex` over exactly these rows, saved as ann.faiss.
 
@@ -206,6 +213,8 @@ def save_index(
             raise ValueError(f"index metadata needs {key!r}")
     if whitening is not None and whitening.dim_out != features.shape[1]:
         raise ValueError("features do not have the whitening's output dimension")
+    if graph is not None and len(graph) != len(features):
+        raise ValueError(f"the graph has {len(graph)} nodes for {len(features)} rows")
     Pipeline.from_meta(meta["pipeline"])  # refuse a pipeline we could not rebuild at load time
 
     out_dir = Path(out_dir)
@@ -228,6 +237,10 @@ def save_index(
 
             save_ann(ann, tmp / ANN_FILE)
             files.append(ANN_FILE)
+        if graph is not None:
+            for name, array in zip(GRAPH_FILES, (graph.indptr, graph.indices, graph.weights)):
+                np.save(tmp / name, array)
+            files += GRAPH_FILES
         full_meta = {
             **meta,
             "format_version": FORMAT_VERSION,
@@ -237,6 +250,7 @@ def save_index(
             "whitening": whitening.to_meta() if whitening is not None else None,
             "ann": ann.to_meta() if ann is not None else None,
             "thumbnails": any(len(t) for t in thumbnails),
+            "graph": graph.to_meta() if graph is not None else None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": _versions(),
             "files": {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in files},
@@ -375,6 +389,7 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
     expected += [ANN_FILE] if meta.get("ann") else []
     has_previews = "previews.bin" in meta["files"]
     expected += list(PREVIEW_FILES) if has_previews else []
+    expected += list(GRAPH_FILES) if meta.get("graph") else []
     for name in expected:
         file = path / name
         if not file.is_file():
@@ -439,7 +454,8 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
     ann = _load_ann(path, meta) if meta.get("ann") else None
     # Small indexes keep their thumbnails in memory; a large one reads each by offset when asked.
     thumbs = (path / "thumbnails.bin").read_bytes() if not mapped else b""
-    return Index(path, features, ids, meta, whitening, thumbs, offsets, ann=ann,
+    graph = _load_graph(path, meta) if meta.get("graph") else None
+    return Index(path, features, ids, meta, whitening, thumbs, offsets, ann=ann, graph=graph,
                  _thumbnail_file=path / "thumbnails.bin" if mapped else None, _preview_offsets=preview_offsets)
 
 
@@ -454,3 +470,17 @@ def _load_ann(path: Path, meta: dict):
         raise IndexFormatError(f"{path}: {ANN_FILE} holds {len(ann)} rows of dimension {ann.dim}, "
                                f"{META_FILE} says {meta['count']} of {meta['dim']}")
     return ann
+
+
+def _load_graph(path: Path, meta: dict) -> Graph:
+    """Returns the stored diffusion graph, refusing one that is not a graph of this index's images."""
+    record = meta["graph"]
+    try:
+        arrays = [np.load(path / name, allow_pickle=False) for name in GRAPH_FILES]
+        graph = Graph(*arrays, k=int(record["k"]), gamma=float(record["gamma"]), mutual=bool(record["mutual"]),
+                      knn=str(record["knn"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise IndexFormatError(f"{path}: the diffusion graph is not valid ({e})") from None
+    if len(graph) != meta["count"]:
+        raise IndexFormatError(f"{path}: the diffusion graph has {len(graph)} nodes, {META_FILE} says {meta['count']} images")
+    return graph

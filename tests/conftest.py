@@ -65,12 +65,11 @@ def rparis_dir():
 
 @pytest.fixture(scope="session")
 def lite0_index(tmp_path_factory, lite0, rparis_dir):
-    """A Lite0 index of ../shared/data/rparis6k/jpg (409 images) with the default pipeline, built once."""
-    from precompute.options import DEFAULT_DBA, DEFAULT_MAX_SIDE, DEFAULT_QE
+    """A Lite0 index of ../shared/data/rparis6k/jpg (409 images) with the default recipe, built once."""
     from retrieval.build import build_index
-    from retrieval.features import Pipeline
+    from retrieval.defaults import DEFAULT
 
     out = tmp_path_factory.mktemp("lite0") / "index"
-    build_index(rparis_dir / "jpg", out, lite0, Pipeline(max_side=DEFAULT_MAX_SIDE), batch_size=8,
-                dba=DEFAULT_DBA, qe=DEFAULT_QE)
+    build_index(rparis_dir / "jpg", out, lite0, DEFAULT.descriptor, batch_size=8,
+                dba=DEFAULT.dba, qe=DEFAULT.qe, alpha=DEFAULT.alpha, diffusion=DEFAULT.diffusion)
     return out

@@ -108,6 +108,28 @@ def test_most_query_crops_find_a_true_positive_first(client, rparis):
     assert hits >= 18
 
 
+def true_positives_in_top10(ids, rparis, query) -> int:
+    """True positives among the first 10 results other than the query's own source photo."""
+    return sum(i in positives(rparis, query) for i in [i for i in ids if i != query][:10])
+
+
+# The previous default (GeM 384, DBA k=3, αQE k=5, no diffusion), measured once through the engine
+# on this index: 157 true positives in the top 10, summed over the 19 query crops (the default with
+# diffusion: 161).
+PREVIOUS_DEFAULT_TOP10_TRUE_POSITIVES = 157
+
+
+def test_default_top10_holds_at_least_the_previous_defaults_true_positives(client, rparis, engine):
+    served, previous = 0, 0
+    plain = type(engine)(engine.index, engine.network, diffusion=False)
+    for query in rparis.query_ids:
+        _, results, _ = search(client, crop_path(rparis, query), k=11)
+        served += true_positives_in_top10([r["id"] for r in results], rparis, query)
+        previous += true_positives_in_top10(plain.search(crop_path(rparis, query), 11).ids, rparis, query)
+    assert previous == PREVIOUS_DEFAULT_TOP10_TRUE_POSITIVES
+    assert served >= previous, (served, previous)
+
+
 @pytest.mark.parametrize("k", [1, 7, 100])
 def test_k_is_honoured(client, rparis, k):
     gallery, results, _ = search(client, crop_path(rparis, "paris_eiffel_000266"), k=k)

@@ -181,3 +181,33 @@ def test_the_backend_asked_for_is_used_and_one_neighbour_expands(tiny, index):
     expanded = alpha_query_expansion(q[None], idx.features, first[None], k=1)[0]
     assert not np.allclose(np.sort(idx.features @ expanded), np.sort(idx.features @ q), atol=1e-4)
     np.testing.assert_allclose(engine.search(new, 3).scores, np.sort(idx.features @ expanded)[::-1][:3], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def diffusion_index(tiny, index, tmp_path_factory):
+    from retrieval.diffusion import DiffusionSettings
+
+    _, root = index
+    out = tmp_path_factory.mktemp("idx") / "diffusion"
+    settings = DiffusionSettings(k=3, seeds=2, alpha=0.9, candidates=8)
+    build_index(root, out, tiny, PIPE, dtype="float16", qe=2, dba=1, diffusion=settings)
+    return load_index(out), root, settings
+
+
+@pytest.mark.parametrize("backend", ["kdtree", "exact"])
+def test_engine_diffusion_ranks_as_the_evaluation_does(tiny, diffusion_index, backend):
+    from precompute.evaluate import rank_queries
+
+    idx, root, settings = diffusion_index
+    assert idx.graph is not None and idx.meta["diffusion"] == settings.to_meta()
+    engine = SearchEngine(idx, tiny, backend=backend)
+    queries = np.stack([engine.embed(root / f"p{i:02d}.png") for i in range(12)])
+    # The index holds DBA'd rows already; the evaluation rebuilds the graph from them.
+    ranks, _ = rank_queries(idx.features, queries, backend=backend, qe=2, dba=0, diffusion=settings)
+    for q, want in zip(queries, ranks):
+        result = engine._search_vector(q, 12, embed_ms=0.0)
+        assert result.ids == [idx.ids[r] for r in want]
+        assert result.scores[0] == 1.0 and result.scores == sorted(result.scores, reverse=True)
+    without = SearchEngine(idx, tiny, backend=backend, diffusion=False)._search_vector(queries[0], 12, embed_ms=0.0)
+    plain, _ = rank_queries(idx.features, queries[:1], backend=backend, qe=2, dba=0)
+    assert without.ids == [idx.ids[r] for r in plain[0]]

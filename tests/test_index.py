@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from retrieval.features import Pipeline
-from retrieval.index import IndexFormatError, load_index, read_meta, recover_index_folder, save_index
+from retrieval.index import IndexFormatError, file_sha256, load_index, read_meta, recover_index_folder, save_index
 from retrieval.search import l2_normalize
 from retrieval.whitening import apply_whitening, learn_whitening
 
@@ -508,3 +508,46 @@ def test_a_failed_save_reports_its_own_error_even_when_cleaning_up_fails(tmp_pat
     monkeypatch.setattr(index_module.shutil, "rmtree", undeletable)
     with pytest.raises(OSError, match="disk full"):
         save_index(tmp_path / "idx", np.eye(2, dtype=np.float32), ["a", "b"], META, thumbnails=[b"", b""])
+
+
+    assert len(load_index(out)) == 4
+def graph_index(tmp_path):
+    from retrieval.diffusion import build_graph
+
+    feats = l2_normalize(np.random.default_rng(2).standard_normal((20, 8)))
+    graph = build_graph(feats, k=4, gamma=3.0)
+    out = save_index(tmp_path / "g", feats, range(20), META, thumbnails=[b"x"] * 20, graph=graph, dtype="float32")
+    return out, graph
+
+
+def test_diffusion_graph_round_trip(tmp_path):
+    out, graph = graph_index(tmp_path)
+    idx = load_index(out)
+    assert idx.meta["graph"] == {"k": 4, "gamma": 3.0, "mutual": True, "knn": "exact", "count": 20, "edges": graph.nnz}
+    for name in ("indptr", "indices", "weights"):
+        np.testing.assert_array_equal(getattr(idx.graph, name), getattr(graph, name))
+    assert load_index(make(tmp_path / "plain")[0]).graph is None
+
+
+def test_tampered_diffusion_graph_refused(tmp_path):
+    out, graph = graph_index(tmp_path)
+    weights = graph.weights.copy()
+    weights[0] *= 2  # same size, other content
+    np.save(out / "graph_weights.npy", weights)
+    with pytest.raises(IndexFormatError, match="graph_weights.npy does not match its sha256"):
+        load_index(out)
+    (out / "graph_indices.npy").unlink()
+    with pytest.raises(IndexFormatError, match="graph_indices.npy is missing"):
+        load_index(out)
+
+
+def test_diffusion_graph_that_passes_the_checksum_but_not_the_checks_refused(tmp_path):
+    out, graph = graph_index(tmp_path)
+    weights = graph.weights.copy()
+    weights[0] *= 2  # the checksum updated too, as a careless rebuild would: the asymmetry is caught
+    np.save(out / "graph_weights.npy", weights)
+    edit_meta(out, files={**read_meta(out)["files"], "graph_weights.npy": {
+        "sha256": file_sha256(out / "graph_weights.npy"),
+        "bytes": (out / "graph_weights.npy").stat().st_size}})
+    with pytest.raises(IndexFormatError, match="diffusion graph is not valid .*not symmetric"):
+        load_index(out)

@@ -1,0 +1,328 @@
+"""Diffusion re-ranking on the database's k-nearest-neighbour graph (Iscen et al., CVPR 2017).
+
+The database is a graph: each image is joined to its mutual nearest neighbours by an edge of
+weight max(x . y, 0)^gamma. A query seeds the graph with its top `seeds` database images (weight:
+their similarity^gamma) and the ranking score is the stationary state of a random walk with
+restart, f = (I - alpha S)^-1 y, where S = D^-1/2 A D^-1/2 is the symmetrically normalised
+affinity matrix. f is found by conjugate gradient: I - alpha S is symmetric positive definite
+for alpha < 1. An image that is far from the query but close to its neighbours, as another view
+of the same building is, rises; a look-alike without such support falls.
+
+The graph is built once, offline (`build_graph`, exact kNN in blocks), or from any kNN
+structure through `graph_from_knn` (an approximate search at 1M images). Everything here is
+numpy and scipy.sparse: (n, d) float32 rows in, rankings out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+
+from retrieval.search import as_rows
+
+# Rows of the database similarity matrix computed at once when the kNN are exact.
+_BLOCK = 1024
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The database's symmetric affinity matrix A as CSR arrays (no self loops).
+
+    Attributes:
+        indptr: (n + 1,) int64 row offsets.
+        indices: (nnz,) int32 column of each edge.
+        weights: (nnz,) float32 affinity max(x . y, 0)^gamma of each edge, > 0.
+        k: neighbours per image the graph was built from.
+        gamma: the similarity exponent of the affinities.
+        mutual: whether only mutual neighbours are joined.
+        knn: where the neighbours came from ("exact" or the name of an approximate search).
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    weights: np.ndarray
+    k: int
+    gamma: float
+    mutual: bool = True
+    knn: str = "exact"
+
+    def __post_init__(self):
+        check_graph_arrays(self.indptr, self.indices, self.weights)
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def nnz(self) -> int:
+        return len(self.indices)
+
+    def affinity(self) -> sparse.csr_matrix:
+        """Returns A as an (n, n) float32 scipy CSR matrix."""
+        n = len(self)
+        return sparse.csr_matrix((self.weights, self.indices, self.indptr), shape=(n, n))
+
+    def to_meta(self) -> dict:
+        """Returns the JSON-ready description stored in an index."""
+        return {"k": self.k, "gamma": self.gamma, "mutual": self.mutual, "knn": self.knn, "count": len(self),
+                "edges": self.nnz}
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"indptr": self.indptr, "indices": self.indices, "weights": self.weights}
+
+
+def check_graph_arrays(indptr, indices, weights) -> None:
+    """Refuses CSR arrays that are not a symmetric affinity matrix with positive finite weights.
+
+    Raises:
+        ValueError: saying which property fails.
+    """
+    indptr, indices, weights = np.asarray(indptr), np.asarray(indices), np.asarray(weights)
+    if indptr.ndim != 1 or len(indptr) < 2 or indptr.dtype != np.int64:
+        raise ValueError(f"graph indptr must be (n + 1,) int64, got {indptr.dtype} {indptr.shape}")
+    n = len(indptr) - 1
+    if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != len(indices):
+        raise ValueError("graph indptr does not describe the edge arrays")
+    if indices.ndim != 1 or indices.dtype != np.int32 or weights.shape != indices.shape or weights.dtype != np.float32:
+        raise ValueError(f"graph edges must be int32 indices and float32 weights of one length, got "
+                         f"{indices.dtype} {indices.shape} and {weights.dtype} {weights.shape}")
+    if len(indices) and (indices.min() < 0 or indices.max() >= n):
+        raise ValueError(f"graph edge points outside the {n} images")
+    if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+        raise ValueError("graph weights must be finite and positive")
+    a = sparse.csr_matrix((weights, indices, indptr), shape=(n, n))
+    if a.diagonal().any():
+        raise ValueError("graph has self loops")
+    if a.nnz and abs(a - a.T).max() > 1e-6:
+        raise ValueError("graph is not symmetric")
+
+
+def exact_knn(db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns each row's k nearest other rows by inner product: (n, k) int64 rows and (n, k) float32 sims.
+
+    Computed in blocks of rows, so memory stays at block x n; O(n^2 d) time, for what fits.
+
+    Raises:
+        ValueError: unless 1 <= k < n.
+    """
+    db = as_rows(db, name="database")
+    n = len(db)
+    if isinstance(k, bool) or not 1 <= int(k) < n:
+        raise ValueError(f"k must be between 1 and {n - 1} (n - 1), got {k!r}")
+    k = int(k)
+    rows = np.empty((n, k), np.int64)
+    sims = np.empty((n, k), np.float32)
+    for start in range(0, n, _BLOCK):
+        block = db[start : start + _BLOCK] @ db.T
+        block[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf
+        part = np.argpartition(-block, k - 1, axis=1)[:, :k]
+        part_sims = np.take_along_axis(block, part, axis=1)
+        order = np.lexsort((part, -part_sims), axis=1)
+        rows[start : start + len(block)] = np.take_along_axis(part, order, axis=1)
+        sims[start : start + len(block)] = np.take_along_axis(part_sims, order, axis=1)
+    return rows, sims
+
+
+def graph_from_knn(rows: np.ndarray, sims: np.ndarray, *, gamma: float = 3.0, mutual: bool = True,
+                   knn: str = "exact") -> Graph:
+    """Returns the affinity graph of a kNN list: the hook for any (exact or approximate) neighbour search.
+
+    Args:
+        rows: (n, k) integer neighbours of each of the n images (self entries are ignored;
+            -1 marks a missing neighbour, as approximate searches return).
+        sims: (n, k) their inner products.
+        gamma: edge weight max(sim, 0)^gamma.
+        mutual: join i and j only when each is in the other's list (else when either is).
+        knn: recorded as the graph's source.
+
+    Raises:
+        ValueError: on mismatched shapes, rows out of range or a bad gamma.
+    """
+    rows = np.asarray(rows)
+    sims = np.asarray(sims, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape != sims.shape or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"rows and sims must be (n, k), integers and floats, got {rows.shape} {sims.shape}")
+    if not np.isfinite(gamma) or gamma <= 0:
+        raise ValueError(f"gamma must be a positive number, got {gamma!r}")
+    n, k = rows.shape
+    if rows.size and (rows.max() >= n or rows.min() < -1):
+        raise ValueError(f"neighbour rows must be in [-1, {n})")
+    src = np.repeat(np.arange(n), k)
+    dst = rows.ravel().astype(np.int64)
+    w = np.power(np.maximum(sims.ravel(), 0.0), gamma).astype(np.float32)
+    keep = (dst >= 0) & (dst != src) & (w > 0)
+    # A directed kNN matrix with duplicates dropped (max), then mutual = min with its transpose.
+    a = sparse.csr_matrix((w[keep], (src[keep], dst[keep])), shape=(n, n))
+    a.sum_duplicates()
+    a = a.minimum(a.T) if mutual else a.maximum(a.T)
+    a = sparse.csr_matrix(a, dtype=np.float32)
+    a.eliminate_zeros()
+    a.sort_indices()
+    return Graph(a.indptr.astype(np.int64), a.indices.astype(np.int32), a.data.astype(np.float32),
+                 k=int(k), gamma=float(gamma), mutual=bool(mutual), knn=knn)
+
+
+def build_graph(db: np.ndarray, *, k: int, gamma: float = 3.0, mutual: bool = True) -> Graph:
+    """Returns the mutual kNN affinity graph of (n, d) L2-normalised rows, neighbours found exactly.
+
+    k is capped at n - 1 for a tiny database.
+    """
+    db = as_rows(db, name="database")
+    if len(db) < 2:
+        raise ValueError("a graph needs at least two images")
+    return graph_from_knn(*exact_knn(db, min(k, len(db) - 1)), gamma=gamma, mutual=mutual)
+
+
+def normalized(affinity: sparse.spmatrix) -> sparse.csr_matrix:
+    """Returns S = D^-1/2 A D^-1/2 (float32 CSR); an isolated image keeps a zero row."""
+    degree = np.asarray(affinity.sum(axis=1)).ravel()
+    scale = np.zeros_like(degree)
+    np.divide(1.0, np.sqrt(degree), out=scale, where=degree > 0)
+    d = sparse.diags(scale.astype(np.float32))
+    return sparse.csr_matrix(d @ affinity @ d, dtype=np.float32)
+
+
+def conjugate_gradient(s: sparse.spmatrix, y: np.ndarray, *, alpha: float, iterations: int = 20,
+                       tol: float = 1e-6) -> np.ndarray:
+    """Returns f solving (I - alpha S) f = y, by at most `iterations` conjugate-gradient steps from f = y.
+
+    Args:
+        s: (n, n) symmetric normalised affinity (eigenvalues in [-1, 1]).
+        y: (n,) or (n, m) right-hand sides; columns are solved together.
+        alpha: in [0, 1), so that I - alpha S is positive definite.
+        tol: stop when every residual is below tol times its right-hand side's norm.
+    """
+    y = np.asarray(y, dtype=np.float32)
+    f = y.copy()
+    r = y - (f - alpha * (s @ f))
+    p = r.copy()
+    rs = np.einsum("i...,i...->...", r, r)
+    target = tol * tol * np.maximum(np.einsum("i...,i...->...", y, y), 1e-30)
+    for _ in range(iterations):
+        if np.all(rs <= target):
+            break
+        mp = p - alpha * (s @ p)
+        step = rs / np.maximum(np.einsum("i...,i...->...", p, mp), 1e-30)
+        f += step * p
+        r -= step * mp
+        rs_new = np.einsum("i...,i...->...", r, r)
+        p = r + (rs_new / np.maximum(rs, 1e-30)) * p
+        rs = rs_new
+    return f
+
+
+@dataclass(frozen=True)
+class DiffusionSettings:
+    """Settings of diffusion: the graph's (k, gamma) and the query's.
+
+    Attributes:
+        k: neighbours per database image when the graph is built.
+        seeds: the query's top `seeds` database images seed the diffusion.
+        alpha: restart weight in [0, 1): closer to 1 spreads further along the graph.
+        gamma: similarity exponent of the graph's edges and of the seeds' weights.
+        candidates: the first ranking's top `candidates` are re-ranked by their diffusion
+            score; the rest keep their order after them.
+        truncate: diffuse over the candidates' own subgraph only (Iscen's truncated variant,
+            for large databases), instead of the whole graph.
+        iterations: conjugate-gradient steps at most.
+    """
+
+    k: int = 20
+    seeds: int = 10
+    alpha: float = 0.95
+    gamma: float = 3.0
+    candidates: int = 1000
+    truncate: bool = False
+    iterations: int = 20
+
+    def __post_init__(self):
+        for name in ("k", "seeds", "candidates", "iterations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not float(value).is_integer() or value < 1:
+                raise ValueError(f"diffusion {name} must be a whole number >= 1, got {value!r}")
+        if not 0 <= self.alpha < 1:
+            raise ValueError(f"diffusion alpha must be in [0, 1), got {self.alpha!r}")
+        if not np.isfinite(self.gamma) or self.gamma <= 0:
+            raise ValueError(f"diffusion gamma must be positive, got {self.gamma!r}")
+        if self.candidates < self.seeds:
+            raise ValueError(f"diffusion candidates ({self.candidates}) must be at least seeds ({self.seeds})")
+
+    def to_meta(self) -> dict:
+        return {"k": self.k, "seeds": self.seeds, "alpha": self.alpha, "gamma": self.gamma, "candidates": self.candidates,
+                "truncate": self.truncate, "iterations": self.iterations}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> DiffusionSettings:
+        return cls(**meta)
+
+
+class Diffusion:
+    """Re-ranks first rankings by diffusion over a database graph; the one implementation that
+    the engine and the evaluation share.
+
+    Args:
+        graph: the database's `Graph`.
+        settings: `DiffusionSettings`.
+    """
+
+    def __init__(self, graph: Graph, settings: DiffusionSettings):
+        self.graph, self.settings = graph, settings
+        self._affinity = graph.affinity()
+        self._s = normalized(self._affinity)
+
+    def __len__(self) -> int:
+        return len(self.graph)
+
+    @property
+    def needs(self) -> int:
+        """How many rows of the first ranking `rerank` reads."""
+        return min(self.settings.candidates, len(self))
+
+    def scores(self, rows: np.ndarray, sims: np.ndarray) -> np.ndarray:
+        """Returns the (needs,) diffusion scores of the first ranking's top `needs` rows.
+
+        Args:
+            rows: (>= needs,) database rows of the query's first ranking, best first.
+            sims: the query's similarity to each of the first `seeds` rows (or more).
+        """
+        cfg = self.settings
+        rows = np.asarray(rows, dtype=np.int64)
+        sims = np.asarray(sims, dtype=np.float32)
+        if len(rows) < self.needs:
+            raise ValueError(f"diffusion re-ranks the top {self.needs} rows; the first ranking has {len(rows)}")
+        seeds = min(cfg.seeds, len(rows), len(sims))
+        weights = np.power(np.maximum(sims[:seeds], 0.0), cfg.gamma)
+        candidates = rows[: self.needs]
+        if cfg.truncate:
+            y = np.zeros(len(candidates), np.float32)
+            y[:seeds] = weights
+            s = normalized(self._affinity[candidates][:, candidates])
+            return conjugate_gradient(s, y, alpha=cfg.alpha, iterations=cfg.iterations)
+        y = np.zeros(len(self), np.float32)
+        y[rows[:seeds]] = weights
+        return conjugate_gradient(self._s, y, alpha=cfg.alpha, iterations=cfg.iterations)[candidates]
+
+    def rerank(self, rows: np.ndarray, sims: np.ndarray) -> np.ndarray:
+        """Returns the query's ranking after diffusion, the same length as `rows`, best first.
+
+        The top `candidates` rows are ordered by diffusion score, ties (images the diffusion
+        does not reach) in their first order; the rest follow unchanged.
+
+        Args:
+            rows: (m,) database rows of the first ranking, best first, m >= `needs`.
+            sims: (>= seeds,) the query's similarity to the first rows.
+        """
+        return self.ranked(rows, sims)[0]
+
+    def ranked(self, rows: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Returns `rerank`'s ranking and (m,) float32 scores: diffusion scores relative to the
+        best (1.0), decreasing, 0 for the rows after the candidates."""
+        rows = np.asarray(rows, dtype=np.int64)
+        f = self.scores(rows, sims)
+        order = np.argsort(-f, kind="stable")
+        scores = np.zeros(len(rows), np.float32)
+        top = f[order[0]] if len(order) else 0.0
+        if top > 0:
+            scores[: len(order)] = np.maximum(f[order] / top, 0.0)
+        return np.concatenate([rows[: self.needs][order], rows[self.needs :]]), scores
