@@ -87,8 +87,9 @@ def test_a_crop_or_upload_after_an_example_is_searched_as_the_new_image(served, 
     edited.putpixel((0, 0), tuple(255 - v for v in edited.getpixel((0, 0))))
     edited.save(tmp_path / "edited.png")
     assert app.search(engine, thumbs, editor(tmp_path / "edited.png"), 4, "", "p03")[3]["id"] is None
-    assert not thumbs.is_unedited("p03", shown(thumbs, "p04"))
-    assert not thumbs.is_unedited("p03", shown(thumbs, "p03").resize((40, 30)))
+    assert not thumbs.is_unedited("p03", thumbs.preview("p04"))
+    shown(thumbs, "p03").resize((40, 30)).save(tmp_path / "small.png")
+    assert not thumbs.is_unedited("p03", str(tmp_path / "small.png"))
 
 
 def test_an_example_with_a_box_is_embedded_and_its_link_keeps_the_box(served):
@@ -134,7 +135,7 @@ def test_bad_queries_are_refused_with_their_message(served, tmp_path):
     with pytest.raises(gr.Error, match="Upload an image first"):
         app.search(engine, thumbs, None, 3)
     with pytest.raises(gr.Error, match="Upload an image first"):
-        app.search(engine, thumbs, {"background": {"path": ""}}, 3)
+        app.search_ui(engine, thumbs, None, "", 3, "", None)  # the UI's empty query image
     (tmp_path / "notes.png").write_text("not a picture")
     with pytest.raises(gr.Error, match="This file cannot be used as a query: not a readable image"):
         app.search(engine, thumbs, editor(tmp_path / "notes.png"), 3)
@@ -154,15 +155,15 @@ def test_parse_box():
 
 
 def test_the_editor_value_shown_is_the_one_searched(tmp_path):
-    Image.new("RGB", (5, 4), (1, 2, 3)).save(tmp_path / "bg.png")
-    Image.new("RGB", (3, 2), (9, 9, 9)).save(tmp_path / "composite.png")
-    both = {"background": {"path": str(tmp_path / "bg.png")}, "composite": {"path": str(tmp_path / "composite.png")}}
-    assert app.editor_image(both).size == (3, 2)
-    assert app.editor_image({"background": {"path": str(tmp_path / "bg.png")}}).size == (5, 4)
-    pil = Image.new("RGB", (7, 7))
-    assert app.editor_image({"background": pil}) is pil
-    assert app.editor_image({}) is None and app.editor_image({"background": None}) is None
-    assert app.editor_image({"background": "not a dict"}) is None
+    # editor_image is gone: the UI hands the file unprocessed and uploaded_path picks composite over background.
+    def fd(name):
+        return {"path": str(tmp_path / name), "meta": {"_type": "gradio.FileData"}}
+    assert app.uploaded_path({"background": fd("bg.png"), "composite": fd("c.png")}) == str(tmp_path / "c.png")
+    assert app.uploaded_path({"background": fd("bg.png"), "layers": []}) == str(tmp_path / "bg.png")
+    assert app.uploaded_path(fd("bg.png")) == str(tmp_path / "bg.png")
+    assert app.uploaded_path(None) is None and app.uploaded_path({"background": None}) is None
+    with pytest.raises(app.QueryError, match="must be an uploaded file"):
+        app.uploaded_path({"background": "not a dict"})
 
 
 def warned(fn, *args):
@@ -319,7 +320,7 @@ def test_every_refusal_has_its_title_and_message(served, tmp_path, monkeypatch):
     assert refusal(app.check_k, engine, 0) == ("Bad K", "K must be a whole number from 1 to 12; got '0'.")
     assert refusal(app.parse_box, "1,2") == ("Bad box", "A box is four whole numbers x0,y0,x1,y1 in pixels; got '1,2'.")
     (tmp_path / "notes.png").write_text("not a picture")
-    title, message = refusal(app.editor_image, editor(tmp_path / "notes.png"))
+    title, message = refusal(app.decode_query, str(tmp_path / "notes.png"))
     assert title == "Not a usable image" and message.startswith("This file cannot be used as a query: not a readable")
     assert refusal(app.search, engine, thumbs, None, 3) == (
         "No image", "Upload an image first (or pick one of the examples).")
