@@ -38,21 +38,32 @@ def served(tiny, tmp_path_factory):
     return engine, app.Thumbnails(engine.index, tmp_path_factory.mktemp("thumbs")), root
 
 
-def editor(path) -> dict:
-    """The editor's value as Gradio hands it to a search: a FileData dict of the file."""
-    return {"background": {"path": str(path)}, "layers": [], "composite": None}
+def editor(path) -> str:
+    """The query as the new app hands it to `search`: the path of the file (the editor dict is gone)."""
+    return str(path)
+
+
+def shown(thumbs, image_id):
+    """The picture the app puts in the query image for an index id: its preview file, decoded."""
+    return Image.open(thumbs.preview(image_id)).convert("RGB")
+
+
+def describe(*args):
+    """app.describe's (line, preview, share link): the share field is now a gr.update, plus a deep-link button."""
+    line, preview, share, _deep = app.describe(*args)
+    return line, preview, share["value"] if isinstance(share, dict) else share
 
 
 def test_an_unedited_example_is_searched_by_its_stored_descriptor(served):
     engine, thumbs, _ = served
-    gallery, records, timings, searched = app.search(engine, thumbs, editor(thumbs.png("p03")), 5, "", "p03")
+    gallery, records, timings, searched = app.search(engine, thumbs, editor(thumbs.preview("p03")), 5, "", "p03")
     stored = engine.search_id("p03", 5)
     assert [r["id"] for r in records] == stored.ids and records == stored.to_records()
     assert timings["embed_ms"] == 0.0 and timings["total_ms"] == timings["search_ms"]
     assert searched["id"] == "p03"
     assert [caption for _, caption in gallery] == [f"#{r['rank']} · {r['score']:.3f}\n{r['id']}" for r in records]
     assert [Path(f).read_bytes() for f, _ in gallery] == [engine.index.thumbnail(i) for i in stored.ids]
-    line, preview, share = app.describe(timings, searched, "p03", "", 5)
+    line, preview, share = describe(timings, searched, "p03", "", 5)
     assert "its stored descriptor needs no embedding" in line and "embedding 0.0 ms" not in line
     assert share == "?id=p03&k=5"
     assert "Query as searched: 80 × 60 px" in preview
@@ -61,7 +72,7 @@ def test_an_unedited_example_is_searched_by_its_stored_descriptor(served):
 def test_a_crop_or_upload_after_an_example_is_searched_as_the_new_image(served, tmp_path):
     engine, thumbs, root = served
     # The editor still says the query came from p03, but it now holds a crop of it, or another photo.
-    crop = thumbs.image("p03").crop((0, 0, 40, 30))
+    crop = shown(thumbs, "p03").crop((0, 0, 40, 30))
     crop.save(tmp_path / "crop.png")
     for picture, path in ((crop, tmp_path / "crop.png"), (Image.open(root / "p07.png"), root / "p07.png")):
         _, records, timings, searched = app.search(engine, thumbs, editor(path), 4, "", "p03")
@@ -69,25 +80,26 @@ def test_a_crop_or_upload_after_an_example_is_searched_as_the_new_image(served, 
         assert records == embedded.to_records()
         assert records != engine.search_id("p03", 4).to_records()
         assert timings["embed_ms"] > 0 and searched["id"] is None
-        line, _, share = app.describe(timings, searched, "p03", "", 4)
+        line, _, share = describe(timings, searched, "p03", "", 4)
         assert share == "" and "embedding" in line and "stored descriptor" not in line
     # One changed pixel is an edit too.
-    edited = thumbs.image("p03")
+    edited = shown(thumbs, "p03")
     edited.putpixel((0, 0), tuple(255 - v for v in edited.getpixel((0, 0))))
     edited.save(tmp_path / "edited.png")
     assert app.search(engine, thumbs, editor(tmp_path / "edited.png"), 4, "", "p03")[3]["id"] is None
-    assert not thumbs.is_unedited("p03", thumbs.image("p04"))
-    assert not thumbs.is_unedited("p03", thumbs.image("p03").resize((40, 30)))
+    assert not thumbs.is_unedited("p03", thumbs.preview("p04"))
+    shown(thumbs, "p03").resize((40, 30)).save(tmp_path / "small.png")
+    assert not thumbs.is_unedited("p03", str(tmp_path / "small.png"))
 
 
 def test_an_example_with_a_box_is_embedded_and_its_link_keeps_the_box(served):
     engine, thumbs, _ = served
-    _, records, timings, searched = app.search(engine, thumbs, editor(thumbs.png("p05")), 3, "0,0,40,30", "p05")
-    assert records == engine.search(thumbs.image("p05").crop((0, 0, 40, 30)), 3).to_records()
+    _, records, timings, searched = app.search(engine, thumbs, editor(thumbs.preview("p05")), 3, "0,0,40,30", "p05")
+    assert records == engine.search(shown(thumbs, "p05").crop((0, 0, 40, 30)), 3).to_records()
     assert searched["id"] == "p05" and searched["image"].size == (40, 30) and timings["embed_ms"] > 0
-    line, _, share = app.describe(timings, searched, "p05", "0,0,40,30", 3)
+    line, _, share = describe(timings, searched, "p05", "0,0,40,30", 3)
     assert share == "?id=p05&k=3&box=0%2C0%2C40%2C30" and "embedding" in line and "stored descriptor" not in line
-    assert app.describe(None, searched, "p05", "", 3) == ("", "", "")
+    assert describe(None, searched, "p05", "", 3) == ("", "", "")
 
 
 def test_big_queries_are_downscaled_to_2048_pixels(served, tmp_path):
@@ -108,7 +120,7 @@ def test_big_queries_are_downscaled_to_2048_pixels(served, tmp_path):
 def test_bad_k_is_refused_with_its_range(served, k):
     engine, thumbs, _ = served
     with pytest.raises(gr.Error, match=r"K must be a whole number from 1 to 12; got"):
-        app.search(engine, thumbs, editor(thumbs.png("p01")), k)
+        app.search(engine, thumbs, editor(thumbs.preview("p01")), k)
 
 
 def test_whole_float_k_and_the_largest_k_are_accepted(served):
@@ -123,14 +135,14 @@ def test_bad_queries_are_refused_with_their_message(served, tmp_path):
     with pytest.raises(gr.Error, match="Upload an image first"):
         app.search(engine, thumbs, None, 3)
     with pytest.raises(gr.Error, match="Upload an image first"):
-        app.search(engine, thumbs, {"background": {"path": ""}}, 3)
+        app.search_ui(engine, thumbs, None, "", 3, "", None)  # the UI's empty query image
     (tmp_path / "notes.png").write_text("not a picture")
     with pytest.raises(gr.Error, match="This file cannot be used as a query: not a readable image"):
         app.search(engine, thumbs, editor(tmp_path / "notes.png"), 3)
     with pytest.raises(gr.Error, match="The crop is empty"):
-        app.search(engine, thumbs, editor(thumbs.png("p01")), 3, "10,10,10,20")
+        app.search(engine, thumbs, editor(thumbs.preview("p01")), 3, "10,10,10,20")
     with pytest.raises(gr.Error, match="four whole numbers"):
-        app.search(engine, thumbs, editor(thumbs.png("p01")), 3, "1,2,3")
+        app.search(engine, thumbs, editor(thumbs.preview("p01")), 3, "1,2,3")
 
 
 def test_parse_box():
@@ -138,20 +150,20 @@ def test_parse_box():
     assert app.parse_box("1,2,3,4") == (1, 2, 3, 4)
     assert app.parse_box(" 1 2  3.7 4 ") == (1, 2, 3, 4)
     for bad in ("1,2,3", "1,2,3,4,5", "a,b,c,d"):
-        with pytest.raises(gr.Error, match=f"four whole numbers x0,y0,x1,y1 in pixels; got '{bad}'"):
+        with pytest.raises(app.QueryError, match=f"four whole numbers x0,y0,x1,y1 in pixels; got '{bad}'"):
             app.parse_box(bad)
 
 
 def test_the_editor_value_shown_is_the_one_searched(tmp_path):
-    Image.new("RGB", (5, 4), (1, 2, 3)).save(tmp_path / "bg.png")
-    Image.new("RGB", (3, 2), (9, 9, 9)).save(tmp_path / "composite.png")
-    both = {"background": {"path": str(tmp_path / "bg.png")}, "composite": {"path": str(tmp_path / "composite.png")}}
-    assert app.editor_image(both).size == (3, 2)
-    assert app.editor_image({"background": {"path": str(tmp_path / "bg.png")}}).size == (5, 4)
-    pil = Image.new("RGB", (7, 7))
-    assert app.editor_image({"background": pil}) is pil
-    assert app.editor_image({}) is None and app.editor_image({"background": None}) is None
-    assert app.editor_image({"background": "not a dict"}) is None
+    # editor_image is gone: the UI hands the file unprocessed and uploaded_path picks composite over background.
+    def fd(name):
+        return {"path": str(tmp_path / name), "meta": {"_type": "gradio.FileData"}}
+    assert app.uploaded_path({"background": fd("bg.png"), "composite": fd("c.png")}) == str(tmp_path / "c.png")
+    assert app.uploaded_path({"background": fd("bg.png"), "layers": []}) == str(tmp_path / "bg.png")
+    assert app.uploaded_path(fd("bg.png")) == str(tmp_path / "bg.png")
+    assert app.uploaded_path(None) is None and app.uploaded_path({"background": None}) is None
+    with pytest.raises(app.QueryError, match="must be an uploaded file"):
+        app.uploaded_path({"background": "not a dict"})
 
 
 def warned(fn, *args):
@@ -188,9 +200,10 @@ def test_read_link_drops_a_bad_box_and_refuses_an_unknown_id(served):
 
 def test_run_link_shows_the_linked_image_and_its_results(served):
     engine, thumbs, _ = served
-    out = app.run_link(engine, thumbs, {"id": "p06", "k": 4, "box": ""})
-    editor_png, k, box, source, gallery, records, timings, searched, line, preview, share = out
-    assert Image.open(editor_png).size == thumbs.image("p06").size and (k, box, source) == (4, "", "p06")
+    out = app.run_link(engine, thumbs, None, {"id": "p06", "k": 4, "box": ""})
+    editor_png, k, box, source, gallery, records, timings, searched, line, preview, share, _deep = out
+    share = share["value"]
+    assert Image.open(editor_png).size == shown(thumbs, "p06").size and (k, box, source) == (4, "", "p06")
     assert records == engine.search_id("p06", 4).to_records() and len(gallery) == 4
     assert share == "?id=p06&k=4" and "stored descriptor" in line and searched["id"] == "p06"
 
@@ -206,7 +219,7 @@ def test_examples_are_spread_over_the_index_and_picking_one_loads_it(served):
 
     png, box, source = app.pick_example(thumbs, ["p00", "p05", "p09"], Selected())
     assert (box, source) == ("", "p09")
-    assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), np.asarray(thumbs.image("p09")))
+    assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), np.asarray(shown(thumbs, "p09")))
 
 
 def test_thumbnail_files_are_written_once_and_named_by_row(served):
@@ -216,9 +229,9 @@ def test_thumbnail_files_are_written_once_and_named_by_row(served):
     assert Path(path).read_bytes() == engine.index.thumbnail("p02")
     Path(path).write_bytes(b"kept")  # an existing file is served as it is, never rewritten
     assert Path(thumbs.jpeg("p02")).read_bytes() == b"kept"
-    png = thumbs.png("p02")
-    assert Path(png).suffix == ".png" and Image.open(png).format == "PNG"
-    assert thumbs.is_unedited("p02", Image.open(png))
+    png = thumbs.preview("p02")  # the editor's file is now the stored JPEG preview, not a PNG
+    assert Path(png).name == f"{engine.index.row_of('p02')}.preview.jpg" and Image.open(png).format == "JPEG"
+    assert thumbs.is_unedited("p02", png)
 
 
 def test_the_preview_is_an_inline_jpeg_of_at_most_320_pixels():
@@ -244,6 +257,7 @@ def test_share_query_only_for_the_unedited_index_image():
 class Args:
     def __init__(self, **kw):
         self.index, self.images, self.out, self.network, self.weights = None, None, None, "efficientnet-lite0", "none"
+        self.runtime, self.precision, self.runtime_cache = "keras", "float32", Path("cache")
         self.__dict__.update(kw)
 
 
@@ -269,7 +283,8 @@ def test_index_on_the_command_line_comes_before_index_repo(monkeypatch, served, 
     built = []
     monkeypatch.setattr(app, "build_from_images", lambda *a: built.append(a) or engine.index.path)
     assert len(app.open_index(Args(images=tmp_path / "photos"), {"INDEX_REPO": "me/idx"})) == N
-    assert built == [(tmp_path / "photos", Path("indexes") / "photos-efficientnet-lite0", "efficientnet-lite0", "none")]
+    assert built == [(tmp_path / "photos", Path("indexes") / "photos-efficientnet-lite0", "efficientnet-lite0", "none",
+                     {"runtime": "keras", "precision": "float32", "cache_dir": Path("cache")})]
     app.open_index(Args(images=tmp_path / "photos", out=tmp_path / "o"), {})
     assert built[-1][1] == tmp_path / "o"
 
@@ -295,21 +310,21 @@ def test_the_stored_descriptor_is_the_one_embedded_from_the_full_photo(served):
 
 def refusal(fn, *args) -> tuple[str, str]:
     """Returns the (title, message) of the gr.Error that fn(*args) raises: what the user's toast shows."""
-    with pytest.raises(gr.Error) as caught:
+    with pytest.raises((gr.Error, app.QueryError)) as caught:
         fn(*args)
-    return caught.value.title, caught.value.message
+    return caught.value.title, getattr(caught.value, "message", str(caught.value))
 
 
 def test_every_refusal_has_its_title_and_message(served, tmp_path, monkeypatch):
     engine, thumbs, _ = served
-    assert refusal(app.check_k, engine, 0) == ("Bad K", "K must be a whole number from 1 to 12; got 0.")
+    assert refusal(app.check_k, engine, 0) == ("Bad K", "K must be a whole number from 1 to 12; got '0'.")
     assert refusal(app.parse_box, "1,2") == ("Bad box", "A box is four whole numbers x0,y0,x1,y1 in pixels; got '1,2'.")
     (tmp_path / "notes.png").write_text("not a picture")
-    title, message = refusal(app.editor_image, editor(tmp_path / "notes.png"))
+    title, message = refusal(app.decode_query, str(tmp_path / "notes.png"))
     assert title == "Not a usable image" and message.startswith("This file cannot be used as a query: not a readable")
     assert refusal(app.search, engine, thumbs, None, 3) == (
         "No image", "Upload an image first (or pick one of the examples).")
-    title, message = refusal(app.search, engine, thumbs, editor(thumbs.png("p01")), 3, "10,10,10,20")
+    title, message = refusal(app.search, engine, thumbs, editor(thumbs.preview("p01")), 3, "10,10,10,20")
     assert title == "Empty crop" and message.startswith("The crop is empty: the crop (10, 10, 10, 20) is empty")
     from retrieval.features import ImageError
 
@@ -317,7 +332,7 @@ def test_every_refusal_has_its_title_and_message(served, tmp_path, monkeypatch):
         raise ImageError("too strange")
 
     monkeypatch.setattr(engine, "search", unusable)
-    assert refusal(app.search, engine, thumbs, {"background": Image.new("RGB", (40, 40))}, 3) == (
+    assert refusal(app.search, engine, thumbs, Image.new("RGB", (40, 40)), 3) == (
         "Not a usable image", "This image cannot be searched: too strange.")
 
 
@@ -326,8 +341,8 @@ def test_timings_are_rounded_to_hundredths_of_a_millisecond(served, monkeypatch)
 
     engine, thumbs, _ = served
     monkeypatch.setattr(engine, "search", lambda image, k: SearchResult(["p00"], [0.5], 12.3456, 0.6789))
-    _, records, timings, _ = app.search(engine, thumbs, {"background": Image.new("RGB", (40, 40))}, 1)
-    assert timings == {"embed_ms": 12.35, "search_ms": 0.68, "total_ms": 13.02}
+    _, records, timings, _ = app.search(engine, thumbs, Image.new("RGB", (40, 40)), 1)
+    assert timings == {"embed_ms": 12.35, "search_ms": 0.68, "total_ms": 13.02, "runtime": "keras"}
     assert records == [{"rank": 1, "id": "p00", "score": 0.5}]
 
 
@@ -365,16 +380,16 @@ def test_read_link_takes_every_k_in_range(served, k, monkeypatch):
 
 def test_run_link_with_a_box_searches_the_crop_and_shares_the_box(served):
     engine, thumbs, _ = served
-    out = app.run_link(engine, thumbs, {"id": "p06", "k": 3, "box": "0,0,40,30"})
-    records, line, share = out[5], out[8], out[10]
-    assert records == engine.search(thumbs.image("p06").crop((0, 0, 40, 30)), 3).to_records()
+    out = app.run_link(engine, thumbs, None, {"id": "p06", "k": 3, "box": "0,0,40,30"})
+    records, line, share = out[5], out[8], out[10]["value"]
+    assert records == engine.search(shown(thumbs, "p06").crop((0, 0, 40, 30)), 3).to_records()
     assert share == "?id=p06&k=3&box=0%2C0%2C40%2C30" and "stored descriptor" not in line
 
 
 def test_describe_without_a_searched_state():
-    line, preview, share = app.describe({"total_ms": 3.0, "embed_ms": 2.0, "search_ms": 1.0}, None, None, "", 5)
-    assert line == "**Query time 3.0 ms**: embedding 2.0 ms + search 1.0 ms" and (preview, share) == ("", "")
-    line, _, _ = app.describe({"total_ms": 1.25, "embed_ms": 0.0, "search_ms": 1.25}, {"id": "p01"}, "p01", "", 5)
+    line, preview, share = describe({"total_ms": 3.0, "embed_ms": 2.0, "search_ms": 1.0}, None, None, "", 5)
+    assert line == "**Query time 3.0 ms**: embedding 2.0 ms (keras) + search 1.0 ms" and (preview, share) == ("", "")
+    line, _, _ = describe({"total_ms": 1.25, "embed_ms": 0.0, "search_ms": 1.25}, {"id": "p01"}, "p01", "", 5)
     assert line == "**Query time 1.2 ms**: search 1.2 ms (an index image: its stored descriptor needs no embedding)"
 
 
