@@ -69,7 +69,10 @@ def alpha_query_expansion(queries: np.ndarray, db: np.ndarray, ranks: np.ndarray
         raise ValueError(f"k = {k} exceeds the {ranks.shape[1]} ranked rows per query")
     if k == 0:
         return l2_normalize(queries)
-    return _weighted_sum(queries, np.asarray(db[ranks[:, :k]], dtype=np.float32), alpha)
+    ranked = np.asarray(db[ranks[:, :k]], dtype=np.float32)
+    if not np.isfinite(ranked).all():  # a memory-mapped database is checked only at the rows read
+        raise ValueError("database holds NaN or infinite values (in the ranked rows)")
+    return _weighted_sum(queries, ranked, alpha)
 
 
 def database_augmentation(db: np.ndarray, *, k: int, alpha: float = 3.0) -> np.ndarray:

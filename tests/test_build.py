@@ -377,7 +377,7 @@ def test_two_images_can_be_whitened_and_the_report_counts_add_up(tiny, tmp_path)
 def test_the_cache_folder_holds_the_settings_and_one_numbered_shard(tiny, folder, tmp_path):
     out = tmp_path / "idx"
     build_index(folder, out, tiny, PIPE)
-    assert sorted(p.name for p in (out / ".cache").iterdir()) == ["shard-000001.npz", "state.json"]
+    assert sorted(p.name for p in (out / ".cache").iterdir()) == ["previews.npz", "shard-000001.npz", "state.json"]
     save_photo(folder / "p9.jpg", 9)
     build_index(folder, out, tiny, PIPE)  # a second shard for the new photo, then both compacted into a third
     assert sorted(p.name for p in (out / ".cache").iterdir()) == ["shard-000003.npz", "state.json"]

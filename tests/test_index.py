@@ -458,7 +458,7 @@ def test_messages_of_refused_saves_say_why(tmp_path):
     f = np.eye(3, dtype=np.float32)
     with pytest.raises(ValueError, match="^image ids must be unique$"):
         save_index(tmp_path / "a", f, ["a", "a", "b"], META, thumbnails=[b""] * 3)
-    with pytest.raises(ValueError, match="^features holds NaN or infinite values$"):
+    with pytest.raises(ValueError, match="^features hold NaN or infinite values$"):
         save_index(tmp_path / "a", np.full((3, 3), np.nan), "abc", META, thumbnails=[b""] * 3)
     w = learn_whitening(l2_normalize(np.random.default_rng(1).standard_normal((30, 16))))
     with pytest.raises(ValueError, match="^features do not have the whitening's output dimension$"):

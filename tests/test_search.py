@@ -67,7 +67,7 @@ def test_messages_name_what_is_wrong():
         Searcher(random_unit(3, 2, 0), backend="exact").search(np.array([np.nan, 1.0]), 1)
     with pytest.raises(ValueError, match="^cannot search an empty index$"):
         Searcher(np.zeros((0, 4)))
-    with pytest.raises(ValueError, match="^unknown search backend 'faiss'; choose one of kdtree, exact$"):
+    with pytest.raises(ValueError, match="^unknown search backend 'faiss'; choose one of kdtree, exact, ann$"):
         Searcher(random_unit(3, 2, 0), backend="faiss")
     s = Searcher(random_unit(3, 2, 0), backend="exact")
     with pytest.raises(ValueError, match=r"^k must be a whole number, got 2\.5$"):
