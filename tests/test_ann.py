@@ -188,7 +188,7 @@ def test_app_serves_a_vectors_index_with_placeholders_and_ids(vectors_index, lit
     assert engine.searcher.backend == "ann"  # taken from the index, not trained here
     thumbnails = app.Thumbnails(engine.index, tmp_path)
     photo = Image.new("RGB", (300, 200), (90, 120, 160))
-    gallery, records, _, _ = app.search(engine, thumbnails, {"background": photo}, 6)
+    gallery, records, _, _ = app.search(engine, thumbnails, photo, 6)
     assert [r["id"] for r in records] == engine.search(photo, 6).ids
     assert all(r["id"].startswith("photo_") for r in records)
     with Image.open(gallery[0][0]) as shown:

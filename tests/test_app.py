@@ -452,7 +452,7 @@ def test_readme_curl_example_runs(app_url, rparis):
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
     body = json.loads(done.stdout)
     assert [r["rank"] for r in body["results"]] == list(range(1, len(body["results"]) + 1))
-    assert set(body["timings"]) == {"embed_ms", "search_ms", "total_ms"}
+    assert set(body["timings"]) == {"embed_ms", "search_ms", "total_ms", "runtime"}
 
 
 def test_http_and_gradio_callers_share_one_engine_budget(app_url, rparis):
