@@ -380,7 +380,7 @@ def test_the_cache_folder_holds_the_settings_and_one_numbered_shard(tiny, folder
     assert sorted(p.name for p in (out / ".cache").iterdir()) == ["previews.npz", "shard-000001.npz", "state.json"]
     save_photo(folder / "p9.jpg", 9)
     build_index(folder, out, tiny, PIPE)  # a second shard for the new photo, then both compacted into a third
-    assert sorted(p.name for p in (out / ".cache").iterdir()) == ["shard-000003.npz", "state.json"]
+    assert sorted(p.name for p in (out / ".cache").iterdir()) == ["previews.npz", "shard-000003.npz", "state.json"]
     with np.load(out / ".cache" / "shard-000003.npz", allow_pickle=False) as z:
         assert sorted(z.files) == ["mtimes", "offsets", "relpaths", "sizes", "thumbs", "vectors"]
         assert z["relpaths"].tolist() == sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))

@@ -111,15 +111,15 @@ class DiesOnce:
 
     def __call__(self):
         network = MAKE_TINY()
-        graph = network._graph
+        run = network._run  # what forward() calls, whichever runtime runs the network
 
         def dying(batch):
             if not os.path.exists(self.marker):
                 open(self.marker, "w").close()
                 os._exit(1)  # as a worker killed by the OOM killer or a lost node
-            return graph(batch)
+            return run(batch)
 
-        object.__setattr__(network, "_graph", dying)
+        object.__setattr__(network, "_run", dying)
         return network
 
 
