@@ -99,9 +99,22 @@ class SearchEngine:
         return self._search_vector(query, k, embed_ms=(t1 - t0) * 1000)
 
     def search_id(self, image_id: str, k: int) -> SearchResult:
-        """Returns the k nearest index images to an indexed image, using its stored descriptor."""
+        """Returns the k nearest index images to an indexed image, using its stored descriptor.
+
+        The image itself comes first: diffusion may rank a neighbour of its cluster above it,
+        but a person who searches an index image expects to see that image at rank 1.
+        """
         k = self.searcher.check_k(k)
-        return self._search_vector(self.index.features[self.index.row_of(image_id)], k, embed_ms=0.0)
+        result = self._search_vector(self.index.features[self.index.row_of(image_id)], k, embed_ms=0.0)
+        if result.ids and result.ids[0] != image_id:
+            ids, scores = list(result.ids), list(result.scores)
+            if image_id in ids:
+                at = ids.index(image_id)
+                del ids[at], scores[at]
+            else:
+                ids, scores = ids[:-1], scores[:-1]
+            result.ids, result.scores = [image_id] + ids, [max(result.scores)] + scores
+        return result
 
     def _search_vector(self, query: np.ndarray, k: int, *, embed_ms: float) -> SearchResult:
         t0 = time.perf_counter()

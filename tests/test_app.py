@@ -113,21 +113,18 @@ def true_positives_in_top10(ids, rparis, query) -> int:
     return sum(i in positives(rparis, query) for i in [i for i in ids if i != query][:10])
 
 
-# The previous default (GeM 384, DBA k=3, αQE k=5, no diffusion), measured once through the engine
-# on this index: 157 true positives in the top 10, summed over the 19 query crops (the default with
-# diffusion: 161).
+# The previous default (GeM 384, DBA k=3, αQE k=5, no diffusion, no buckets), measured once through
+# the engine on this index: 157 true positives in the top 10, summed over the 19 query crops (the
+# default with diffusion, before buckets: 161; with resize buckets and no diffusion: 158).
 PREVIOUS_DEFAULT_TOP10_TRUE_POSITIVES = 157
 
 
 def test_default_top10_holds_at_least_the_previous_defaults_true_positives(client, rparis, engine):
-    served, previous = 0, 0
-    plain = type(engine)(engine.index, engine.network, diffusion=False)
+    served = 0
     for query in rparis.query_ids:
         _, results, _ = search(client, crop_path(rparis, query), k=11)
         served += true_positives_in_top10([r["id"] for r in results], rparis, query)
-        previous += true_positives_in_top10(plain.search(crop_path(rparis, query), 11).ids, rparis, query)
-    assert previous == PREVIOUS_DEFAULT_TOP10_TRUE_POSITIVES
-    assert served >= previous, (served, previous)
+    assert served >= PREVIOUS_DEFAULT_TOP10_TRUE_POSITIVES, served
 
 
 @pytest.mark.parametrize("k", [1, 7, 100])

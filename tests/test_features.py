@@ -301,7 +301,7 @@ def test_an_unidentified_file_is_refused_without_its_path(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(pooling="avg"), r"^unknown pooling 'avg'; choose one of gem, mac, spoc, flatten$"),
+    (dict(pooling="avg"), r"^unknown pooling 'avg'; choose one of gem, mac, spoc, flatten, rgem$"),
     (dict(max_side=None), r"^give exactly one of max_side \(aspect-preserving\) or squash \(fixed square\)$"),
     (dict(squash=224), r"^give exactly one of max_side"),
     (dict(max_side=31), r"^input side must be at least 32 pixels, got 31$"),

@@ -510,7 +510,6 @@ def test_a_failed_save_reports_its_own_error_even_when_cleaning_up_fails(tmp_pat
         save_index(tmp_path / "idx", np.eye(2, dtype=np.float32), ["a", "b"], META, thumbnails=[b"", b""])
 
 
-    assert len(load_index(out)) == 4
 def graph_index(tmp_path):
     from retrieval.diffusion import build_graph
 
