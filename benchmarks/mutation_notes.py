@@ -106,27 +106,6 @@ NOTES: dict[str, str] = {
     **{_A + f"xǁThumbnailsǁ_file__mutmut_{i}": "staging in the system temp folder instead of the thumbnail "
        "folder: the same on one filesystem; across filesystems the rename would fail, which a test here "
        "cannot arrange" for i in (6, 8)},
-    **{_A + f"xǁThumbnailsǁ_file__mutmut_{i}": "the staging file's suffix: it is renamed to the final name"
-       for i in (7, 9)},
-    # build
-    **{_B + f"x_build_index__mutmut_{i}": "batch size and decoding threads change speed, not descriptors "
-       "(batched extraction equals one at a time, tests/test_features.py)" for i in (1, 2, 66, 67)},
-    **{_B + f"x_build_index__mutmut_{i}": "another flush schedule by default: 257 images or 31 s instead of 256 "
-       "or 30 (the schedule itself is tested with small values)" for i in (10, 11)},
-    _B + "x_build_index__mutmut_96": "a flush when exactly flush_seconds have passed, a tie of two clock readings",
-    _B + "x_build_index__mutmut_120": "the cached vectors are float32 already",
-    _B + "x_build_index__mutmut_145": "DBA with k = 0 only normalises rows that are unit-length already",
-    _B + "x_build_index__mutmut_15": "the silent logger's return value is never used",
-    **{_B + f"xǁ_Cacheǁ_count__mutmut_{i}": "allow_pickle=None or left out: np.load's default is False"
-       for i in (4, 6)},
-    _B + "xǁ_Cacheǁ_count__mutmut_7": "allow_pickle=True on shards this code wrote: they hold no object arrays",
-    _B + "xǁ_Cacheǁ_count__mutmut_8": "compact counts only when there is one shard, where = and += agree",
-}
-
-NOTES: dict[str, str] = {
-    **{_A + f"xǁThumbnailsǁ_file__mutmut_{i}": "staging in the system temp folder instead of the thumbnail "
-       "folder: the same on one filesystem; across filesystems the rename would fail, which a test here "
-       "cannot arrange" for i in (6, 8)},
     **{_I + f"x__swap_in__mutmut_{i}": "ignore_errors matters only when deleting the replaced index fails "
        "(permissions, a busy network share), which a test cannot provoke portably" for i in (25, 27, 28)},
     **{_I + f"x_save_index__mutmut_{i}": "ignore_errors matters only when cleaning up after a failed save also "
