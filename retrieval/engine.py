@@ -11,6 +11,7 @@ from retrieval.diffusion import Diffusion, DiffusionSettings
 from retrieval.features import embed_image
 from retrieval.index import Index, IndexFormatError
 from retrieval.rerank import alpha_query_expansion
+from retrieval.rows import take_rows
 from retrieval.search import Searcher
 
 
@@ -105,7 +106,7 @@ class SearchEngine:
         but a person who searches an index image expects to see that image at rank 1.
         """
         k = self.searcher.check_k(k)
-        result = self._search_vector(self.index.features[self.index.row_of(image_id)], k, embed_ms=0.0)
+        result = self._search_vector(take_rows(self.index.features, [self.index.row_of(image_id)])[0], k, embed_ms=0.0)
         if result.ids and result.ids[0] != image_id:
             ids, scores = list(result.ids), list(result.scores)
             if image_id in ids:

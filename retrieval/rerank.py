@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from retrieval.rows import take_rows
 from retrieval.search import as_rows, l2_normalize
 
 # Rows of the database similarity matrix computed at once: 1024 x n float32 stays small.
@@ -69,7 +70,8 @@ def alpha_query_expansion(queries: np.ndarray, db: np.ndarray, ranks: np.ndarray
         raise ValueError(f"k = {k} exceeds the {ranks.shape[1]} ranked rows per query")
     if k == 0:
         return l2_normalize(queries)
-    ranked = np.asarray(db[ranks[:, :k]], dtype=np.float32)
+    top = np.asarray(ranks[:, :k])
+    ranked = take_rows(db, top.reshape(-1)).astype(np.float32).reshape(*top.shape, -1)
     if not np.isfinite(ranked).all():  # a memory-mapped database is checked only at the rows read
         raise ValueError("database holds NaN or infinite values (in the ranked rows)")
     return _weighted_sum(queries, ranked, alpha)

@@ -1,0 +1,87 @@
+"""Reading rows of a memory-mapped feature matrix without mapping them into the process.
+
+A million-row index keeps its matrix on disk (`retrieval.index.load_index` maps it read-only).
+Touching rows through the mapping makes them part of the process's resident memory: the kernel
+maps whole page-cache folios (up to megabytes) around every row touched, so the ANN's re-ranking
+of 256 scattered rows a query had filled most of a 1M x 2,560 index's 5 GB within a few dozen
+queries (`madvise(MADV_RANDOM)` did not help).
+`take_rows` and `read_block` read the same bytes with `os.preadv` into ordinary arrays instead:
+the file's pages stay in the page cache, shared and reclaimable, and out of the process.
+
+Anything that is not a whole memory-mapped ``.npy`` matrix is indexed as usual.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["read_block", "take_rows"]
+
+
+def _source(features) -> tuple[str, int, int] | None:
+    """Returns (file, byte offset of row 0, bytes per row) for a whole C-ordered memmap, else None."""
+    if not isinstance(features, np.memmap) or features.ndim != 2 or not features.flags.c_contiguous:
+        return None
+    path = getattr(features, "filename", None)
+    if not path:
+        return None
+    row_bytes = features.strides[0]
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return None
+    # A slice of a memmap keeps its parent's offset: only the whole matrix, ending at the file's end, is safe.
+    if int(features.offset) + len(features) * row_bytes != size:
+        return None
+    return path, int(features.offset), row_bytes
+
+
+def take_rows(features: np.ndarray, rows) -> np.ndarray:
+    """Returns features[rows] (a new array, the features' dtype) for a 1-D sequence of row numbers.
+
+    Raises:
+        IndexError: a row outside 0..n-1 (negative rows are not counted from the end here).
+    """
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    source = _source(features)
+    if source is None:
+        return np.asarray(features[rows])
+    n = len(features)
+    if len(rows) and (rows.min() < 0 or rows.max() >= n):
+        raise IndexError(f"row out of range 0..{n - 1}")
+    path, offset, row_bytes = source
+    out = np.empty((len(rows), features.shape[1]), dtype=features.dtype)
+    buffer = memoryview(out.reshape(-1).view(np.uint8))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for i, r in enumerate(rows.tolist()):
+            _read_exactly(fd, buffer[i * row_bytes : (i + 1) * row_bytes], offset + r * row_bytes)
+    finally:
+        os.close(fd)
+    return out
+
+
+def read_block(features: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Returns features[start:stop] as a new array (read from the file when the matrix is mapped)."""
+    source = _source(features)
+    start, stop = max(0, start), min(len(features), stop)
+    if source is None:
+        return np.asarray(features[start:stop])
+    path, offset, row_bytes = source
+    out = np.empty((max(0, stop - start), features.shape[1]), dtype=features.dtype)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _read_exactly(fd, memoryview(out.reshape(-1).view(np.uint8)), offset + start * row_bytes)
+    finally:
+        os.close(fd)
+    return out
+
+
+def _read_exactly(fd: int, buffer: memoryview, position: int) -> None:
+    while len(buffer):
+        got = os.preadv(fd, [buffer], position)
+        if got <= 0:
+            raise OSError(f"the feature file ended early at byte {position}")
+        buffer, position = buffer[got:], position + got

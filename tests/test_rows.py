@@ -1,0 +1,46 @@
+"""Rows of a memory-mapped matrix read by preadv: the same values as indexing the mapping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval.rows import read_block, take_rows
+
+
+@pytest.fixture
+def mapped(tmp_path):
+    x = np.random.default_rng(0).standard_normal((1000, 24)).astype(np.float16)
+    np.save(tmp_path / "rows.npy", x)
+    return x, np.load(tmp_path / "rows.npy", mmap_mode="r")
+
+
+def test_take_rows_reads_the_rows_asked_for_in_their_order(mapped):
+    x, rows = mapped
+    asked = [999, 0, 17, 17, 500]
+    got = take_rows(rows, asked)
+    assert type(got) is np.ndarray and got.dtype == np.float16
+    np.testing.assert_array_equal(got, x[asked])
+    assert take_rows(rows, []).shape == (0, 24)
+
+
+def test_read_block_reads_a_range_clipped_to_the_matrix(mapped):
+    x, rows = mapped
+    np.testing.assert_array_equal(read_block(rows, 990, 1100), x[990:])
+    np.testing.assert_array_equal(read_block(rows, 0, 3), x[:3])
+
+
+def test_a_row_outside_the_matrix_is_refused_not_counted_from_the_end(mapped):
+    _, rows = mapped
+    with pytest.raises(IndexError, match="out of range 0..999"):
+        take_rows(rows, [3, -1])
+    with pytest.raises(IndexError):
+        take_rows(rows, [1000])
+
+
+def test_slices_and_in_memory_arrays_are_indexed_as_usual(mapped):
+    x, rows = mapped
+    part = rows[100:200]  # a memmap view whose offset attribute is its parent's
+    np.testing.assert_array_equal(take_rows(part, [0, 99]), x[[100, 199]])
+    np.testing.assert_array_equal(read_block(part, 10, 12), x[110:112])
+    np.testing.assert_array_equal(take_rows(x, [5, 6]), x[[5, 6]])
