@@ -39,9 +39,11 @@ from precompute.options import (
     add_rerank_options, diffusion_from_args, network_from_args, nonnegative_int, pipeline_from_args, positive_int,
     rerank_from_args,
 )
-from retrieval.database import add_distractors, augment_database, full_ranking, make_searcher
+from retrieval.ann import ann_neighbours
+from retrieval.database import add_distractors, augment_database, full_ranking, make_searcher, trained_ann
 from retrieval.datasets import Dataset, DatasetError, load_dataset
-from retrieval.diffusion import Diffusion, DiffusionSettings, build_graph
+from retrieval.defaults import DEFAULT
+from retrieval.diffusion import Diffusion, DiffusionSettings, build_graph, graph_from_knn
 from retrieval.evaluate import KAPPAS, PROTOCOLS, evaluate_ranks, precision_recall, protocol_gnd
 from retrieval.features import Pipeline, embed_image, extract_features
 from retrieval.rerank import alpha_query_expansion
@@ -300,7 +302,7 @@ def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree"
     if dba:
         db = augment_database(db, k=dba, alpha=alpha, ann=ann)
     searcher = make_searcher(db, backend, ann)
-    diffuser = diffusion_for(db, diffusion)
+    diffuser = diffusion_for(db, diffusion, ann)
     n = len(searcher)
     depth = min(ann_k, n) if backend == "ann" else n
     ranks = np.empty((len(queries), n), dtype=np.int64)
@@ -322,11 +324,22 @@ def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree"
     return ranks, seconds
 
 
-def diffusion_for(db: np.ndarray, settings: DiffusionSettings | None) -> Diffusion | None:
-    """Returns the `Diffusion` over the exact kNN graph of (n, d) rows, as build_index stores it; None for None."""
+def diffusion_for(db: np.ndarray, settings: DiffusionSettings | None, ann=None) -> Diffusion | None:
+    """Returns the `Diffusion` over the kNN graph of (n, d) rows, as build_index stores it; None for None.
+
+    Below `DEFAULT.ann_rows` rows the graph's neighbours are exact (all pairs); from there up
+    (a database with distractors) they come through an ANN, `ann` refilled or one trained here:
+    all pairs of 300,000 rows would take most of an hour on two cores.
+    """
     if settings is None:
         return None
-    return Diffusion(build_graph(db, k=settings.k, gamma=settings.gamma), settings)
+    if len(db) < DEFAULT.ann_rows:
+        return Diffusion(build_graph(db, k=settings.k, gamma=settings.gamma), settings)
+    # The mutual graph keeps an edge only when both ends find each other: deeper than DBA's search.
+    structure = trained_ann(db, ann)
+    rows, sims = ann_neighbours(structure, db, settings.k, rerank=2 * settings.k, with_sims=True,
+                                nprobe=max(8, structure.nprobe // 2))
+    return Diffusion(graph_from_knn(rows, sims, gamma=settings.gamma, knn="ann"), settings)
 
 
 def _number(x) -> float | None:

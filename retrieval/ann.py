@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from retrieval.rows import read_block, take_rows
+
 ANN_FILE = "ann.faiss"
 # Rows converted to float32 at once when a matrix is read in blocks (65536 x 2560 float32 = 670 MB).
 BLOCK = 16384
@@ -102,8 +104,8 @@ def build_ann(
     features: np.ndarray,
     *,
     factory: str | None = None,
-    nprobe: int = 128,
-    rerank: int = 256,
+    nprobe: int = 64,
+    rerank: int = 128,
     seed: int = 0,
     log=None,
 ) -> AnnIndex:
@@ -112,7 +114,9 @@ def build_ann(
     Args:
         features: (n, d) L2-normalised rows of any float dtype; a memory map is read block by block.
         factory: a FAISS factory string; None takes `default_factory(n, d)`.
-        nprobe, rerank: the search settings (see `AnnIndex`).
+        nprobe, rerank: the search settings (see `AnnIndex`). The defaults were chosen on the 1M
+            rows of the benchmark (README, "Benchmark: search at scale"): at 1M x 2,560 nprobe 128
+            with 256 candidates cost 12 ms a query for a recall@20 that 64 and 128 already reach.
         seed: the training sample.
         log: called with one line per stage.
 
@@ -174,7 +178,7 @@ def rerank_exact(features: np.ndarray, queries: np.ndarray, candidates: np.ndarr
     rows = np.full((m, k), -1, dtype=np.int64)
     for i in range(m):
         cand = np.unique(candidates[i][candidates[i] >= 0])  # sorted: reads the file in order
-        sims = np.asarray(features[cand], dtype=np.float32) @ queries[i]
+        sims = take_rows(features, cand).astype(np.float32) @ queries[i]
         order = np.lexsort((cand, -sims))[:k]
         scores[i, : len(order)], rows[i, : len(order)] = sims[order], cand[order]
     return scores, rows
@@ -195,7 +199,7 @@ def exact_search_blocks(features: np.ndarray, queries: np.ndarray, k: int, *,
     best_s = np.full((m, 0), -np.inf, dtype=np.float32)
     best_r = np.zeros((m, 0), dtype=np.int64)
     for start in range(0, n, block):
-        sims = queries @ np.asarray(features[start : start + block], dtype=np.float32).T
+        sims = queries @ read_block(features, start, start + block).astype(np.float32).T
         kk = min(k, sims.shape[1])
         part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < sims.shape[1] else \
             np.broadcast_to(np.arange(sims.shape[1]), sims.shape)
@@ -207,41 +211,45 @@ def exact_search_blocks(features: np.ndarray, queries: np.ndarray, k: int, *,
 
 
 def ann_neighbours(ann: AnnIndex, features: np.ndarray, k: int, *, rerank: int = 16,
-                   block: int = 2048, nprobe: int | None = None) -> np.ndarray:
-    """Returns (n, k) int64: every row's k nearest other rows, through the ANN (for DBA at scale).
+                   block: int = 2048, nprobe: int | None = None, with_sims: bool = False):
+    """Returns (n, k) int64: every row's k nearest other rows, through the ANN (for DBA and graphs at scale).
 
     Each row asks the ANN for `rerank` candidates (besides itself), re-scored exactly; batched
     in blocks of rows. Each row visits `nprobe` lists (default: a sixteenth of the search
     setting, at least 8): a million rows then take minutes rather than hours, at the cost of
     some neighbours (DBA weights them by similarity cubed, so a near miss changes little).
+    With `with_sims`, returns (rows, sims): also their (n, k) float32 exact inner products,
+    -inf where fewer than k candidates were found (row -1).
     """
-    n = len(features)
     search_nprobe = ann.nprobe
     ann.nprobe = nprobe or max(8, ann.nprobe // 16)
     try:
-        return _neighbours(ann, features, k, rerank, block)
+        rows, sims = _neighbours(ann, features, k, rerank, block)
     finally:
         ann.nprobe = search_nprobe
+    return (rows, sims) if with_sims else rows
 
 
-def _neighbours(ann: AnnIndex, features: np.ndarray, k: int, rerank: int, block: int) -> np.ndarray:
+def _neighbours(ann: AnnIndex, features: np.ndarray, k: int, rerank: int, block: int):
     n = len(features)
     out = np.empty((n, k), dtype=np.int64)
+    out_sims = np.empty((n, k), dtype=np.float32)
     take = max(k + 1, rerank)
     for start in range(0, n, block):
-        rows = np.ascontiguousarray(features[start : start + block], dtype=np.float32)
+        rows = read_block(features, start, start + block).astype(np.float32)
         cand = ann.candidates(rows, take)
         own = np.arange(start, start + len(rows))[:, None]
         cand = np.where(cand == own, -1, cand)
         # Exact scores of the candidates, all at once: the block's rows against their own candidates.
         valid = np.maximum(cand, 0)
         uniq, inverse = np.unique(valid, return_inverse=True)
-        vecs = np.asarray(features[uniq], dtype=np.float32)
+        vecs = take_rows(features, uniq).astype(np.float32)
         sims = np.einsum("md,mcd->mc", rows, vecs[inverse.reshape(valid.shape)])
         sims[cand < 0] = -np.inf
         order = np.lexsort((cand, -sims), axis=1)[:, :k]
         out[start : start + len(rows)] = np.take_along_axis(cand, order, axis=1)
-    return out
+        out_sims[start : start + len(rows)] = np.take_along_axis(sims, order, axis=1)
+    return out, out_sims
 
 
 def save_ann(ann: AnnIndex, path) -> None:

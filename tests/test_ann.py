@@ -69,6 +69,33 @@ def test_dba_neighbours_through_the_ann_match_exact_ones(data, ann):
     assert np.mean([len(set(a) & set(b)) / 3 for a, b in zip(found[:500], exact)]) >= RECALL_FLOOR
 
 
+def test_ann_neighbours_with_sims_give_the_exact_similarities_of_the_rows_found(data, ann):
+    db = data[0][:3000]
+    small = build_ann(db, nprobe=64, rerank=128)
+    rows, sims = ann_neighbours(small, db, 5, nprobe=64, rerank=20, with_sims=True)
+    np.testing.assert_allclose(sims, np.einsum("nd,nkd->nk", db, db[rows]), rtol=1e-5, atol=1e-6)
+    assert (np.diff(sims, axis=1) <= 0).all()
+
+
+def test_a_large_database_gets_its_diffusion_graph_through_the_ann(data, monkeypatch):
+    """From DEFAULT.ann_rows rows up the graph's neighbours come from the ANN; its edges are the exact graph's."""
+    import dataclasses
+
+    import precompute.evaluate as evaluate
+    from retrieval.defaults import DEFAULT
+    from retrieval.diffusion import DiffusionSettings
+
+    db = data[0][:4000]
+    settings = DiffusionSettings(k=10, seeds=5, alpha=0.9, gamma=3)
+    exact = evaluate.diffusion_for(db, settings)
+    monkeypatch.setattr(evaluate, "DEFAULT", dataclasses.replace(DEFAULT, ann_rows=1000))
+    approximate = evaluate.diffusion_for(db, settings)
+    assert exact.graph.knn == "exact" and approximate.graph.knn == "ann"
+    a, b = exact.graph.affinity(), approximate.graph.affinity()
+    edges = lambda m: set(zip(*m.nonzero()))  # noqa: E731
+    assert len(edges(a) & edges(b)) >= RECALL_FLOOR * len(edges(a))
+
+
 @pytest.fixture(scope="module")
 def vectors_index(tmp_path_factory):
     """An index of 3,000 Lite0-sized descriptors with an ANN structure, as build_index --vectors makes it."""
