@@ -157,6 +157,7 @@ def measure_latency(plan: Plan, say) -> list[dict]:
                 "n_db": plan.latency_db, "n_queries": plan.latency_queries, "warm_queries": plan.warm_queries,
                 "queries_dir": str(DATA / "query_crops"), "k": 10, "backend": "kdtree",
                 "qe": 0 if pipeline == "report" else plan.qe, "alpha": plan.alpha,
+                "bucket": "none" if pipeline == "report" else DEFAULT_BUCKET,
             }
             # float32 rows, the KD-tree's float64 copy, the finiteness check's bools, and the network.
             need = plan.latency_db * dim * 13 + 2 * GB

@@ -264,6 +264,8 @@ def part_save_weights(cfg: dict) -> dict:
 
 def part_latency(cfg: dict) -> dict:
     """Image file in, ranked ids out, through SearchEngine over a synthetic database."""
+    from PIL import Image
+
     from retrieval.engine import SearchEngine
     from retrieval.features import descriptor_dim, find_images
     from retrieval.index import Index
@@ -286,8 +288,15 @@ def part_latency(cfg: dict) -> dict:
     for path in queries[: cfg["warm_queries"]]:
         engine.search(path, cfg["k"])
     total, embed, search = [], [], []
-    # Every crop has a size of its own: a runtime that compiles per input shape pays on a crop's first visit.
-    first_visit, seen = [], set(queries[: cfg["warm_queries"]])
+    # A runtime that compiles per input size pays on a size's first visit: without buckets every
+    # crop has a size of its own, with them a dozen sizes are shared by all images.
+    def size(path):
+        with Image.open(path) as image:
+            return pipeline.target_size(*image.size)
+
+    warm_side = pipeline.squash or pipeline.max_side
+    first_visit = []
+    seen = {size(q) for q in queries[: cfg["warm_queries"]]} | {pipeline.target_size(warm_side, warm_side * 3 // 4)}
     for i in range(int(cfg["n_queries"])):
         query = queries[i % len(queries)]
         t0 = time.perf_counter()
@@ -295,15 +304,15 @@ def part_latency(cfg: dict) -> dict:
         total.append(time.perf_counter() - t0)
         embed.append(result.embed_ms / 1000)
         search.append(result.search_ms / 1000)
-        first_visit.append(query not in seen)
-        seen.add(query)
+        first_visit.append(size(query) not in seen)
+        seen.add(size(query))
         assert len(result.ids) == cfg["k"]
     new = [e for e, f in zip(embed, first_visit) if f]
     again = [e for e, f in zip(embed, first_visit) if not f]
     return {
         "network": network.name, "runtime": network.runtime, "precision": network.precision,
         "embed_new_shape": summarize(new) if new else None, "embed_seen_shape": summarize(again) if again else None,
-        "pipeline": cfg["pipeline"], "max_side": pipeline.max_side,
+        "distinct_sizes": len(seen), "pipeline": cfg["pipeline"], "bucket": pipeline.bucket or "none", "max_side": pipeline.max_side,
         "squash": pipeline.squash, "pooling": pipeline.pooling, "dim": dim, "n_db": n,
         "backend": cfg["backend"], "qe": engine.qe_k, "tree_build_s": tree_s, "distinct_query_images": len(queries),
         "total": summarize(total), "embed": summarize(embed), "search": summarize(search),

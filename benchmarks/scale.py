@@ -30,6 +30,8 @@ SWEEP = {"n": 100_000, "network": "efficientnet-lite0",
          "factories": ("PCA256,IVF512,SQ8", "PCA256,IVF512,PQ64", "IVF512,SQ8", "PCA256,HNSW32_SQ8"),
          "nprobes": (32, 64, 128, 256)}
 GB = 1e9
+# (nprobe, candidates re-ranked), measured on every ANN cell after the index's own setting.
+NPROBES = ((16, 64), (32, 64), (32, 128), (64, 64), (64, 128), (64, 256), (128, 128), (128, 256), (256, 256))
 TARGETS = {"p50_ms": 10.0, "recall": 0.95, "rss_gb": 3.0, "coldstart_s": 60.0, "build_dba_min": 30.0}
 
 
@@ -119,11 +121,30 @@ def part_scale_query(cfg: dict) -> dict:
     result["query"] = summarize(times)
     if cfg.get("truth"):
         truth = np.load(cfg["truth"])
-        result["recall_at_20"] = float(np.mean([len(set(found[i]) & set(truth[i])) / K for i in found]))
+        result["recall_at_20"] = _recall(found, truth)
         result["recall_queries"] = len(found)
     result["rss_bytes"] = _rss_bytes()
     result["rss_before_load_bytes"] = rss0
+    if backend == "ann" and cfg.get("nprobes") and cfg.get("truth"):
+        # The same index at other search depths: what nprobe buys at this size (after the RSS reading).
+        stored, result["nprobes"] = (index.ann.nprobe, index.ann.rerank), []
+        for nprobe, rerank in cfg["nprobes"]:
+            index.ann.nprobe, index.ann.rerank = nprobe, rerank
+            times, found = [], {}
+            for _ in range(3):
+                for i, q in enumerate(queries):
+                    t0 = time.perf_counter()
+                    _, rows = searcher.search(q, K)
+                    times.append(time.perf_counter() - t0)
+                    found[i] = rows[0]
+            result["nprobes"].append({"nprobe": nprobe, "rerank": rerank, "recall_at_20": _recall(found, truth),
+                                      "query": summarize(times)})
+        index.ann.nprobe, index.ann.rerank = stored
     return result
+
+
+def _recall(found: dict, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(found[i]) & set(truth[i])) / K for i in found]))
 
 
 def part_ann_sweep(cfg: dict) -> dict:
@@ -197,6 +218,8 @@ def measure_search_scale(run_part, say, work: Path, *, sizes=SIZES, networks=NET
                     cfg = {"descriptors": str(descriptors), "index": str(index), "backend": backend,
                            "repeats": 3, "budget_s": 20.0 if backend != "ann" else 60.0}
                     cfg["truth_out" if backend == "exact" else "truth"] = str(truth)
+                    if backend == "ann":
+                        cfg["nprobes"] = NPROBES
                     cell[backend] = run_part("scale_query", cfg, timeout_s=900)
                 if n >= 1_000_000 and d == 2560:
                     say(f"cold start n={n} {network}")
@@ -248,6 +271,12 @@ def scale_tables(results: dict) -> dict:
                          f"{disk / 1e6:,.0f}", f"{r['rss_bytes'] / GB:.2f}"])
     tables = {"cells": {"columns": ["N", "network d", "backend", "recall@20", "p50 ms", "p95 ms", "ANN build s",
                                     "MB on disk", "RSS GB"], "align": "lllrrrrrr", "rows": rows}}
+    depth = [[f"{c['n']:,}", "Lite0" if "lite0" in c["network"] else "B7", r["nprobe"], r.get("rerank", 256),
+              f"{r['recall_at_20']:.3f}", _ms(r["query"]["median_ms"]), _ms(r["query"]["p95_ms"])]
+             for c in results["cells"] for r in (c.get("ann") or {}).get("nprobes", [])]
+    if depth:
+        tables["nprobe"] = {"columns": ["N", "network", "nprobe", "re-ranked", "recall@20", "p50 ms", "p95 ms"],
+                            "align": "llrrrrr", "rows": depth}
     if results.get("sweep") and "rows" in results["sweep"]:
         tables["index_types"] = {
             "columns": ["index type", "nprobe", "recall@20", "p50 ms", "build s", "MB"], "align": "lrrrrr",
