@@ -338,7 +338,7 @@ def diffusion_for(db: np.ndarray, settings: DiffusionSettings | None, ann=None) 
     # The mutual graph keeps an edge only when both ends find each other: deeper than DBA's search.
     structure = trained_ann(db, ann)
     rows, sims = ann_neighbours(structure, db, settings.k, rerank=2 * settings.k, with_sims=True,
-                                nprobe=max(8, structure.nprobe // 2))
+                                nprobe=max(8, structure.nprobe // 4))
     return Diffusion(graph_from_knn(rows, sims, gamma=settings.gamma, knn="ann"), settings)
 
 
