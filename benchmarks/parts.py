@@ -199,14 +199,14 @@ def time_forward_mix(forward, network, shapes: Counter, batch_size: int, *, call
     return sum(shapes.values()) / total_s
 
 
-def time_decode(files, pipeline, *, thumbnail_side: int) -> dict:
-    """Returns the single-thread decode + resize + thumbnail time per image (what a build worker does)."""
+def time_decode(files, pipeline, *, thumbnail_side: int, preview_side: int | None = None) -> dict:
+    """Returns the single-thread decode + resize + thumbnail (+ preview) time per image (what a build worker does)."""
     from retrieval.features import _decode
 
     times = []
     for path in files:
         t0 = time.perf_counter()
-        _decode(path, pipeline, thumbnail_side)
+        _decode(path, pipeline, thumbnail_side, preview_side)
         times.append(time.perf_counter() - t0)
     return summarize(times)
 
@@ -374,6 +374,7 @@ def part_build(cfg: dict) -> dict:
     import retrieval.networks as networks
     from retrieval.build import build_index
     from retrieval.features import THUMBNAIL_SIDE, find_images
+    from retrieval.previews import PREVIEW_SIDE
 
     files = find_images(Path(cfg["images_dir"]))[: int(cfg["n_images"])]
     pipeline = _pipeline({"pipeline": "default", "max_side": cfg["max_side"], "bucket": cfg.get("bucket", "none")})
@@ -385,7 +386,7 @@ def part_build(cfg: dict) -> dict:
     # A second reference: on a CPU a smaller batch can be faster per image, and builds run small batches.
     single = time_forward(networks.forward, network, shape, 1,
                           max_images=len(files), budget_s=cfg["forward_budget_s"] / 2)
-    decode = time_decode(files[: cfg["decode_images"]], pipeline, thumbnail_side=THUMBNAIL_SIDE)
+    decode = time_decode(files[: cfg["decode_images"]], pipeline, thumbnail_side=THUMBNAIL_SIDE, preview_side=PREVIEW_SIDE)
     # One untimed call per input shape of the photos, as the pure forward had its warm-up calls: the
     # first call at a shape sets up its kernels, once per build of any size.
     shapes = input_shapes(files, pipeline)

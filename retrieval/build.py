@@ -115,9 +115,11 @@ def build_index(
     t0 = time.perf_counter()
     say = log or (lambda _msg: None)
     plan = plan_build(images_dir, out_dir, network, pipeline, thumbnail_side=thumbnail_side, log=say)
+    # Previews come out of the same decoding pass as the network inputs, when the index will keep them.
+    previews_here = preview_side if preview_side and len(plan.files) <= max_previews else None
     stream = iter_features(
         network, [plan.files[rel] for rel in plan.todo], pipeline,
-        batch_size=batch_size, workers=workers, thumbnail_side=thumbnail_side,
+        batch_size=batch_size, workers=workers, thumbnail_side=thumbnail_side, preview_side=previews_here,
     )
     record_results(plan, ((plan.todo[item.position], item) for item in stream),
                    shard_size=shard_size, flush_seconds=flush_seconds, progress=progress, log=say)
@@ -145,6 +147,7 @@ class BuildPlan:
     cache: _Cache
     entries: dict[str, _Entry]
     report: BuildReport
+    previews: dict[str, bytes] = field(default_factory=dict)  # made while embedding, by relative path
 
 
 def plan_build(images_dir, out_dir, network, pipeline: Pipeline, *, thumbnail_side: int = THUMBNAIL_SIDE,
@@ -184,6 +187,8 @@ def record_results(plan: BuildPlan, results: Iterable[tuple[str, Embedded]], *, 
             else:
                 size, mtime = _stamp(plan.stats[rel])
                 fresh[rel] = _Entry(size, mtime, item.vector, item.thumbnail)
+                if item.preview is not None:
+                    plan.previews[rel] = item.preview
             if progress:
                 progress(done, len(plan.todo))
             if len(fresh) >= shard_size or (fresh and time.monotonic() - last_flush > flush_seconds):
@@ -262,7 +267,8 @@ def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str =
     if preview_side and len(ids) <= max_previews:
         try:
             previews = build_previews({rel: plan.files[rel] for rel in rels}, {rel: _stamp(plan.stats[rel]) for rel in rels},
-                                      preview_side, plan.out_dir / CACHE_DIR / "previews.npz", workers=workers)
+                                      preview_side, plan.out_dir / CACHE_DIR / "previews.npz", workers=workers,
+                                      made=plan.previews)
         except ImageError as e:
             raise BuildError(f"a preview could not be made ({e}); the files changed during the build?") from None
         meta["preview_side"] = preview_side

@@ -61,7 +61,7 @@ def decode_images(batch: dict, pipeline: Pipeline, thumbnail_side: int) -> dict:
     contents = [[] for _ in range(n_scales)]
     for path in batch["path"]:
         try:
-            arrays, sizes, thumb = _decode(str(path), pipeline, thumbnail_side)
+            arrays, sizes, thumb, _ = _decode(str(path), pipeline, thumbnail_side)
             error = ""
         except Exception as e:  # one bad file is reported, never stops the job
             arrays, sizes, thumb, error = [np.zeros((1, 1, 3))] * n_scales, [(1, 1)] * n_scales, b"", decode_error(e)

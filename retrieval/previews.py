@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.features import ImageError, load_image, make_thumbnail
+from retrieval.features import PREVIEW_QUALITY, ImageError, load_image, make_thumbnail
 
 # 512 px: what spatial verification detects keypoints on (retrieval.verify.DEFAULT_MAX_SIDE), and
 # sharp in an editor about 400 px high. About 45 kB per photo, so previews are stored only for
 # collections up to PREVIEW_MAX_IMAGES (about 230 MB); above that the thumbnails serve alone.
 PREVIEW_SIDE = 512
 PREVIEW_MAX_IMAGES = 5000
-PREVIEW_QUALITY = 85
 
 
 def make_preview(source, side: int = PREVIEW_SIDE) -> bytes:
@@ -30,12 +29,12 @@ def make_preview(source, side: int = PREVIEW_SIDE) -> bytes:
     Raises:
         retrieval.features.ImageError: the file cannot be decoded.
     """
-    return make_thumbnail(load_image(source, draft_size=(side, side)), side, quality=PREVIEW_QUALITY)
+    return make_thumbnail(load_image(source, draft_side=side), side, quality=PREVIEW_QUALITY)
 
 
 def build_previews(files: dict[str, Path], stamps: dict[str, tuple[int, int]], side: int, cache_file: Path,
-                   *, workers: int = 2) -> list[bytes]:
-    """Returns one preview per entry of `files` (in its order), reusing those in `cache_file`.
+                   *, workers: int = 2, made: dict[str, bytes] | None = None) -> list[bytes]:
+    """Returns one preview per entry of `files` (in its order), reusing those in `cache_file` or `made`.
 
     Args:
         files: relative path -> image file.
@@ -43,17 +42,19 @@ def build_previews(files: dict[str, Path], stamps: dict[str, tuple[int, int]], s
         side: longest side in pixels.
         cache_file: an .npz written atomically with every preview returned (and nothing else).
         workers: decoding threads.
+        made: relative path -> preview made in this build's decoding pass (at `side`).
 
     Raises:
         retrieval.features.ImageError: a file that was embedded cannot be decoded any more.
     """
     cached = _load(cache_file, side)
     rels = list(files)
-    todo = [rel for rel in rels if rel not in cached or cached[rel][0] != stamps[rel]]
+    made = {rel: made[rel] for rel in rels if rel in (made or {})}
+    todo = [rel for rel in rels if rel not in made and (rel not in cached or cached[rel][0] != stamps[rel])]
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        made = dict(zip(todo, pool.map(lambda rel: make_preview(files[rel], side), todo)))
+        made.update(zip(todo, pool.map(lambda rel: make_preview(files[rel], side), todo)))
     previews = [made[rel] if rel in made else cached[rel][1] for rel in rels]
-    if todo or len(cached) != len(rels):
+    if made or len(cached) != len(rels):
         _save(cache_file, side, rels, [stamps[rel] for rel in rels], previews)
     return previews
 

@@ -161,26 +161,35 @@ def test_bucketed_build_descriptor_equals_the_query_descriptor(tiny, tmp_path, f
 
 
 def test_previews_are_stored_at_their_side_and_made_once_per_file(tiny, tmp_path, monkeypatch):
+    import retrieval.features
     import retrieval.previews
 
     root = tmp_path / "photos"
     for i in range(3):
         save_photo(root / f"p{i}.jpg", i, size=(900, 600))
-    made = []
-    real = retrieval.previews.make_preview
-    monkeypatch.setattr(retrieval.previews, "make_preview", lambda path, side: made.append(path) or real(path, side))
+    decoded, made = [], []
+    real_load, real_preview = retrieval.features.load_image, retrieval.previews.make_preview
+    monkeypatch.setattr(retrieval.features, "load_image", lambda path, **kw: decoded.append(path) or real_load(path, **kw))
+    monkeypatch.setattr(retrieval.previews, "make_preview", lambda path, side: made.append(path) or real_preview(path, side))
     build_index(root, tmp_path / "idx", tiny, PIPE, preview_side=300)
     idx = load_index(tmp_path / "idx")
     assert idx.meta["preview_side"] == 300
     assert [Image.open(io.BytesIO(idx.preview(i))).size for i in idx.ids] == [(300, 200)] * 3
-    assert len(made) == 3
+    # One decode per photo: its preview comes out of the pass that embeds it.
+    assert len(decoded) == 3 and made == []
     save_photo(root / "p3.jpg", 3, size=(900, 600))
     build_index(root, tmp_path / "idx", tiny, PIPE, preview_side=300)
-    assert len(made) == 4 and load_index(tmp_path / "idx").has_previews  # only the new file's preview was made
+    assert len(decoded) == 4 and made == [] and load_index(tmp_path / "idx").has_previews  # only the new file
     # Over max_previews (or with preview_side=None), the index keeps thumbnails alone.
     build_index(root, tmp_path / "idx", tiny, PIPE, preview_side=300, max_previews=3)
     idx = load_index(tmp_path / "idx")
     assert not idx.has_previews and idx.meta["preview_side"] is None
+    # Previews asked for later, of photos already embedded: made from the files, nothing embedded again.
+    build_index(root, tmp_path / "idx2", tiny, PIPE, preview_side=None)
+    decoded.clear()
+    report = build_index(root, tmp_path / "idx2", tiny, PIPE, preview_side=300)
+    assert report.embedded == 0 and len(made) == 4 and decoded == []
+    assert [Image.open(io.BytesIO(load_index(tmp_path / "idx2").preview(i))).size for i in idx.ids] == [(300, 200)] * 4
 
 
 def test_a_file_rewritten_to_the_same_size_is_embedded_again(tiny, tmp_path):

@@ -446,3 +446,11 @@ def test_gem_clamps_at_eps_and_uses_its_exponent():
     np.testing.assert_allclose(pool(tiny_values, "gem", p=3), [[1e-6]], rtol=1e-3)
     np.testing.assert_allclose(pool(tiny_values, "gem", p=3, eps=1e-2), [[1e-2]], rtol=1e-3)
     assert pool(fm, "mac").dtype == np.float32 and pool(fm.astype(np.float64), "spoc").dtype == np.float32
+
+
+def test_a_draft_side_decodes_a_jpeg_smaller_but_never_below_that_side(tmp_path):
+    photo(1000, 665).save(tmp_path / "wide.jpg", quality=90)
+    photo(665, 1000).save(tmp_path / "tall.jpg", quality=90)
+    assert load_image(tmp_path / "wide.jpg", draft_side=400).size == (500, 333)  # 1/2: the longer side 500 >= 400
+    assert load_image(tmp_path / "tall.jpg", draft_side=400).size == (333, 500)
+    assert load_image(tmp_path / "wide.jpg", draft_side=600).size == (1000, 665)  # 1/2 would give 500 < 600
