@@ -428,10 +428,10 @@ def test_a_decoder_crash_on_one_file_is_reported_and_the_rest_go_on(tiny, monkey
 
     real = features._decode
 
-    def flaky(source, pipeline, thumbnail_side):
+    def flaky(source, pipeline, thumbnail_side, preview_side=None):
         if isinstance(source, bytes) and source == b"boom":
             raise RuntimeError("decoder bug")
-        return real(source, pipeline, thumbnail_side)
+        return real(source, pipeline, thumbnail_side, preview_side)
 
     monkeypatch.setattr(features, "_decode", flaky)
     items = {it.position: it for it in iter_features(tiny, [b"boom", photo()], Pipeline(max_side=64))}
