@@ -4,13 +4,9 @@ Keras stays the definition of every network (`retrieval.networks` builds and che
 runtime here runs the same graph faster on a CPU. Only `retrieval.networks` calls this module.
 
 - ``openvino``: the Keras graph converted by OpenVINO into its IR (``model.xml`` + ``model.bin``,
-  float32 weights), with dynamic batch, height and width. OpenVINO's CPU plugin runs a model
-  compiled for one height and width much faster than the dynamic one (EfficientNetB7 at 384 px:
-  about 2.5x, measured in README, "CPU runtime"), so each input size seen is compiled once with
-  that height and width fixed (batch left dynamic) and kept, up to `STATIC_SHAPES` sizes; with
-  the pipeline's fixed-shape buckets there are about a dozen. Sizes past that run through the
-  dynamic model. Compiled with float32 inference precision unless ``bfloat16`` is asked for
-  (OpenVINO would otherwise pick bfloat16 by itself on CPUs with AMX or AVX512-BF16).
+  float32 weights), with dynamic batch, height and width, so one compiled model serves every
+  aspect-preserved input size. Compiled with float32 inference precision unless ``bfloat16``
+  is asked for (OpenVINO would otherwise pick bfloat16 by itself on CPUs with AMX or AVX512-BF16).
 
 A conversion is cached in ``<cache_dir>/<network>-<key>/``; the key covers the network's name,
 a sha256 of its architecture (Keras' JSON config) and of its weight values, and the runtime's
@@ -36,9 +32,6 @@ __all__ = ["PRECISIONS", "RuntimeUnavailable", "conversion_key", "openvino_infer
 PRECISIONS = ("float32", "bfloat16")
 _OV_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
 _KEY_FILE = "key.json"
-# Input sizes (height, width) compiled with fixed spatial dimensions, per network. A fixed-shape
-# bucket pipeline has 11 sizes at max side 384; sizes beyond this run through the dynamic model.
-STATIC_SHAPES = 24
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -136,73 +129,26 @@ def openvino_infer(name: str, model, graph, *, precision: str = "float32", cache
             ir = _convert(ov, graph)
         t1 = time.perf_counter()
         threads = threads or len(os.sched_getaffinity(0))
-        config = {
+        compiled = ov.Core().compile_model(ir, "CPU", {
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY",
             # OpenVINO counts physical cores only; a 2-vCPU Space may be one core with two threads.
             "INFERENCE_NUM_THREADS": threads,
-        }
-        if folder is not None:
-            # OpenVINO's own cache of compiled models (keyed by model, shape and settings): a later
-            # start imports each input size's compiled model instead of compiling it again.
-            config["CACHE_DIR"] = str(folder / "compiled")
-        shapes = _Compiled(ov, ir, config, limit=STATIC_SHAPES)
+        })
     except RuntimeUnavailable:
         raise
     except Exception as err:  # OpenVINO raises its own RuntimeError and others for unsupported graphs
         raise RuntimeUnavailable(f"OpenVINO cannot convert or compile {name}: {type(err).__name__}: {err}") from err
     t2 = time.perf_counter()
+    request = compiled.create_infer_request()
+    lock = threading.Lock()
 
     def infer(batch: np.ndarray) -> np.ndarray:
-        return shapes.infer(batch)
+        with lock:  # one infer request: its output buffer is reused, hence the copy
+            return np.array(request.infer({0: batch})[0], dtype=np.float32, copy=True)
 
-    infer.compiled_sizes = shapes.sizes  # what has been compiled with fixed sizes (for tests and the benchmark)
     info = {"cached": cached, "convert_s": t1 - t0, "compile_s": t2 - t1, "threads": threads,
             "folder": str(folder) if folder else None, "version": ov.__version__}
     return infer, info
-
-
-class _Compiled:
-    """The dynamic compiled model, and one compiled per input size seen (height and width fixed).
-
-    Compiling for a size costs about as much as the first compile (B7: a few seconds; Lite0:
-    a fraction of one), paid by the first batch of that size; later batches of it run the
-    fixed-size model. One lock serialises inference: each compiled model has one infer request,
-    whose output buffer is reused (hence the copy).
-    """
-
-    def __init__(self, ov, ir, config: dict, *, limit: int):
-        self._ov, self._ir, self._config, self._limit = ov, ir, config, limit
-        self._core = ov.Core()
-        self._dynamic = None  # compiled when a size past the limit comes
-        self._static: dict[tuple[int, int], object] = {}
-        self._failed: set[tuple[int, int]] = set()
-        self._lock = threading.Lock()
-
-    def sizes(self) -> list[tuple[int, int]]:
-        """Returns the (height, width) sizes compiled with fixed dimensions so far."""
-        with self._lock:
-            return sorted(self._static)
-
-    def _request(self, height: int, width: int):
-        request = self._static.get((height, width))
-        if request is None and (height, width) not in self._failed and len(self._static) < self._limit:
-            try:
-                model = self._ir.clone()
-                model.reshape({model.inputs[0]: self._ov.PartialShape([-1, height, width, 3])})
-                request = self._core.compile_model(model, "CPU", self._config).create_infer_request()
-                self._static[(height, width)] = request
-            except RuntimeError:  # a size this graph cannot be fixed at: the dynamic model takes it
-                self._failed.add((height, width))
-        if request is None:
-            if self._dynamic is None:
-                self._dynamic = self._core.compile_model(self._ir, "CPU", self._config).create_infer_request()
-            request = self._dynamic
-        return request
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        with self._lock:
-            request = self._request(int(batch.shape[1]), int(batch.shape[2]))
-            return np.array(request.infer({0: batch})[0], dtype=np.float32, copy=True)
 
 
 def _convert(ov, graph):

@@ -52,19 +52,6 @@ def test_openvino_takes_every_input_size_and_batch(lite0, lite0_openvino):
         np.testing.assert_allclose(ours, keras, atol=1e-3)
 
 
-def test_each_input_size_is_compiled_once_and_sizes_past_the_limit_run_dynamic(tiny, monkeypatch, tmp_path):
-    monkeypatch.setattr(runtimes, "STATIC_SHAPES", 2)
-    network = with_runtime(tiny, "openvino", cache_dir=tmp_path)
-    sizes = network.infer.compiled_sizes
-    rng = np.random.default_rng(1)
-    for shape, compiled in [((1, 64, 96, 3), [(64, 96)]), ((2, 64, 96, 3), [(64, 96)]),  # another batch: same model
-                            ((1, 96, 64, 3), [(64, 96), (96, 64)]),
-                            ((3, 40, 72, 3), [(64, 96), (96, 64)])]:  # past the limit: the dynamic model
-        batch = rng.uniform(0, 255, shape).astype(np.float32)
-        np.testing.assert_allclose(forward(network, batch), forward(tiny, batch), atol=1e-4)
-        assert sizes() == compiled
-
-
 def test_an_unknown_runtime_or_precision_is_refused_by_name(tiny):
     with pytest.raises(NetworkError, match="unknown runtime 'tensorrt'; known runtimes: auto, openvino, keras"):
         build_network("efficientnet-lite0", runtime="tensorrt")
