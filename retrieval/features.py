@@ -192,16 +192,15 @@ def load_image(source, *, max_pixels: int = MAX_PIXELS, draft_size: tuple[int, i
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(f"{too_large(max_pixels)}: the image has {width}x{height} = {width * height:,} pixels")
-    if draft_side is not None and draft_size is None:
-        ratio = min(1.0, draft_side / max(width, height, 1))
-        draft_size = (math.ceil(width * ratio), math.ceil(height * ratio))
-        if _exif_transposes(image):
-            draft_size = draft_size[::-1]
     try:
         if draft_size is not None and image.format == "JPEG":
             transposed = _exif_transposes(image)
             w, h = (draft_size[1], draft_size[0]) if transposed else draft_size
             image.draft("RGB", (w, h))
+        elif draft_side is not None and image.format == "JPEG":
+            # A longer side bounds both orientations alike: the stored size needs no transposing.
+            ratio = min(1.0, draft_side / max(width, height, 1))
+            image.draft("RGB", (math.ceil(width * ratio), math.ceil(height * ratio)))
         image.load()
         image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
