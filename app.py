@@ -762,7 +762,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="with --images: efficientnet-b7 or efficientnet-lite0 (works offline)")
     parser.add_argument("--weights", default="imagenet", help="with --images: imagenet or a weights file")
     parser.add_argument("--runtime", default="auto",
-                        help="what runs the network: auto (default: openvino if it loads, else keras), openvino, keras")
+                        help="what runs the network: auto (default: onnxruntime if it loads, else keras; openvino "
+                        "for bfloat16), onnxruntime, openvino, keras")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                         help="bfloat16: openvino's reduced-precision inference (faster, less exact)")
     parser.add_argument("--runtime-cache", type=Path, default=RUNTIME_CACHE,

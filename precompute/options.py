@@ -37,8 +37,8 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     """Adds --runtime, --precision and --runtime-cache (app.py has the same three)."""
     parser.add_argument(
         "--runtime", default="auto",
-        help="what runs the network: auto (default: openvino if it loads, else keras, with a warning), "
-        "openvino or keras",
+        help="what runs the network: auto (default: onnxruntime, or openvino for --precision bfloat16; "
+        "keras with a warning if that cannot load), onnxruntime, openvino or keras",
     )
     parser.add_argument(
         "--precision", choices=("float32", "bfloat16"), default="float32",

@@ -10,9 +10,10 @@ is inside the model) and returns its last convolutional feature map, (b, h', w',
 - ``tiny_network``: a few random strided convolutions, for fast unit tests.
 
 Runtimes (``RUNTIMES``, see `retrieval.runtimes`): ``keras`` runs the Keras model through one
-TensorFlow graph; ``openvino`` runs the same weights converted by OpenVINO (cached on disk when
-given a cache folder); ``auto`` takes the fastest that loads, falling back to Keras with a
-warning. Keras always builds the network, so the weights are the same whatever runs them.
+TensorFlow graph; ``onnxruntime`` and ``openvino`` run the same weights converted for them
+(cached on disk when given a cache folder); ``auto`` takes ONNX Runtime, the fastest measured
+(OpenVINO for ``bfloat16``, which only it runs), falling back to Keras with a warning. Keras
+always builds the network, so the weights are the same whatever runs them.
 """
 
 from __future__ import annotations
@@ -38,11 +39,10 @@ __all__ = ["NETWORKS", "RUNTIMES", "Network", "NetworkError", "build_network", "
            "with_runtime"]
 
 NETWORKS = ("efficientnet-b7", "efficientnet-lite0")
-# Fastest first: "auto" tries them in this order (measured in README, "CPU runtime").
-RUNTIMES = ("openvino", "keras")
-# Except where the benchmark measured otherwise: B7 through OpenVINO pays about 0.1 s of compilation
-# for every new input size, and every query crop has one, so its queries ran slower than Keras'.
-_AUTO_KERAS = ("efficientnet-b7",)
+# Fastest first (measured in README, "CPU runtime"): "auto" takes the first that runs the precision.
+RUNTIMES = ("onnxruntime", "openvino", "keras")
+# Precisions other than float32, and the runtimes that run them.
+_REDUCED = {"bfloat16": ("openvino",)}
 
 _B7_WEIGHTS_FILE = "efficientnetb7_notop.h5"
 _B7_WEIGHTS_URL = "https://storage.googleapis.com/keras-applications/" + _B7_WEIGHTS_FILE
@@ -81,7 +81,7 @@ class Network:
         model: Keras model, input (b, h, w, 3) float32 RGB in [0, 255] of any h, w;
             output (b, h', w', channels), the last convolutional feature map.
         channels: number of channels of the feature map.
-        runtime: what runs the model: "keras" or "openvino" (see ``RUNTIMES``).
+        runtime: what runs the model: "keras", "onnxruntime" or "openvino" (see ``RUNTIMES``).
         precision: "float32", or "bfloat16" for a runtime's reduced-precision inference.
         infer: the runtime's forward function, (b, h, w, 3) float32 to the feature map;
             None runs the Keras model.
@@ -119,7 +119,8 @@ def build_network(name: str = "efficientnet-b7", *, weights: str | os.PathLike =
         weights: "imagenet"; "none" for random weights (smoke runs only); or the path to a
             weights file: a Keras ``.h5`` / ``.weights.h5`` for efficientnet-b7, a legacy
             PyTorch ``.pth`` state dict for efficientnet-lite0.
-        runtime: "keras", "openvino", or "auto" (the fastest of ``RUNTIMES`` that loads).
+        runtime: "keras", "onnxruntime", "openvino", or "auto" (the fastest of ``RUNTIMES``:
+            onnxruntime, or openvino for bfloat16; keras if that cannot load).
         precision: "float32", or "bfloat16" (openvino only: faster, descriptors less exact).
         cache_dir: where a runtime keeps its conversions; None converts at every build.
 
@@ -150,29 +151,34 @@ def with_runtime(network: Network, runtime: str, *, precision: str = "float32",
             that says why.
     """
     _check_runtime(runtime, precision)
-    if runtime == "keras" or (runtime == "auto" and network.name in _AUTO_KERAS):
+    chosen = runtime if runtime != "auto" else _REDUCED.get(precision, RUNTIMES)[0]
+    if chosen == "keras":
         return replace(network, runtime="keras", precision="float32", infer=None)
-    from retrieval.runtimes import RuntimeUnavailable, openvino_infer
+    from retrieval.runtimes import RuntimeUnavailable, onnxruntime_infer, openvino_infer
 
     try:
-        infer, _ = openvino_infer(network.name, network.model, network._graph, precision=precision,
-                                  cache_dir=cache_dir)
+        if chosen == "onnxruntime":
+            infer, _ = onnxruntime_infer(network.name, network.model, cache_dir=cache_dir)
+        else:
+            infer, _ = openvino_infer(network.name, network.model, network._graph, precision=precision,
+                                      cache_dir=cache_dir)
     except RuntimeUnavailable as err:
         if runtime != "auto":
-            raise NetworkError(f"runtime openvino cannot load {network.name}: {err}") from err
-        warnings.warn(f"runtime auto: openvino cannot load ({err}); falling back to keras",
+            raise NetworkError(f"runtime {chosen} cannot load {network.name}: {err}") from err
+        warnings.warn(f"runtime auto: {chosen} cannot load ({err}); falling back to keras",
                       RuntimeWarning, stacklevel=2)
         return replace(network, runtime="keras", precision="float32", infer=None)
-    return replace(network, runtime="openvino", precision=precision, infer=infer)
+    return replace(network, runtime=chosen, precision=precision, infer=infer)
 
 
 def _check_runtime(runtime: str, precision: str) -> None:
     if runtime not in (*RUNTIMES, "auto"):
         raise NetworkError(f"unknown runtime {runtime!r}; known runtimes: auto, {', '.join(RUNTIMES)}")
-    if precision not in ("float32", "bfloat16"):
-        raise NetworkError(f"unknown precision {precision!r}; known: float32, bfloat16")
-    if precision != "float32" and runtime == "keras":
-        raise NetworkError(f"precision {precision} needs runtime openvino (or auto), not keras")
+    if precision != "float32" and precision not in _REDUCED:
+        raise NetworkError(f"unknown precision {precision!r}; known: float32, {', '.join(_REDUCED)}")
+    if precision != "float32" and runtime not in (*_REDUCED[precision], "auto"):
+        raise NetworkError(f"precision {precision} needs runtime {' or '.join(_REDUCED[precision])} (or auto), "
+                           f"not {runtime}")
 
 
 def _build_keras(name: str, weights) -> Network:

@@ -3,6 +3,10 @@
 Keras stays the definition of every network (`retrieval.networks` builds and checks it); a
 runtime here runs the same graph faster on a CPU. Only `retrieval.networks` calls this module.
 
+- ``onnxruntime``: the Keras layers written as an ONNX graph by `retrieval.onnx_export` (a second
+  for B7: no graph tracing, no optimiser of its own; ONNX Runtime optimises it when it loads),
+  float32, dynamic batch, height and width, run by ONNX Runtime's CPU provider. No compilation
+  per input size, so a new query size costs what a repeated one does.
 - ``openvino``: the Keras graph converted by OpenVINO into its IR (``model.xml`` + ``model.bin``,
   float32 weights), with dynamic batch, height and width, so one compiled model serves every
   aspect-preserved input size. Compiled with float32 inference precision unless ``bfloat16``
@@ -27,11 +31,15 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["PRECISIONS", "RuntimeUnavailable", "conversion_key", "openvino_infer"]
+__all__ = ["PRECISIONS", "RuntimeUnavailable", "conversion_key", "onnxruntime_infer", "openvino_infer"]
 
 PRECISIONS = ("float32", "bfloat16")
 _OV_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
 _KEY_FILE = "key.json"
+# ONNX Runtime runs a batch in chunks of this many images: measured on 2 cores at 384x288, B7 took
+# 99 ms an image one or two at a time against 128 ms in batches of 8 (the activations of a large
+# batch outgrow the caches), and Lite0 7.5 ms in twos against 12.6 ms in eights.
+_ONNX_CHUNK = 2
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -87,6 +95,93 @@ def _import_openvino():
     except ImportError as err:  # also a broken install, whose native library fails to load
         raise RuntimeUnavailable(f"the openvino package cannot be imported: {err}") from err
     return openvino
+
+
+def _import_onnxruntime():
+    try:
+        import onnx  # noqa: F401  (writes the graph)
+        import onnxruntime
+    except ImportError as err:
+        raise RuntimeUnavailable(f"the onnxruntime and onnx packages cannot be imported: {err}") from err
+    return onnxruntime
+
+
+def onnxruntime_infer(name: str, model, *, cache_dir=None,
+                      threads: int | None = None) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+    """Returns an ONNX Runtime forward function for a Keras model, and what it did to get it.
+
+    Args:
+        name: the network's name (part of the cache folder's name).
+        model: the Keras model, input (b, h, w, 3) float32, any b, h, w, made of the layers
+            `retrieval.onnx_export` knows.
+        cache_dir: folder of cached conversions; None converts in memory every time.
+        threads: inference threads; None uses every core this process may run on.
+
+    Returns:
+        (infer, info): ``infer(batch)`` takes (b, h, w, 3) float32 and returns the feature map
+        as a new float32 array, safe to call from several threads; ``info`` has ``cached``,
+        ``convert_s``, ``compile_s`` (loading and optimising the session) and ``folder``.
+
+    Raises:
+        RuntimeUnavailable: onnxruntime or onnx is not installed, the network has a layer the
+            converter does not know, or ONNX Runtime cannot load the graph.
+    """
+    ort = _import_onnxruntime()
+    from retrieval import onnx_export
+    from retrieval.onnx_export import UnsupportedLayer
+
+    t0 = time.perf_counter()
+    threads = threads or len(os.sched_getaffinity(0))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # No spinning between calls: with ONNX Runtime's default spinning the benchmark's B7 queries took
+    # 114.7 ms to embed and 37.2 ms to search (the spinning thread takes a core from the search),
+    # against 103.6 and 30.5 ms without, though a forward pass alone was faster spinning (2 cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only
+    folder, cached, session = None, False, None
+    try:
+        if cache_dir is not None:
+            # The converter's version too: a graph written differently is converted again.
+            key = conversion_key(name, model, "onnxruntime", f"{ort.__version__}+export{onnx_export.VERSION}")
+            folder = _cache_folder(Path(cache_dir), key)
+            if _key_matches(folder, key):
+                t1 = time.perf_counter()
+                try:
+                    session = ort.InferenceSession(str(folder / "model.onnx"), options,
+                                                   providers=["CPUExecutionProvider"])
+                    cached = True
+                except Exception:  # absent, truncated or unreadable: convert again  # noqa: BLE001
+                    session = None
+            if session is None:
+                proto = onnx_export.keras_to_onnx(model, name=name)
+                _write_folder(folder, key, lambda tmp: (tmp / "model.onnx").write_bytes(proto.SerializeToString()))
+                t1 = time.perf_counter()
+                session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        else:
+            source = onnx_export.keras_to_onnx(model, name=name).SerializeToString()
+            t1 = time.perf_counter()
+            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except UnsupportedLayer as err:
+        raise RuntimeUnavailable(f"{name} cannot be written as ONNX: {err}") from err
+    except Exception as err:  # onnxruntime raises its own exception types for graphs it refuses
+        raise RuntimeUnavailable(f"ONNX Runtime cannot load {name}: {type(err).__name__}: {err}") from err
+    t2 = time.perf_counter()
+    feature_name = session.get_outputs()[0].name
+    image_name = session.get_inputs()[0].name
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run([feature_name], {image_name: batch})[0], dtype=np.float32)
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        if len(batch) <= _ONNX_CHUNK:
+            return run(batch)
+        return np.concatenate([run(batch[i:i + _ONNX_CHUNK]) for i in range(0, len(batch), _ONNX_CHUNK)])
+
+    info = {"cached": cached, "convert_s": t1 - t0, "compile_s": t2 - t1, "threads": threads,
+            "folder": str(folder) if folder else None, "version": ort.__version__}
+    return infer, info
 
 
 def openvino_infer(name: str, model, graph, *, precision: str = "float32", cache_dir=None,
@@ -166,22 +261,34 @@ def _silence_telemetry() -> None:
     convert_impl.tm = telemetry_utils.tm = telemetry_stub
 
 
-def _read_cached(ov, folder: Path, key: dict):
+def _key_matches(folder: Path, key: dict) -> bool:
     try:
-        if json.loads((folder / _KEY_FILE).read_text()) != key:
-            return None
+        return json.loads((folder / _KEY_FILE).read_text()) == key
+    except (OSError, ValueError):  # absent or half-written: convert again
+        return False
+
+
+def _read_cached(ov, folder: Path, key: dict):
+    if not _key_matches(folder, key):
+        return None
+    try:
         return ov.Core().read_model(folder / "model.xml")
-    except (OSError, ValueError, RuntimeError):  # absent, half-written or unreadable: convert again
+    except (OSError, ValueError, RuntimeError):  # unreadable: convert again
         return None
 
 
 def _write_cache(ov, ir, folder: Path, key: dict) -> None:
-    """Writes the IR and its key into `folder`, atomically (a crash leaves no half of one)."""
+    # compress_to_fp16 would halve the file but round every weight: keep float32.
+    _write_folder(folder, key, lambda tmp: ov.save_model(ir, tmp / "model.xml", compress_to_fp16=False))
+
+
+def _write_folder(folder: Path, key: dict, write: Callable[[Path], object]) -> None:
+    """Fills `folder` with what `write(tmp)` puts in a new folder, and the key, atomically
+    (a crash leaves no half of one: the key is written last, and the folder renamed into place)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        # compress_to_fp16 would halve the file but round every weight: keep float32.
-        ov.save_model(ir, tmp / "model.xml", compress_to_fp16=False)
+        write(tmp)
         (tmp / _KEY_FILE).write_text(json.dumps(key, indent=1, sort_keys=True) + "\n")
         if folder.exists():
             shutil.rmtree(folder)

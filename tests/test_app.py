@@ -90,9 +90,9 @@ def test_query_crops_answer_as_the_engine_does(client, rparis, engine):
 
 
 def test_a_query_is_embedded_by_the_fast_runtime(client, rparis):
-    # app.py's default is --runtime auto, which takes OpenVINO when it loads; the timings say what ran.
+    # app.py's default is --runtime auto, which takes ONNX Runtime when it loads; the timings say what ran.
     _, results, timings = search(client, crop_path(rparis, "paris_eiffel_000266"), k=3)
-    assert timings["runtime"] == "openvino" and timings["embed_ms"] > 0
+    assert timings["runtime"] == "onnxruntime" and timings["embed_ms"] > 0
     assert [r["rank"] for r in results] == [1, 2, 3]
 
 

@@ -145,7 +145,7 @@ def test_dragging_draws_a_box_and_search_searches_inside_it(page, app_url, rpari
     page.locator("#search").click()
     wait_for_results(page, 7)
     timing = page.locator("#timing").inner_text()
-    assert re.search(r"Query time [\d.]+ ms: embedding [\d.]+ ms \((openvino|keras)\) \+ search [\d.]+ ms", timing), timing
+    assert re.search(r"Query time [\d.]+ ms: embedding [\d.]+ ms \((onnxruntime|openvino|keras)\) \+ search [\d.]+ ms", timing), timing
     captions = page.locator("#results .caption-label").all_inner_texts()
     assert [c.split("\n")[0].split(" · ")[0] for c in captions] == [f"#{r}" for r in range(1, 8)]
     assert searched_size(page) == (x1 - x0, y1 - y0)  # the search ran on exactly that region

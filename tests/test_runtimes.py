@@ -5,105 +5,157 @@ from __future__ import annotations
 import sys
 import warnings
 
+import keras
 import numpy as np
 import pytest
 
-from retrieval import runtimes
+from retrieval import onnx_export, runtimes
 from retrieval.features import Pipeline, extract_features
 from retrieval.networks import NetworkError, build_network, forward, tiny_network, with_runtime
 
 pytest.importorskip("openvino")
+pytest.importorskip("onnxruntime")
+
+FAST = ("onnxruntime", "openvino")
 
 
-@pytest.fixture(scope="module")
-def lite0_openvino(lite0, tmp_path_factory):
-    return with_runtime(lite0, "openvino", cache_dir=tmp_path_factory.mktemp("runtime-cache"))
+@pytest.fixture(scope="module", params=FAST)
+def lite0_fast(request, lite0, tmp_path_factory):
+    return with_runtime(lite0, request.param, cache_dir=tmp_path_factory.mktemp("runtime-cache"))
 
 
 @pytest.fixture
 def conversions(monkeypatch):
-    """Counts OpenVINO conversions (cache misses)."""
+    """Counts conversions (cache misses) of both runtimes."""
     calls = []
-    convert = runtimes._convert
+    convert, write = runtimes._convert, onnx_export.keras_to_onnx
 
     def counting(ov, graph):
         calls.append(graph)
         return convert(ov, graph)
 
+    def counting_onnx(model, **kwargs):
+        calls.append(model)
+        return write(model, **kwargs)
+
     monkeypatch.setattr(runtimes, "_convert", counting)
+    monkeypatch.setattr(onnx_export, "keras_to_onnx", counting_onnx)
     return calls
 
 
-def test_openvino_descriptors_match_keras_on_real_photos(lite0, lite0_openvino, rparis_dir):
+def test_fast_runtime_descriptors_match_keras_on_real_photos(lite0, lite0_fast, rparis_dir):
     photos = sorted((rparis_dir / "jpg").glob("*.jpg"))[::100][:4]
     pipeline = Pipeline(max_side=384)
-    ours = extract_features(lite0_openvino, photos, pipeline, batch_size=2)
-    keras = extract_features(lite0, photos, pipeline, batch_size=2)
-    assert lite0_openvino.runtime == "openvino" and lite0.runtime == "keras"
-    assert ours.shape == keras.shape == (4, 1280)
-    assert np.all(np.sum(ours * keras, axis=1) >= 0.999)
+    ours = extract_features(lite0_fast, photos, pipeline, batch_size=2)
+    keras_ = extract_features(lite0, photos, pipeline, batch_size=2)
+    assert lite0_fast.runtime in FAST and lite0.runtime == "keras"
+    assert ours.shape == keras_.shape == (4, 1280)
+    assert np.all(np.sum(ours * keras_, axis=1) >= 0.999)
 
 
-def test_openvino_takes_every_input_size_and_batch(lite0, lite0_openvino):
+def test_fast_runtimes_take_every_input_size_and_batch(lite0, lite0_fast):
     for shape in [(1, 288, 384, 3), (3, 384, 256, 3), (1, 37, 500, 3)]:
         batch = np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)
-        ours, keras = forward(lite0_openvino, batch), forward(lite0, batch)
-        assert ours.shape == keras.shape
-        np.testing.assert_allclose(ours, keras, atol=1e-3)
+        ours, keras_ = forward(lite0_fast, batch), forward(lite0, batch)
+        assert ours.shape == keras_.shape
+        np.testing.assert_allclose(ours, keras_, atol=1e-3)
+
+
+def test_b7_through_onnxruntime_matches_keras():
+    b7 = build_network("efficientnet-b7", weights="none")
+    fast = with_runtime(b7, "onnxruntime")
+    batch = np.random.default_rng(2).uniform(0, 255, (1, 96, 64, 3)).astype(np.float32)
+    ours, expected = forward(fast, batch), forward(b7, batch)
+    assert fast.runtime == "onnxruntime" and ours.shape == expected.shape == (1, 3, 2, 2560)
+    cosine = np.sum(ours * expected) / np.linalg.norm(ours) / np.linalg.norm(expected)
+    assert cosine >= 0.9999
+
+
+def test_a_layer_the_converter_does_not_know_is_refused_by_name(tmp_path):
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.MaxPooling2D(name="odd_pool")(keras.layers.Conv2D(4, 3)(inputs)))
+    with pytest.raises(onnx_export.UnsupportedLayer, match="layer odd_pool of type MaxPooling2D"):
+        onnx_export.keras_to_onnx(model)
+    network = tiny_network()
+    network = type(network)(name="odd", weights="none", model=model, channels=4)
+    with pytest.raises(NetworkError, match="runtime onnxruntime cannot load odd: odd cannot be written as ONNX"):
+        with_runtime(network, "onnxruntime", cache_dir=tmp_path)
+    with pytest.warns(RuntimeWarning, match="runtime auto: onnxruntime cannot load"):
+        assert with_runtime(network, "auto", cache_dir=tmp_path).runtime == "keras"
 
 
 def test_an_unknown_runtime_or_precision_is_refused_by_name(tiny):
-    with pytest.raises(NetworkError, match="unknown runtime 'tensorrt'; known runtimes: auto, openvino, keras"):
+    with pytest.raises(NetworkError, match="unknown runtime 'tensorrt'; known runtimes: auto, onnxruntime, openvino, "
+                                           "keras"):
         build_network("efficientnet-lite0", runtime="tensorrt")
     with pytest.raises(NetworkError, match="unknown precision 'int4'"):
         with_runtime(tiny, "openvino", precision="int4")
-    with pytest.raises(NetworkError, match="precision bfloat16 needs runtime openvino"):
+    with pytest.raises(NetworkError, match=r"precision bfloat16 needs runtime openvino \(or auto\), not keras"):
         with_runtime(tiny, "keras", precision="bfloat16")
+    with pytest.raises(NetworkError, match="precision bfloat16 needs runtime openvino .*not onnxruntime"):
+        with_runtime(tiny, "onnxruntime", precision="bfloat16")
 
 
-def test_a_runtime_that_cannot_load_falls_back_to_keras_only_for_auto(tiny, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now raises ImportError
-    with pytest.raises(NetworkError, match="runtime openvino cannot load tiny-8-seed0: the openvino package"):
-        with_runtime(tiny, "openvino", cache_dir=tmp_path)
-    with pytest.warns(RuntimeWarning, match=r"runtime auto: openvino cannot load .*; falling back to keras"):
-        network = with_runtime(tiny, "auto", cache_dir=tmp_path)
-    assert network.runtime == "keras"
+@pytest.mark.parametrize("runtime, module", [("onnxruntime", "onnxruntime"), ("openvino", "openvino")])
+def test_a_runtime_that_cannot_load_falls_back_to_keras_only_for_auto(tiny, monkeypatch, tmp_path, runtime, module):
+    monkeypatch.setitem(sys.modules, module, None)  # `import <module>` now raises ImportError
+    with pytest.raises(NetworkError, match=f"runtime {runtime} cannot load tiny-8-seed0: the {module} (and onnx )?"
+                                           "packages? cannot be imported"):
+        with_runtime(tiny, runtime, cache_dir=tmp_path)
+    precision = "float32" if runtime == "onnxruntime" else "bfloat16"  # what auto runs with each
+    with pytest.warns(RuntimeWarning, match=rf"runtime auto: {runtime} cannot load .*; falling back to keras"):
+        network = with_runtime(tiny, "auto", precision=precision, cache_dir=tmp_path)
+    assert network.runtime == "keras" and network.precision == "float32"
     batch = np.full((1, 64, 64, 3), 100.0, np.float32)
     np.testing.assert_array_equal(forward(network, batch), forward(tiny, batch))
 
 
-def test_auto_takes_openvino_when_it_loads(tiny, tmp_path):
+def test_auto_takes_onnxruntime_when_it_loads_and_openvino_for_bfloat16(tiny, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback warning
         network = with_runtime(tiny, "auto", cache_dir=tmp_path)
-    assert network.runtime == "openvino" and "runtime openvino" in network.describe()
+        reduced = with_runtime(tiny, "auto", precision="bfloat16", cache_dir=tmp_path)
+    assert network.runtime == "onnxruntime" and "runtime onnxruntime" in network.describe()
+    assert reduced.runtime == "openvino" and reduced.describe().endswith("runtime openvino bfloat16")
 
 
-def test_the_conversion_cache_is_reused_and_rebuilt_when_the_weights_change(conversions, tmp_path):
-    keras = tiny_network(seed=3)
+@pytest.mark.parametrize("runtime", FAST)
+def test_the_conversion_cache_is_reused_and_rebuilt_when_the_weights_change(conversions, tmp_path, runtime):
+    net = tiny_network(seed=3)
     batch = np.random.default_rng(1).uniform(0, 255, (2, 96, 64, 3)).astype(np.float32)
-    first = with_runtime(keras, "openvino", cache_dir=tmp_path)
-    again = with_runtime(tiny_network(seed=3), "openvino", cache_dir=tmp_path)  # same weights, new Keras build
+    first = with_runtime(net, runtime, cache_dir=tmp_path)
+    again = with_runtime(tiny_network(seed=3), runtime, cache_dir=tmp_path)  # same weights, new Keras build
     assert len(conversions) == 1 and len(list(tmp_path.iterdir())) == 1
-    np.testing.assert_allclose(forward(again, batch), forward(keras, batch), atol=1e-5)
+    np.testing.assert_allclose(forward(again, batch), forward(net, batch), atol=1e-5)
 
-    kernel = keras.model.get_layer("conv4").kernel
+    kernel = net.model.get_layer("conv4").kernel
     kernel.assign(-np.asarray(kernel))  # the same network with other weights
-    changed = with_runtime(keras, "openvino", cache_dir=tmp_path)
+    changed = with_runtime(net, runtime, cache_dir=tmp_path)
     assert len(conversions) == 2 and len(list(tmp_path.iterdir())) == 2
-    np.testing.assert_allclose(forward(changed, batch), forward(keras, batch), atol=1e-5)
+    np.testing.assert_allclose(forward(changed, batch), forward(net, batch), atol=1e-5)
     assert not np.allclose(forward(changed, batch), forward(first, batch), atol=1e-3)
 
 
-def test_a_damaged_cache_entry_is_converted_again(conversions, tmp_path):
-    keras = tiny_network(seed=4)
-    with_runtime(keras, "openvino", cache_dir=tmp_path)
+def test_a_new_onnx_converter_converts_again(conversions, tmp_path, monkeypatch):
+    net = tiny_network(seed=6)
+    with_runtime(net, "onnxruntime", cache_dir=tmp_path)
+    with_runtime(net, "onnxruntime", cache_dir=tmp_path)
+    assert len(conversions) == 1
+    monkeypatch.setattr(onnx_export, "VERSION", onnx_export.VERSION + 1)
+    with_runtime(net, "onnxruntime", cache_dir=tmp_path)
+    assert len(conversions) == 2 and len(list(tmp_path.iterdir())) == 2
+
+
+@pytest.mark.parametrize("runtime, file", [("onnxruntime", "model.onnx"), ("openvino", "model.xml")])
+def test_a_damaged_cache_entry_is_converted_again(conversions, tmp_path, runtime, file):
+    net = tiny_network(seed=4)
+    with_runtime(net, runtime, cache_dir=tmp_path)
     (folder,) = tmp_path.iterdir()
-    (folder / "model.xml").write_text("<truncated")
-    network = with_runtime(keras, "openvino", cache_dir=tmp_path)
+    (folder / file).write_text("<truncated")
+    network = with_runtime(net, runtime, cache_dir=tmp_path)
     assert len(conversions) == 2
     batch = np.full((1, 64, 64, 3), 50.0, np.float32)
-    np.testing.assert_allclose(forward(network, batch), forward(keras, batch), atol=1e-5)
+    np.testing.assert_allclose(forward(network, batch), forward(net, batch), atol=1e-5)
 
 
 def test_converting_sends_no_telemetry(tiny, tmp_path):
@@ -111,8 +163,3 @@ def test_converting_sends_no_telemetry(tiny, tmp_path):
     from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils
 
     assert convert_impl.tm is telemetry_stub and telemetry_utils.tm is telemetry_stub
-
-
-def test_auto_keeps_keras_for_b7_where_it_measured_faster():
-    network = build_network("efficientnet-b7", weights="none", runtime="auto")
-    assert network.runtime == "keras"
