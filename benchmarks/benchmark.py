@@ -67,7 +67,7 @@ class Plan:
     workers: int = 2
     forward_budget_s: float = 20.0
     # What runs the network in the latency and cold-start sections (the report's pipeline: Keras, as it had).
-    runtimes: tuple[str, ...] = ("keras", "openvino")
+    runtimes: tuple[str, ...] = ("keras", "onnxruntime", "openvino")
     coldstart_networks: tuple[str, ...] = ("efficientnet-lite0", "efficientnet-b7")
     coldstart_rows: int = 6000
     size_rows: int = 5063

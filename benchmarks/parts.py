@@ -379,7 +379,8 @@ def part_build(cfg: dict) -> dict:
     files = find_images(Path(cfg["images_dir"]))[: int(cfg["n_images"])]
     pipeline = _pipeline({"pipeline": "default", "max_side": cfg["max_side"], "bucket": cfg.get("bucket", "none")})
     shape, shape_count = common_input_shape(files, pipeline)
-    network = networks.build_network(cfg["network"], weights=cfg["weights"])
+    # The runtime that build_index uses by default (auto: ONNX Runtime where it loads).
+    network = networks.build_network(cfg["network"], weights=cfg["weights"], runtime=cfg.get("runtime", "auto"))
     bs = int(cfg["batch_size"])
     pure = time_forward(networks.forward, network, shape, bs,
                         max_images=len(files), budget_s=cfg["forward_budget_s"])
@@ -411,7 +412,8 @@ def part_build(cfg: dict) -> dict:
     # CPU time of all threads per image: steadier than wall time when other processes share the cores.
     build_cpu_ms = cpu * 1000 / report.count
     return {
-        "network": network.name, "bucket": pipeline.bucket or "none", "images": report.count,
+        "network": network.name, "runtime": network.runtime, "bucket": pipeline.bucket or "none",
+        "images": report.count,
         "skipped_files": len(report.skipped),
         "batch_size": bs, "workers": int(cfg["workers"]), "max_side": pipeline.max_side,
         "common_shape": list(shape), "common_shape_images": shape_count, "input_shapes": len(shapes),

@@ -24,7 +24,7 @@ import numpy as np
 from retrieval.defaults import DEFAULT
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = (("keras", "float32"), ("openvino", "float32"), ("openvino", "bfloat16"))
+VARIANTS = (("keras", "float32"), ("onnxruntime", "float32"), ("openvino", "float32"), ("openvino", "bfloat16"))
 
 
 def check(dataset, network_name: str, weights: str, *, variants=VARIANTS, say=lambda msg: None) -> list[dict]:
