@@ -50,6 +50,12 @@ MODULES = {
     "verify": ("retrieval/verify.py", ["tests/test_verify.py"], "fork"),
     "features": ("retrieval/features.py", ["tests/test_features.py"], "forkserver"),
     "app": ("app.py", ["tests/test_app_handlers.py"], "forkserver"),
+    # The million-image backends, diffusion and the runtimes (FAISS runs OpenMP threads: forkserver).
+    "rows": ("retrieval/rows.py", ["tests/test_rows.py"], "fork"),
+    "diffusion": ("retrieval/diffusion.py", ["tests/test_diffusion.py"], "fork"),
+    "ann": ("retrieval/ann.py", ["tests/test_ann.py"], "forkserver"),
+    "onnx_export": ("retrieval/onnx_export.py", ["tests/test_onnx_export.py"], "forkserver"),
+    "runtimes": ("retrieval/runtimes.py", ["tests/test_runtimes.py"], "forkserver"),
 }
 # Functions left out of a module's score: app.py's UI layout and process start-up, which the live-app
 # and browser tests (tests/test_app.py, tests/test_browser.py) exercise through a server, not in-process.

@@ -14,6 +14,16 @@ _N = "retrieval.engine."
 _I = "retrieval.index."
 _A = "app."
 _B = "retrieval.build."
+_V = "retrieval.verify."
+_W = "retrieval.rows."
+_X = "retrieval.ann."
+_ONE_D = "row numbers are a 1-D sequence (the documented contract): reshape(-2) and reshape(None) leave it as it is"
+_BYTES = ("the buffer covers the whole block whatever its view: the first preadv fills it, and the loop "
+          "ends on its length")
+_CV_DEFAULT = ("None or a left-out argument is OpenCV's default, which is the value passed "
+               "(findHomography: maxIters 2000, confidence 0.995; estimateAffine*2D and findFundamentalMat: RANSAC)")
+_CV_CONFIDENCE = ("OpenCV's default confidence (0.99) or iteration cap (1000) instead of 0.995 / 2000 only lets "
+                  "RANSAC stop sooner on hard pairs; clean or planted matches reach the same count either way")
 _SAME_RESULTS = ("both backends return the same rows and scores by design (the tie order), so which one "
                  "runs only changes speed, which the benchmarks measure")
 _SUPERSET = "a larger candidate set than needed: the same k best after rescoring, only slower"
@@ -100,9 +110,97 @@ EQUIVALENT: dict[str, str] = {
        for i in (4, 6)},
     _B + "xǁ_Cacheǁ_count__mutmut_7": "allow_pickle=True on shards this code wrote: they hold no object arrays",
     _B + "xǁ_Cacheǁ_count__mutmut_8": "compact counts only when there is one shard, where = and += agree",
+    # verify (names of the current code: _ransac_inliers' estimator calls moved to _ransac_mask, and
+    # count_inliers' checks and matching to _tentative, after the last run)
+    **{_V + f"x__ransac_mask__mutmut_{i}": _CV_DEFAULT for i in (9, 10, 15, 16, 23, 25, 29, 31, 39, 41, 45, 47, 52)},
+    _V + "x__ransac_inliers__mutmut_10": "np.count_nonzero(None) is 0, as the None branch returns",
+    **{_V + f"x_count_inliers__mutmut_{i}": "the coordinates from _tentative are float32 already"
+       for i in (37, 39, 43, 45)},
+    _V + "x_count_inliers__mutmut_3": "at_least 1 by default: max(_MIN_MATCHES[model], 1) is the same floor, "
+                                      "every model needs 2 or more matches",
+    _V + "x__grey__mutmut_39": "an image exactly max_side long is resized to its own size: cv2.resize copies it",
+    **{_V + f"x__grey__mutmut_{i}": "a side is raised to 2 instead of 1 only for a sliver over max_side times "
+       "longer than wide, where SIFT (5-pixel border) finds no keypoints at 1 or 2 pixels" for i in (46, 54)},
+    _V + "x_detect_sift__mutmut_24": "OpenCV's SIFT returns descriptors None exactly when it finds no keypoints",
+    **{_V + f"x_detect_sift__mutmut_{i}": "the tuples hold Python floats: np.array makes float64 anyway"
+       for i in (40, 42)},
+    **{_V + f"x_detect_sift__mutmut_{i}": "OpenCV saturates SIFT values to [0, 255], so only a raised floor "
+       "(tested) changes them" for i in (65, 66, 72)},
+    _V + "x_match_features__mutmut_50": "keep starts all True, so keep = x and keep &= x agree",
+    _V + "x_match_features__mutmut_57": "with one row in b the second similarity is -inf, an infinite distance "
+                                        "that every match passes",
+    _V + "x_rerank_by_inliers__mutmut_38": "numpy reads sort kinds in any case",
+    _V + "x_spatial_rerank__mutmut_21": "at_least only skips RANSAC where the count could not reach min_inliers; "
+                                        "such images fail the re-ranking either way, so only speed changes",
+    **{_V + f"x_root_sift__mutmut_{i}": "d is float32 already, so the result is" for i in (30, 32)},
+    **{_V + f"xǁFeatureStoreǁfrom_sift__mutmut_{i}": "FeatureStore() turns the keypoints into float32"
+       for i in (13, 15)},
+    _V + "x__tentative__mutmut_47": "reshape(-2, 4) flattens like reshape(-1, 4): numpy takes any negative as unknown",
+    # ann
+    **{_X + f"x__neighbours__mutmut_{i}": "a missing neighbour is marked negative (-1 or -2) and masked by cand < 0 "
+       "either way, and the row it is read from (0 or 1) is masked with it" for i in (55, 61)},
+    _X + "x__neighbours__mutmut_82": _UPPER_EINSUM,
+    _X + "x__neighbours__mutmut_83": "numpy 2's unique returns the inverse in the input's shape: the reshape "
+                                     "changes nothing",
+    _X + "x__neighbours__mutmut_84": "None stored in a float array is NaN, which the sort puts after every "
+                                     "number, as it does -inf: a missing neighbour still comes last",
+    **{_X + f"x__neighbours__mutmut_{i}": "lexsort's default axis is the last, axis 1 of these 2-D arrays"
+       for i in (92,)},
+    **{_X + f"x_exact_search_blocks__mutmut_{i}": "lexsort's, argpartition's and take_along_axis' default "
+       "axis is the last, axis 1 of these 2-D arrays" for i in (57, 80, 94, 103, 110)},
+    **{_X + f"x_exact_search_blocks__mutmut_{i}": "the starting top-k is empty (m, 0): its fill value and "
+       "dtype are never read, concatenation takes the blocks' float32 scores and int64 rows"
+       for i in (14, 15, 18, 20, 23, 25)},
+    **{_X + f"x_exact_search_blocks__mutmut_{i}": "taking a whole block, or partitioning one exactly k wide, "
+       "keeps all of the block's top k before the merge sorts them: the same top k" for i in (50, 62)},
+    **{_X + f"x_ann_neighbours__mutmut_{i}": "the re-ranking depth or block size changes speed; neighbours "
+       "within recall, checked against exact ones with a floor" for i in (1, 2)},
+    # rows
+    **{_W + f"x_take_rows__mutmut_{i}": _ONE_D for i in (2, 8)},
+    **{_W + f"x_take_rows__mutmut_{i}": "integer row numbers (the contract) index the same rows as int64"
+       for i in (4, 6)},
+    _W + "x_take_rows__mutmut_34": "out is 2-D: reshape(-2), like reshape(-1), flattens it",
+    **{_W + f"x_read_block__mutmut_{i}": _BYTES for i in (40, 41)},
+    _W + "x_read_block__mutmut_43": "out is 2-D: reshape(-2), like reshape(-1), flattens it",
+    _W + "x__source__mutmut_2": "a plain array has no filename, so it is indexed as usual either way",
+    _W + "x__source__mutmut_12": "only a memmap gets this far, and every memmap has a filename attribute",
 }
 
 NOTES: dict[str, str] = {
+    **{_V + f"x_inlier_matches__mutmut_{i}": "the branch for no model at all: OpenCV 5 returns an all-zero mask "
+       "rather than None when none fits, so it is not reached (as x__ransac_inliers__mutmut_12)"
+       for i in (40, 41, 42, 43, 44, 45)},
+    _V + "x_inlier_matches__mutmut_2": "the seed only matters for RANSAC on hard pairs, where which count a seed "
+                                       "gives cannot be predicted in a test (as count_inliers' seed)",
+    _V + "x_spatial_rerank__mutmut_28": "min_inliers also bounds the verification (at_least), which zeroes counts "
+                                        "below it; only a count between a lower min_inliers and the default 8 "
+                                        "would tell, and planting exactly such a count is not done yet",
+    **{_X + f"x_ann_neighbours__mutmut_{i}": "the neighbour search's default nprobe (the search's / 16, at least "
+       "8) trades recall for speed; tests pass an nprobe, and the build's recall is measured by the benchmark"
+       for i in (7, 8, 9, 10, 11, 12, 13)},
+    **{_X + f"x__neighbours__mutmut_{i}": "the candidates' depth k +- 1 only matters when k is at least the "
+       "re-ranking depth (16), larger than any graph or DBA k used" for i in (17, 18)},
+    **{_X + f"x__neighbours__mutmut_{i}": "rows left float16 are multiplied in float16: similarities lose "
+       "digits, which can reorder only near ties among neighbours" for i in (27, 69)},
+    **{_X + f"x_exact_search_blocks__mutmut_{i}": "queries left in their own dtype (float64 here) give the "
+       "same order; float16 features are widened by the product" for i in (3, 5, 35)},
+    _W + "x__read_exactly__mutmut_12": "preadv on a regular file reads the whole buffer at once, so the position "
+                                       "of a second read is never used; a short read cannot be arranged in a test",
+    _W + "x__read_exactly__mutmut_9": "a read returning exactly one byte would be refused; preadv on a regular "
+                                      "file returns the whole request or what is left",
+    **{_W + f"x_read_block__mutmut_{i}": "without preadv the block is read through the mapping: the same values, "
+       "but the pages join the process (resident memory, measured by the benchmark, not a test)" for i in (1, 2)},
+    **{_V + f"x__ransac_mask__mutmut_{i}": _CV_CONFIDENCE for i in (26, 32, 42, 48, 54, 55, 60, 61)},
+    _V + "x__ransac_inliers__mutmut_12": "OpenCV 5 returns an all-zero mask, not None, when no model fits "
+                                         "(tests/test_verify.py, degenerate matches), so the None branch is not reached",
+    **{_V + f"x_count_inliers__mutmut_{i}": "the seed only matters for the classic RANSAC models on hard pairs, "
+       "where which count a seed gives cannot be predicted in a test; repetition with one seed is tested"
+       for i in (2, 33)},
+    **{_V + f"x_detect_sift__mutmut_{i}": "ties of detector response at different positions (where the position "
+       "keys decide) do not occur on test images; repeated orientations share position and size"
+       for i in (48, 49, 50)},
+    **{_V + f"x_root_sift__mutmut_{i}": "the arithmetic in the input's precision (float64 or integers) can change "
+       "only the last bit of the float32 result" for i in (3, 5)},
     **{_A + f"xǁThumbnailsǁ_file__mutmut_{i}": "staging in the system temp folder instead of the thumbnail "
        "folder: the same on one filesystem; across filesystems the rename would fail, which a test here "
        "cannot arrange" for i in (6, 8)},

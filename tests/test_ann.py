@@ -73,8 +73,15 @@ def test_ann_neighbours_with_sims_give_the_exact_similarities_of_the_rows_found(
     db = data[0][:3000]
     small = build_ann(db, nprobe=64, rerank=128)
     rows, sims = ann_neighbours(small, db, 5, nprobe=64, rerank=20, with_sims=True)
+    assert rows.dtype == np.int64 and sims.dtype == np.float32 and small.nprobe == 64
     np.testing.assert_allclose(sims, np.einsum("nd,nkd->nk", db, db[rows]), rtol=1e-5, atol=1e-6)
     assert (np.diff(sims, axis=1) <= 0).all()
+    # row 0 is a neighbour like any other: the nearest of its own near-copies
+    near = l2_normalize(db[:1] + 0.001 * np.random.default_rng(3).standard_normal((4, db.shape[1])).astype(np.float32))
+    assert small.nprobe == 64  # the search's own setting is put back after the neighbour search
+    copies = np.concatenate([db[:1], near, db[1:]])
+    rows, _ = ann_neighbours(build_ann(copies, nprobe=64, rerank=128), copies, 4, nprobe=64, with_sims=True)
+    assert [sorted(r) for r in rows[:5].tolist()] == [sorted({0, 1, 2, 3, 4} - {i}) for i in range(5)]
 
 
 def test_a_large_database_gets_its_diffusion_graph_through_the_ann(data, monkeypatch):
@@ -220,3 +227,19 @@ def test_app_serves_a_vectors_index_with_placeholders_and_ids(vectors_index, lit
     assert all(r["id"].startswith("photo_") for r in records)
     with Image.open(gallery[0][0]) as shown:
         assert shown.size == (192, 144) and shown.convert("RGB").getpixel((5, 5)) == pytest.approx((200, 200, 200), abs=3)
+
+
+def test_exact_search_blocks_takes_k_from_1_to_n_and_refuses_the_rest():
+    rng = np.random.default_rng(4)
+    features = rng.standard_normal((30, 8)).astype(np.float16)
+    queries = rng.standard_normal((3, 8)).astype(np.float64)  # widened or narrowed to float32 here
+    exact = queries.astype(np.float32) @ features.astype(np.float32).T
+    for k, block in [(1, 7), (30, 7), (30, 64), (5, 1)]:
+        scores, rows = exact_search_blocks(features, queries, k, block=block)
+        expected = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        assert rows.dtype == np.int64 and scores.dtype == np.float32 and rows.shape == (3, k)
+        np.testing.assert_array_equal(rows, expected)
+        np.testing.assert_allclose(scores, np.take_along_axis(exact, expected, axis=1), rtol=1e-6)
+    for k in (0, 31):
+        with pytest.raises(ValueError, match=rf"^k must be between 1 and 30, got {k}$"):
+            exact_search_blocks(features, queries, k)

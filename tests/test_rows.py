@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -44,3 +46,33 @@ def test_slices_and_in_memory_arrays_are_indexed_as_usual(mapped):
     np.testing.assert_array_equal(take_rows(part, [0, 99]), x[[100, 199]])
     np.testing.assert_array_equal(read_block(part, 10, 12), x[110:112])
     np.testing.assert_array_equal(take_rows(x, [5, 6]), x[[5, 6]])
+
+
+def test_an_empty_block_and_a_transposed_mapping(mapped):
+    x, rows = mapped
+    assert read_block(rows, 500, 500).shape == (0, 24) and read_block(rows, 700, 600).shape == (0, 24)
+    flipped = rows.T  # a memmap, 2-D, not C-ordered: indexed through the mapping
+    assert isinstance(flipped, np.memmap) and not flipped.flags.c_contiguous
+    np.testing.assert_array_equal(take_rows(flipped, [0, 23]), x.T[[0, 23]])
+    np.testing.assert_array_equal(read_block(flipped, 2, 4), x.T[2:4])
+
+
+def test_a_file_cut_short_under_the_mapping_is_an_error_not_a_hang(tmp_path):
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    np.save(tmp_path / "rows.npy", x)
+    rows = np.load(tmp_path / "rows.npy", mmap_mode="r")
+    path = tmp_path / "rows.npy"
+    from retrieval import rows as rows_module  # the reading loop itself: a file cut short after loading
+
+    source = rows_module._source(rows)
+    assert (str(source[0]), source[1:]) == (str(path), (rows.offset, 16))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        buffer = memoryview(bytearray(32))
+        with pytest.raises(OSError, match=r"^the feature file ended early at byte \d+$"):
+            rows_module._read_exactly(fd, buffer, path.stat().st_size - 16)  # 16 bytes left of the 32 asked
+        part = memoryview(bytearray(8))
+        rows_module._read_exactly(fd, part, rows.offset + 4 * 16)
+        assert np.frombuffer(part, np.float32).tolist() == [16.0, 17.0]
+    finally:
+        os.close(fd)

@@ -163,3 +163,36 @@ def test_converting_sends_no_telemetry(tiny, tmp_path):
     from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils
 
     assert convert_impl.tm is telemetry_stub and telemetry_utils.tm is telemetry_stub
+
+
+@pytest.mark.parametrize("runtime", FAST)
+def test_a_runtime_reports_what_it_did_to_load(tiny, tmp_path, runtime):
+    import os
+
+    def load(**kwargs):
+        if runtime == "openvino":
+            return runtimes.openvino_infer(tiny.name, tiny.model, tiny._graph, **kwargs)
+        return runtimes.onnxruntime_infer(tiny.name, tiny.model, **kwargs)
+
+    package = __import__(runtime)
+    infer, first = load(cache_dir=tmp_path, threads=1)
+    _, again = load(cache_dir=tmp_path)
+    _, memory = load()
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith(f"{tiny.name}-{runtime}-")
+    assert (first["cached"], again["cached"], memory["cached"]) == (False, True, False)
+    assert (first["folder"], again["folder"], memory["folder"]) == (str(folder), str(folder), None)
+    assert (first["threads"], again["threads"]) == (1, len(os.sched_getaffinity(0)))
+    assert first["version"] == again["version"] == package.__version__
+    for info in (first, again, memory):
+        assert 0 < info["convert_s"] < 60 and 0 < info["compile_s"] < 60
+    batch = np.full((2, 64, 32, 3), 80.0, np.float32)
+    out = infer(batch)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, forward(tiny, batch), atol=1e-5)
+    assert not np.shares_memory(infer(batch), out)  # a new array each call, not the runtime's own buffer
+
+
+def test_openvino_refuses_an_unknown_precision_by_name(tiny):
+    with pytest.raises(ValueError, match=r"^unknown precision 'int8'; known: float32, bfloat16$"):
+        runtimes.openvino_infer(tiny.name, tiny.model, tiny._graph, precision="int8")

@@ -417,3 +417,199 @@ def test_the_verification_is_described_for_reports():
                     "matching": "mutual nearest neighbours, ratio test 0.8", "model": "homography",
                     "estimator": "OpenCV USAC_DEFAULT", "threshold_px": 4.0}
     assert verify.feature_meta(max_side=256, max_features=None)["max_features"] is None
+
+
+# ---------------------------------------------------------------- planted correspondences
+
+E128 = np.eye(128, dtype=np.float32)
+SHEAR = np.array([[1.0, 0.3, 15.0], [0.0, 0.9, -8.0]])  # an affine map no similarity can follow
+
+
+def planted(matrix: np.ndarray, seed: int = 0) -> tuple[LocalFeatures, LocalFeatures]:
+    """60 one-to-one matches through an affine map: 30 exact, 10 off by 3.5 px, 20 elsewhere."""
+    rng = np.random.default_rng(seed)
+    points = rng.uniform(20, 480, (60, 2))
+    moved = points @ matrix[:, :2].T + matrix[:, 2]
+    angle = rng.uniform(0, 2 * np.pi, 10)
+    moved[30:40] += 3.5 * np.stack([np.cos(angle), np.sin(angle)], 1)
+    moved[40:] = rng.uniform(20, 480, (20, 2))
+    return (LocalFeatures(points.astype(np.float32), E128[:60]),
+            LocalFeatures(moved.astype(np.float32), E128[:60]))
+
+
+def test_each_model_counts_the_planted_inliers_at_its_threshold():
+    a, b = planted(SHEAR)
+    # 4 px takes the 30 exact and the 10 near matches, never the 20 others; 3 px leaves out the near ones
+    assert count_inliers(a, b) == 40
+    assert count_inliers(a, b, model="affine") == 40
+    assert count_inliers(a, b, threshold=3.0) < 40 and count_inliers(a, b, model="affine", threshold=3.0) < 40
+    # a similarity cannot follow the shear
+    assert count_inliers(a, b, model="similarity") < 20
+    assert count_inliers(*planted(np.array([[1.0, -0.3, 20.0], [0.3, 1.0, 5.0]])), model="similarity") == 40
+    assert count_inliers(*planted(np.array([[1.0, -0.3, 20.0], [0.3, 1.0, 5.0]])), model="similarity",
+                         threshold=3.0) < 40
+    # the fundamental matrix's threshold is a distance to the epipolar line: a wider one takes more
+    for model in verify.MODELS:
+        assert count_inliers(a, b, model=model, threshold=0.5) < count_inliers(a, b, model=model, threshold=8.0)
+
+
+def test_degenerate_matches_give_no_inliers():
+    # eight matches on one line: no homography is fitted, so nothing is counted or drawn
+    line = LocalFeatures(np.stack([np.arange(8) * 10.0, np.zeros(8)], 1).astype(np.float32), E128[:8])
+    assert count_inliers(line, line) == 0
+    assert verify.inlier_matches(line, line).shape == (0, 4)
+
+
+def ambiguous_pairs() -> tuple[LocalFeatures, LocalFeatures]:
+    """30 exact matches by a shift, plus 10 that only the ratio test drops and 10 only the mutual check drops.
+
+    Ratio: a's descriptor appears twice in b, first at the right place. Mutual: a second descriptor of a,
+    near one of the 30 and half a pixel from it, whose nearest in b is that one's match."""
+    rng = np.random.default_rng(1)
+    points = rng.uniform(20, 480, (40, 2)).astype(np.float32)
+    shift = np.float32([12, -7])
+    near = (E128[:10] + 0.2 * E128[100:110]) / np.linalg.norm(E128[0] + 0.2 * E128[100])
+    a = LocalFeatures(np.concatenate([points, points[:10] + np.float32([0.5, 0])]),
+                      np.concatenate([E128[:40], near]))
+    b = LocalFeatures(np.concatenate([points + shift, rng.uniform(20, 480, (10, 2)).astype(np.float32)]),
+                      np.concatenate([E128[:40], E128[30:40]]))
+    return a, b
+
+
+def test_ratio_and_mutual_reach_the_inlier_count():
+    a, b = ambiguous_pairs()
+    assert count_inliers(a, b) == 30
+    assert count_inliers(a, b, ratio=None) == 40
+    assert count_inliers(a, b, mutual=False) == 40
+    assert count_inliers(a, b, ratio=None, mutual=False) == 50
+    assert match_features(a, b).tolist() == match_features(a, b, mutual=True).tolist()
+    assert len(match_features(a, b)) == 30
+    none = LocalFeatures(a.keypoints[:0], a.descriptors[:0])
+    assert verify_top(np.array([1, 0, 2]), a, [a, b, none], top=3, ratio=None).tolist() == [40, 50, 0]
+    assert verify_top(np.array([1, 0, 2]), a, [a, b, none], top=3).tolist() == [30, 50, 0]
+    # passed on to the verification, and min_inliers on to the re-ranking: 40 passes 35, 30 does not
+    db = [none, b, none]
+    assert spatial_rerank(np.array([0, 2, 1]), a, db, top=3, min_inliers=35, ratio=None).tolist() == [1, 0, 2]
+    assert spatial_rerank(np.array([0, 2, 1]), a, db, top=3, min_inliers=35).tolist() == [0, 2, 1]
+    assert spatial_rerank(np.array([0, 2, 1]), a, db, top=3, min_inliers=1).tolist() == [1, 0, 2]
+
+
+def test_edge_settings_and_result_types():
+    image = texture(0)
+    keypoints, sift = detect_sift(image)
+    # the strongest keypoint comes first, by OpenCV's own response
+    found = cv2.SIFT_create().detect(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), None)
+    strongest = max(found, key=lambda k: k.response)
+    np.testing.assert_allclose(keypoints[0], strongest.pt, atol=1e-3)
+    assert sift.min() == 0  # zeros of the descriptor stay zero
+    one, _ = detect_sift(image, max_features=1)
+    np.testing.assert_array_equal(one, keypoints[:1])
+    small, _ = detect_sift(image, max_side=16)
+    assert small.dtype == np.float32 and (small <= 16).all()
+    with pytest.raises(ValueError, match="^max_side must be a whole number >= 16, got 512.0$"):
+        detect_sift(image, max_side=512.0)
+    # a one-pixel sliver and a flat image are images, with no keypoints
+    for flat in (np.full((1, 40), 9, np.uint8), np.full((64, 64), 128, np.uint8)):
+        k, d = detect_sift(flat)
+        assert k.shape == (0, 2) and k.dtype == np.float32 and d.shape == (0, 128) and d.dtype == np.uint8
+    # a colour array is turned grey as RGB, and a PIL image the same way
+    colour = image.copy()
+    colour[..., 0] = np.flipud(image[..., 0])
+    colour[..., 2] = 255 - image[..., 2]
+    for a, b in ((colour, cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY)),
+                 (Image.fromarray(colour), np.asarray(Image.fromarray(colour).convert("L")))):
+        np.testing.assert_array_equal(detect_sift(a)[0], detect_sift(b)[0])
+    # downscaling averages areas
+    big = cv2.resize(colour, (640, 480), interpolation=cv2.INTER_CUBIC)
+    grey = cv2.resize(cv2.cvtColor(big, cv2.COLOR_RGB2GRAY), (160, 120), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(detect_sift(big, max_side=160)[0], detect_sift(grey, max_side=160)[0])
+
+
+def test_matching_edges_and_types():
+    a = LocalFeatures(np.zeros((3, 2), np.float32), E128[[0, 1, 2]])
+    close = (E128[1] + 0.05 * E128[5]) / np.linalg.norm(E128[1] + 0.05 * E128[5])
+    b = LocalFeatures(np.zeros((4, 2), np.float32), np.stack([E128[0], close, close, E128[9]]))
+    # ratio 1 is allowed; a tie (equal distances) fails it
+    assert match_features(a, b, ratio=1.0).tolist() == [[0, 0]]
+    assert match_features(a, b, ratio=None).tolist() == match_features(a, b, ratio=None, mutual=True).tolist()
+    none = match_features(LocalFeatures(np.zeros((0, 2)), np.zeros((0, 128))), b)
+    assert none.shape == (0, 2) and none.dtype == np.int64
+    # each row's second nearest is its own: a1's ambiguity does not fail a0
+    one, two = E128[5] + 0.05 * E128[6], E128[5] + 0.06 * E128[7]
+    a2 = LocalFeatures(np.zeros((2, 2), np.float32), np.stack([E128[0], E128[5]]))
+    b2 = LocalFeatures(np.zeros((3, 2), np.float32),
+                       np.stack([unit_at(0.3, 1), one / np.linalg.norm(one), two / np.linalg.norm(two)]))
+    assert match_features(a2, b2).tolist() == [[0, 0]]
+    # integer descriptors and None-filled arrays are read as numbers
+    ints = LocalFeatures([[0, 0], [1, 1]], [[1] + [0] * 127, [0, 1] + [0] * 126])
+    assert match_features(ints, ints).tolist() == [[0, 0], [1, 1]]
+    for bad in (LocalFeatures([[None, None]], np.zeros((1, 128))), LocalFeatures(np.zeros((1, 2)), [[None] * 128])):
+        with pytest.raises(ValueError, match="^features_b holds NaN or infinite values$"):
+            match_features(a, bad)
+    with pytest.raises(ValueError, match=r"^features_b descriptors must be \(3, 128\) to match the keypoints, "
+                                         r"got shape \(3, 64\)$"):
+        match_features(a, LocalFeatures(np.zeros((3, 2)), np.zeros((3, 64))))
+    # the checks name the argument at fault, whichever function is called
+    bad = LocalFeatures(np.zeros((3, 3)), np.zeros((3, 128)))
+    with pytest.raises(ValueError, match=r"^features_a keypoints must be \(k, 2\)"):
+        count_inliers(bad, a)
+    with pytest.raises(ValueError, match=r"^features_b keypoints must be \(k, 2\)"):
+        count_inliers(a, bad)
+    with pytest.raises(ValueError, match=r"^query_features keypoints must be \(k, 2\)"):
+        verify_top(np.array([0]), bad, [a])
+    assert count_inliers(a, a, threshold=0.5) == 0  # a threshold under a pixel is allowed
+
+
+def test_rerank_edges_and_types():
+    ranking = np.arange(60, dtype=np.int32)[::-1]
+    out = rerank_by_inliers(ranking, np.array([8, 3] * 30))
+    assert out.dtype == np.int64
+    # exactly min_inliers passes; the ties keep their order, however many
+    assert out.tolist() == ranking[::2].tolist() + ranking[1::2].tolist()
+    with pytest.raises(ValueError, match="^ranking lists a database row more than once$"):
+        rerank_by_inliers(np.array([0, 0]), np.array([1]))
+    with pytest.raises(ValueError, match="^min_inliers must be a whole number >= 1, got 0$"):
+        spatial_rerank(np.array([0]), planted(SHEAR)[0], [planted(SHEAR)[0]], min_inliers=0)
+    a = planted(SHEAR)[0]
+    empty = verify_top(np.array([0, 1]), a, [a, a], top=0)
+    assert empty.shape == (0,) and empty.dtype == np.int64
+    assert spatial_rerank(np.array([1, 0]), a, [a, a], top=0).tolist() == [1, 0]
+
+
+def test_root_sift_normalises_any_scale_and_the_store_keeps_its_types(monkeypatch):
+    np.testing.assert_array_equal(root_sift(0.25 * E128[:1]), E128[:1])
+    store = FeatureStore.from_sift([detect_sift(texture(0)), detect_sift(texture(1))])
+    np.testing.assert_array_equal(store[-2].keypoints, store[0].keypoints)
+    k, d, o = store.keypoints, store.descriptors, store.offsets
+    assert FeatureStore(k.astype(np.float64), d, o).keypoints.dtype == np.float32
+    with pytest.raises(ValueError, match=r"^offsets must rise from 0 to \d+, got \[\s*0\s+\d+\s+1\s+\d+\]\.\.\. "
+                                         r"\(int64, 4 values\)$"):
+        FeatureStore(k, d, np.array([0, len(k), 1, len(k)]))
+    with pytest.raises(ValueError, match=r"^offsets must rise from 0 to \d+, got \[0 1 2 3 4\]\.\.\. "
+                                         r"\(int64, 7 values\)$"):
+        FeatureStore(k, d, np.arange(7))
+    # the described estimator follows the default model
+    monkeypatch.setattr(verify, "DEFAULT_MODEL", "affine")
+    assert verify.verification_meta(top=1)["estimator"] == "OpenCV RANSAC"
+
+
+def test_many_tied_counts_keep_the_first_ranking_order():
+    ranking = np.arange(100)[::-1].copy()
+    inliers = np.tile([30, 12, 30, 9, 12], 16)  # 80 verified, many ties at each count
+    ranked = verify.rerank_by_inliers(ranking, inliers)
+    positions = {30: [i for i in range(80) if inliers[i] == 30], 12: [i for i in range(80) if inliers[i] == 12],
+                 9: [i for i in range(80) if inliers[i] == 9]}
+    expected = [ranking[i] for i in positions[30] + positions[12] + positions[9]] + ranking[80:].tolist()
+    assert ranked.tolist() == expected
+
+
+def test_inlier_matches_at_the_fewest_matches_a_model_takes_and_below():
+    points = np.array([[10, 10], [200, 15], [30, 220], [240, 260]], np.float32)
+    a = LocalFeatures(points, E128[:4])
+    b = LocalFeatures(points * 1.5 + np.float32([7, -3]), E128[:4])
+    four = verify.inlier_matches(a, b)  # a homography needs 4: exactly 4 exact matches are its inliers
+    assert four.shape == (4, 4) and four.dtype == np.float32
+    np.testing.assert_allclose(sorted(four[:, 0]), sorted(points[:, 0]))
+    for few in (verify.inlier_matches(LocalFeatures(points[:3], E128[:3]), LocalFeatures(points[:3], E128[:3])),
+                verify.inlier_matches(LocalFeatures(points[:0], E128[:0]), b)):
+        assert few.shape == (0, 4) and few.dtype == np.float32
