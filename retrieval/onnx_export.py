@@ -55,8 +55,9 @@ def keras_to_onnx(model, *, name: str = "network"):
         raise UnsupportedLayer(f"expected one input and one output, got {len(model.inputs)} and {len(model.outputs)}")
     names = {id(model.inputs[0]): graph.node("Transpose", [_INPUT], perm=[0, 3, 1, 2])}
     flat = set()  # tensors that Keras holds as (b, c) and we as (b, c, 1, 1)
-    foldable, padded = _paddings_to_fold(model), {}
-    for layer in getattr(model, "operations", model.layers):  # Keras operations such as x[:, 1:] too
+    operations = getattr(model, "operations", model.layers)  # Keras operations such as x[:, 1:] too
+    foldable, padded = _paddings_to_fold(operations), {}
+    for layer in operations:
         kind = type(layer).__name__
         if kind == "InputLayer":
             continue
@@ -96,17 +97,17 @@ def keras_to_onnx(model, *, name: str = "network"):
                              producer_name="landmark-search")
 
 
-def _paddings_to_fold(model) -> dict[str, list[int]]:
+def _paddings_to_fold(operations) -> dict[str, list[int]]:
     """Returns {ZeroPadding2D layer name: ONNX conv pads} for the paddings whose one consumer is a
     convolution with "valid" padding: the convolution pads by itself, without a padded copy of
     its input (B7 pads before each of its strided convolutions)."""
     consumers: dict[int, list] = {}
-    for layer in model.layers:
+    for layer in operations:
         for node in getattr(layer, "_inbound_nodes", []):
             for tensor in node.input_tensors:
                 consumers.setdefault(id(tensor), []).append(layer)
     out = {}
-    for layer in model.layers:
+    for layer in operations:
         if type(layer).__name__ != "ZeroPadding2D" or len(getattr(layer, "_inbound_nodes", [])) != 1:
             continue
         config = layer.get_config()
@@ -129,11 +130,11 @@ class _Graph:
         self._count += 1
         return f"{hint}_{self._count}"
 
-    def const(self, value: np.ndarray, hint: str = "const") -> str:
+    def const(self, value: np.ndarray, hint: str = "const", dtype=np.float32) -> str:
         from onnx import numpy_helper
 
         name = self.fresh(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), name))
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype=dtype), name))
         return name
 
     def node(self, op: str, inputs: list[str], *, output: str | None = None, **attrs) -> str:
@@ -229,12 +230,8 @@ def _normalization(graph, layer, config, inputs, flat):
 def _zero_padding(graph, layer, config, inputs, flat):
     _check(layer, config, "data_format", ("channels_last",))
     (top, bottom), (left, right) = config["padding"]
-    pads = np.array([0, 0, top, left, 0, 0, bottom, right], np.int64)
-    from onnx import numpy_helper
-
-    name = graph.fresh("pads")
-    graph.initializers.append(numpy_helper.from_array(pads, name))
-    return graph.node("Pad", [inputs[0], name], mode="constant"), False
+    pads = graph.const([0, 0, top, left, 0, 0, bottom, right], "pads", dtype=np.int64)
+    return graph.node("Pad", [inputs[0], pads], mode="constant"), False
 
 
 def _activation_layer(graph, layer, config, inputs, flat):

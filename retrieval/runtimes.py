@@ -140,6 +140,9 @@ def onnxruntime_infer(name: str, model, *, cache_dir=None,
     # against 103.6 and 30.5 ms without, though a forward pass alone was faster spinning (2 cores).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only
+    def open_session(source):
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
     folder, cached, session = None, False, None
     try:
         if cache_dir is not None:
@@ -149,8 +152,7 @@ def onnxruntime_infer(name: str, model, *, cache_dir=None,
             if _key_matches(folder, key):
                 t1 = time.perf_counter()
                 try:
-                    session = ort.InferenceSession(str(folder / "model.onnx"), options,
-                                                   providers=["CPUExecutionProvider"])
+                    session = open_session(str(folder / "model.onnx"))
                     cached = True
                 except Exception:  # absent, truncated or unreadable: convert again  # noqa: BLE001
                     session = None
@@ -158,11 +160,11 @@ def onnxruntime_infer(name: str, model, *, cache_dir=None,
                 proto = onnx_export.keras_to_onnx(model, name=name)
                 _write_folder(folder, key, lambda tmp: (tmp / "model.onnx").write_bytes(proto.SerializeToString()))
                 t1 = time.perf_counter()
-                session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+                session = open_session(str(folder / "model.onnx"))
         else:
             source = onnx_export.keras_to_onnx(model, name=name).SerializeToString()
             t1 = time.perf_counter()
-            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            session = open_session(source)
     except UnsupportedLayer as err:
         raise RuntimeUnavailable(f"{name} cannot be written as ONNX: {err}") from err
     except Exception as err:  # onnxruntime raises its own exception types for graphs it refuses
