@@ -135,10 +135,12 @@ def onnxruntime_infer(name: str, model, *, cache_dir=None,
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    # No spinning between calls: with ONNX Runtime's default spinning the benchmark's B7 queries took
-    # 114.7 ms to embed and 37.2 ms to search (the spinning thread takes a core from the search),
-    # against 103.6 and 30.5 ms without, though a forward pass alone was faster spinning (2 cores).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Threads spin while a forward pass runs and stop the moment it returns. Spinning throughout (ONNX
+    # Runtime's default) left a spinning thread taking a core from the search that follows (AMD EPYC:
+    # B7 queries embedded in 114.7 ms and searched in 37.2, against 103.6 and 30.5 without spinning);
+    # no spinning at all made B7's forward pass 131 ms against 112 ms spinning (Intel Xeon, 2 cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     options.log_severity_level = 3  # errors only
     def open_session(source):
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
