@@ -243,3 +243,40 @@ def test_exact_search_blocks_takes_k_from_1_to_n_and_refuses_the_rest():
     for k in (0, 31):
         with pytest.raises(ValueError, match=rf"^k must be between 1 and 30, got {k}$"):
             exact_search_blocks(features, queries, k)
+
+
+def test_the_ann_description_copies_and_reloads_keep_every_setting(tmp_path):
+    import faiss
+
+    from retrieval.ann import copy_trained, load_ann, refill, save_ann
+
+    rows = l2_normalize(np.random.default_rng(5).standard_normal((6, 4)).astype(np.float32))
+    ann = build_ann(rows, factory="Flat", nprobe=3, rerank=7)
+    ann.build_s = 1.23456
+    meta = ann.to_meta()
+    assert meta == {"factory": "Flat", "metric": "l2", "nprobe": 3, "rerank": 7, "count": 6, "dim": 4,
+                    "faiss": faiss.__version__, "build_s": 1.235}
+    assert type(meta["build_s"]) is float
+    # a copy has the same settings and rows, and is independent of the original
+    copy = copy_trained(ann)
+    assert (copy.factory, copy.nprobe, copy.rerank, copy.build_s, len(copy)) == ("Flat", 3, 7, 1.23456, 6)
+    np.testing.assert_array_equal(copy.candidates(rows, 6), ann.candidates(rows, 6))
+    refill(copy, rows[:2])
+    assert len(copy) == 2 and len(ann) == 6
+    # saved and loaded with its description: the same settings and rows
+    save_ann(ann, tmp_path / ANN_FILE)
+    loaded = load_ann(tmp_path / ANN_FILE, meta)
+    assert (loaded.factory, loaded.nprobe, loaded.rerank, loaded.build_s) == ("Flat", 3, 7, 1.235)
+    assert loaded.to_meta() == meta
+
+
+def test_exact_search_blocks_finds_the_best_row_of_a_wide_block():
+    rng = np.random.default_rng(11)
+    features = rng.standard_normal((600, 8)).astype(np.float16)
+    queries = rng.standard_normal((6, 8)).astype(np.float32)
+    exact = queries @ features.astype(np.float32).T
+    for k, block in [(1, 600), (1, 350), (1, 16384), (3, 600)]:
+        scores, rows = exact_search_blocks(features, queries, k, block=block)
+        expected = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(rows, expected)
+        np.testing.assert_allclose(scores, np.take_along_axis(exact, expected, axis=1), rtol=1e-6)

@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
+from scipy import sparse
 
+from retrieval import diffusion as diffusion_module
 from retrieval.diffusion import (
     Diffusion, DiffusionSettings, Graph, build_graph, conjugate_gradient, exact_knn, graph_from_knn, normalized,
 )
@@ -216,3 +218,162 @@ def test_build_graph_caps_k_and_needs_two_images():
     np.testing.assert_allclose(either, [[0, 0.6, 0], [0.6, 0, 0.8], [0, 0.8, 0]], atol=1e-6)
     with pytest.raises(ValueError, match="^a graph needs at least two images$"):
         build_graph(db[:1], k=1)
+
+
+def chain(n: int) -> Graph:
+    """Images 0 - 1 - ... - (n - 1) in a line, each edge of weight 1."""
+    a = sparse.diags([np.ones(n - 1), np.ones(n - 1)], [-1, 1], format="csr", dtype=np.float32)
+    a.sort_indices()
+    return Graph(a.indptr.astype(np.int64), a.indices.astype(np.int32), a.data.astype(np.float32), k=2, gamma=1.0)
+
+
+# S of path_graph() by hand: S01 = S23 = 1/sqrt(2), S12 = 1/2.
+PATH_S = np.array([[0, 2 ** -0.5, 0, 0], [2 ** -0.5, 0, 0.5, 0], [0, 0.5, 0, 2 ** -0.5], [0, 0, 2 ** -0.5, 0]])
+
+
+def test_ranked_scores_are_the_weighted_diffusion_relative_to_the_best():
+    # Seeds 0 (sim 0.6) and 3 (sim 0.3) with gamma 2: y = 0.36 e0 + 0.09 e3. path_graph() is its own mirror
+    # (0 <-> 3, 1 <-> 2), so by linearity f = 0.36 BY_HAND + 0.09 BY_HAND reversed: f0 > f1 > f3 > f2.
+    f = 0.36 * BY_HAND + 0.09 * BY_HAND[::-1]
+    assert f[0] < 1  # the best score is below 1: the scores are divided by it, whatever its size
+    diffusion = Diffusion(path_graph(), DiffusionSettings(k=1, seeds=2, alpha=0.5, gamma=2.0, candidates=3))
+    rows, sims = np.array([0, 3, 2, 1], np.int32), np.array([0.6, 0.3, 0.2, 0.1])
+    np.testing.assert_allclose(diffusion.scores(rows, sims), f[[0, 3, 2]], rtol=1e-5)
+    ranking, scores = diffusion.ranked(rows, sims)
+    # only the top 3 (0, 3, 2) are re-ranked; 1 follows them with score 0
+    assert ranking.tolist() == [0, 3, 2, 1] and ranking.dtype == np.int64 and scores.dtype == np.float32
+    np.testing.assert_allclose(scores, [1.0, f[3] / f[0], f[2] / f[0], 0.0], rtol=1e-5)
+    # the mirror image: seeded by 3 (0.6) and 0 (0.3), image i scores f[3 - i]
+    assert diffusion.rerank(np.array([3, 0, 2, 1]), sims).tolist() == [3, 2, 0, 1]
+    # No positive similarity: nothing is seeded, every score is 0 and the first order stays.
+    ranking, scores = diffusion.ranked(np.array([2, 0, 3, 1]), np.array([-0.2, 0.0]))
+    assert ranking.tolist() == [2, 0, 3, 1] and scores.tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_seeds_are_capped_by_the_rows_and_similarities_given(truncate):
+    diffusion = Diffusion(path_graph(), DiffusionSettings(k=1, seeds=10, alpha=0.5, gamma=1.0, truncate=truncate))
+    # more similarities than rows: all 4 rows seed, with their own similarity (dense solve as the oracle)
+    sims = np.array([0.9, 0.8, 0.4, 0.2, 0.1, 0.05])
+    y = np.zeros(4)
+    y[[1, 0, 3, 2]] = sims[:4]
+    expected = np.linalg.solve(np.eye(4) - 0.5 * PATH_S, y)[[1, 0, 3, 2]]
+    np.testing.assert_allclose(diffusion.scores(np.array([1, 0, 3, 2]), sims), expected, rtol=1e-5)
+    # fewer similarities than seeds: only image 3 seeds
+    np.testing.assert_allclose(diffusion.scores(np.array([3, 0, 1, 2]), np.array([0.9])),
+                               0.9 * BY_HAND[::-1][[3, 0, 1, 2]], rtol=1e-5)
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_diffusion_takes_its_iterations_from_the_settings(truncate):
+    # Each conjugate-gradient step reaches one image further along a line: after 2 steps from image 0
+    # only 0, 1 and 2 have a score, and the others keep their first order after them.
+    rows = np.array([0, 7, 6, 5, 4, 3, 2, 1])
+    two = Diffusion(chain(8), DiffusionSettings(k=2, seeds=1, alpha=0.5, gamma=1.0, iterations=2, truncate=truncate))
+    ranking, scores = two.ranked(rows, np.array([0.9]))
+    assert ranking.tolist() == [0, 1, 2, 7, 6, 5, 4, 3]
+    assert np.all(scores[:3] > 0) and scores[3:].tolist() == [0.0] * 5
+    many = Diffusion(chain(8), DiffusionSettings(k=2, seeds=1, alpha=0.5, gamma=1.0, iterations=20, truncate=truncate))
+    assert many.rerank(rows, np.array([0.9])).tolist() == list(range(8))
+
+
+def test_conjugate_gradient_does_20_steps_by_default():
+    s = normalized(chain(30).affinity())
+    y = np.zeros(30, np.float32)
+    y[0] = 1
+    f = conjugate_gradient(s, y, alpha=0.9)  # far from converged: every step reaches one image further
+    assert np.all(f[:21] > 0) and not f[21:].any()
+    assert np.count_nonzero(conjugate_gradient(s, y, alpha=0.9, iterations=21)) == 22
+
+
+def test_conjugate_gradient_stops_at_a_relative_residual_and_returns_float32():
+    # Two images joined by one edge: S = [[0, 1], [1, 0]]; with alpha 0.5, f = y + 0.5 S f solves to
+    # (4/3, 2/3) for y = e0. The first residual is alpha S y = (0, 1) for y = 2 e0.
+    s = normalized(path_graph().affinity()[:2, :2])
+    np.testing.assert_array_equal(s.toarray(), [[0, 1], [1, 0]])
+    # |r| = 1 is exactly tol |y| = 0.5 * 2: accepted at once, y comes back as it is
+    assert conjugate_gradient(s, np.array([2, 0], np.float32), alpha=0.5, tol=0.5).tolist() == [2.0, 0.0]
+    # just below: one step, f = (2, 1) with the residual (0.5, 0), which tol 0.49 accepts and tol 0.1 does not
+    assert conjugate_gradient(s, np.array([2, 0], np.float32), alpha=0.5, tol=0.49).tolist() == [2.0, 1.0]
+    np.testing.assert_allclose(conjugate_gradient(s, np.array([2, 0], np.float32), alpha=0.5, tol=0.1),
+                               [8 / 3, 4 / 3], rtol=1e-6)
+    # relative: a tiny right-hand side is solved as well as a unit one
+    np.testing.assert_allclose(conjugate_gradient(s, np.array([1e-6, 0], np.float32), alpha=0.5),
+                               [4e-6 / 3, 2e-6 / 3], rtol=1e-5)
+    # integers or float64 in, float32 out
+    for y in ([1, 0], np.array([1.0, 0.0])):
+        f = conjugate_gradient(s, y, alpha=0.5)
+        assert f.dtype == np.float32
+        np.testing.assert_allclose(f, [4 / 3, 2 / 3], rtol=1e-6)
+
+
+def test_normalized_keeps_isolated_rows_zero_and_returns_float32():
+    # image 0's edge to 1 is a stored zero (as a sparse operation can leave): 0 is isolated all the same
+    a = sparse.csr_matrix((np.array([0, 0, 1, 1], np.float32), (np.array([0, 1, 1, 2]), np.array([1, 0, 2, 1]))),
+                          shape=(3, 3))
+    assert a.nnz == 4
+    s = normalized(a)
+    np.testing.assert_array_equal(s.toarray(), [[0, 0, 0], [0, 0, 1], [0, 1, 0]])
+    wide = normalized(path_graph().affinity().astype(np.float64))
+    assert wide.dtype == np.float32
+    np.testing.assert_allclose(wide.toarray(), PATH_S, rtol=1e-6)
+
+
+def test_results_depend_only_on_the_float32_similarities_and_the_row_numbers():
+    rng = np.random.default_rng(3)
+    rows = np.array([[i - 1, i + 1 if i < 11 else -1] for i in range(12)])  # a line, -1 past the end
+    sims = rng.uniform(0.2, 1.0, rows.shape)  # float64
+    wide, narrow = graph_from_knn(rows, sims), graph_from_knn(rows, sims.astype(np.float32))
+    np.testing.assert_array_equal(wide.weights, narrow.weights)
+    np.testing.assert_array_equal(wide.indices, narrow.indices)
+    diffusion = Diffusion(narrow, DiffusionSettings(k=2, seeds=6, alpha=0.9, gamma=3.0))
+    first, query = rng.permutation(12), rng.uniform(0.2, 1.0, 6)
+    expected = diffusion.scores(first, query.astype(np.float32))
+    np.testing.assert_array_equal(diffusion.scores(first, query), expected)
+    np.testing.assert_array_equal(diffusion.scores(first.astype(np.float64), query), expected)
+
+
+def test_ties_keep_their_first_order_among_many_images():
+    # 100 images, only 0 - 1 joined: seeded by 0, the 98 others all score 0 and keep their first order.
+    n = 100
+    graph = Graph(np.r_[0, 1, 2, np.full(n - 2, 2)].astype(np.int64), np.array([1, 0], np.int32),
+                  np.ones(2, np.float32), k=1, gamma=1.0)
+    others = np.random.default_rng(1).permutation(np.arange(1, n))
+    diffusion = Diffusion(graph, DiffusionSettings(k=1, seeds=1, alpha=0.5, gamma=1.0))
+    assert diffusion.rerank(np.r_[0, others], np.array([0.9])).tolist() == [0, 1] + [r for r in others if r != 1]
+
+
+def test_exact_knn_in_blocks_matches_a_full_sort(monkeypatch):
+    monkeypatch.setattr(diffusion_module, "_BLOCK", 16)  # 50 rows: blocks starting at 0, 16, 32 and 48
+    rng = np.random.default_rng(5)
+    db = rng.standard_normal((50, 6)).astype(np.float32)
+    full = db.astype(np.float64) @ db.T.astype(np.float64)
+    np.fill_diagonal(full, -np.inf)
+    for k in (1, 5, 49):
+        rows, sims = exact_knn(db, k)
+        expected = np.argsort(-full, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(rows, expected)
+        np.testing.assert_allclose(sims, np.take_along_axis(full, expected, axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_graph_defaults_small_graphs_and_named_refusals():
+    # gamma 3 by default, in both builders; two images are enough for build_graph, one for a graph
+    graph = build_graph(np.array([[1, 0], [0.6, 0.8]], np.float32), k=1)
+    assert graph.gamma == 3.0 and graph.to_meta()["edges"] == 2
+    np.testing.assert_allclose(graph.affinity().toarray(), [[0, 0.216], [0.216, 0]], rtol=1e-6)
+    from_knn = graph_from_knn(np.array([[1], [0]]), np.array([[0.5], [0.5]]))
+    assert from_knn.gamma == 3.0 and from_knn.weights.tolist() == [0.125, 0.125]
+    one = graph_from_knn(np.array([[-1]]), np.array([[0.0]]))
+    assert len(one) == 1 and one.nnz == 0
+    ranking, scores = Diffusion(one, DiffusionSettings(k=1, seeds=1)).ranked(np.array([0]), np.array([0.9]))
+    assert ranking.tolist() == [0] and scores.tolist() == [1.0]
+    # an asymmetry of exactly 1e-6 (in float32) is still symmetric enough
+    tiny = np.float32(1e-6)
+    assert Graph(np.array([0, 1, 2], np.int64), np.array([1, 0], np.int32), np.array([2 * tiny, tiny]),
+                 k=1, gamma=1.0).nnz == 2
+    with pytest.raises(ValueError, match=r"^database must be \(n, d\) rows, got shape \(2, 2, 2\)$"):
+        build_graph(np.zeros((2, 2, 2)), k=1)
+    with pytest.raises(ValueError, match=r"^database must be \(n, d\) rows, got shape \(2, 2, 2\)$"):
+        exact_knn(np.zeros((2, 2, 2)), 1)
+    with pytest.raises(ValueError, match="^database holds NaN or infinite values$"):
+        exact_knn(np.array([[np.nan, 0], [0, 1]]), 1)

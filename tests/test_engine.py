@@ -211,3 +211,53 @@ def test_engine_diffusion_ranks_as_the_evaluation_does(tiny, diffusion_index, ba
     without = SearchEngine(idx, tiny, backend=backend, diffusion=False)._search_vector(queries[0], 12, embed_ms=0.0)
     plain, _ = rank_queries(idx.features, queries[:1], backend=backend, qe=2, dba=0)
     assert without.ids == [idx.ids[r] for r in plain[0]]
+
+
+@pytest.fixture(scope="module")
+def ann_index(tiny, index, tmp_path_factory):
+    _, root = index
+    out = tmp_path_factory.mktemp("idx") / "ann"
+    build_index(root, out, tiny, PIPE, dtype="float32", qe=2, ann=True)
+    return load_index(out), root
+
+
+def test_an_index_with_an_ann_structure_is_searched_through_it(tiny, ann_index, index):
+    idx, root = ann_index
+    assert idx.ann is not None
+    engine = SearchEngine(idx, tiny)
+    # The stored structure itself, not one built again at start-up.
+    assert engine.searcher.backend == "ann" and engine.searcher.ann is idx.ann
+    exact = SearchEngine(idx, tiny, backend="exact")
+    assert engine.search(root / "p04.png", 5).ids == exact.search(root / "p04.png", 5).ids
+    # Another backend may still be asked for on an index that has one.
+    assert SearchEngine(idx, tiny, backend="kdtree").searcher.backend == "kdtree"
+    plain, _ = index
+    with pytest.raises(IndexFormatError, match=r"has no ANN structure: build it with precompute.build_index --ann"):
+        SearchEngine(plain, tiny, backend="ann")
+
+
+@pytest.mark.parametrize("raw, want", [
+    # Diffusion may rank a neighbour above the image itself: the image is moved to the front.
+    ((["p01", "p03", "p02"], [1.0, 0.9, 0.5]), (["p03", "p01", "p02"], [1.0, 1.0, 0.5])),
+    # The image is not among the k at all: it comes first and the last result drops out.
+    ((["p01", "p02", "p04"], [1.0, 0.8, 0.7]), (["p03", "p01", "p02"], [1.0, 1.0, 0.8])),
+    # Already first: unchanged.
+    ((["p03", "p01", "p02"], [1.0, 0.6, 0.2]), (["p03", "p01", "p02"], [1.0, 0.6, 0.2])),
+])
+def test_search_by_id_puts_the_image_itself_first(tiny, index, monkeypatch, raw, want):
+    from retrieval.engine import SearchResult
+
+    idx, _ = index
+    engine = SearchEngine(idx, tiny)
+    asked = []
+
+    def ranked(vector, k, *, embed_ms):
+        asked.append((vector, k))
+        return SearchResult(list(raw[0]), list(raw[1]), embed_ms, 1.0)
+
+    monkeypatch.setattr(engine, "_search_vector", ranked)
+    result = engine.search_id("p03", 3)
+    assert (result.ids, result.scores) == want
+    # It searches with the stored descriptor of that image.
+    np.testing.assert_array_equal(asked[0][0], idx.features[idx.row_of("p03")])
+    assert asked[0][1] == 3

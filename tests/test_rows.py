@@ -76,3 +76,15 @@ def test_a_file_cut_short_under_the_mapping_is_an_error_not_a_hang(tmp_path):
         assert np.frombuffer(part, np.float32).tolist() == [16.0, 17.0]
     finally:
         os.close(fd)
+
+
+def test_whole_mappings_that_are_not_matrices_are_indexed_as_usual(tmp_path):
+    # C-ordered memmaps of a whole file, 1-D and 3-D: not (n, d) matrices, so read through the mapping
+    for shape in ((30,), (6, 4, 3)):
+        x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+        np.save(tmp_path / "other.npy", x)
+        mapped = np.load(tmp_path / "other.npy", mmap_mode="r")
+        assert mapped.flags.c_contiguous and mapped.ndim != 2
+        np.testing.assert_array_equal(take_rows(mapped, [5, 0, 5]), x[[5, 0, 5]])
+        np.testing.assert_array_equal(read_block(mapped, 1, 4), x[1:4])
+        del mapped

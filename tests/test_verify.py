@@ -613,3 +613,14 @@ def test_inlier_matches_at_the_fewest_matches_a_model_takes_and_below():
     for few in (verify.inlier_matches(LocalFeatures(points[:3], E128[:3]), LocalFeatures(points[:3], E128[:3])),
                 verify.inlier_matches(LocalFeatures(points[:0], E128[:0]), b)):
         assert few.shape == (0, 4) and few.dtype == np.float32
+
+
+def test_inlier_matches_are_the_counted_inliers_for_every_model():
+    # planted: 30 exact and 10 near matches through the shear, 20 elsewhere (the same pairs count_inliers counts)
+    a, b = planted(SHEAR)
+    planted_pairs = np.concatenate([a.keypoints[:40], b.keypoints[:40]], axis=1)
+    for model in verify.MODELS:
+        found = verify.inlier_matches(a, b, model=model)
+        assert found.dtype == np.float32 and found.shape == (count_inliers(a, b, model=model), 4), model
+        if model in ("homography", "affine"):  # both follow the shear: exactly the 40 planted matches
+            np.testing.assert_array_equal(np.unique(found, axis=0), np.unique(planted_pairs, axis=0))
