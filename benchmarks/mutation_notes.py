@@ -211,13 +211,12 @@ NOTES: dict[str, str] = {
 }
 
 # Reviewed in a later session: verify, ann and engine survivors.
-_TAKE_AXIS = "numpy 2's take_along_axis defaults to axis=-1, which is axis 1 of these 2-D arrays"
 EQUIVALENT.update({
     _V + "x_inlier_matches__mutmut_23": "OpenCV 5's estimators draw from their own fixed-seeded generators: the masks "
                                         "of all four models are byte-identical after setRNGSeed(0..9), setRNGSeed(None) "
                                         "or a disturbed global generator (500 random matches), so None changes nothing",
-    _X + "x__neighbours__mutmut_102": _TAKE_AXIS,
-    _X + "x__neighbours__mutmut_111": _TAKE_AXIS,
+    _X + "x__neighbours__mutmut_102": _DEFAULT_AXIS,
+    _X + "x__neighbours__mutmut_111": _DEFAULT_AXIS,
     _X + "x_exact_search_blocks__mutmut_51": "a block no wider than k is partitioned at its last column instead of "
                                              "taken whole: [:, :kk] still holds every column, and the merge sorts them",
     _N + "xǁSearchEngineǁsearch_id__mutmut_17": "results are never empty (k >= 1), and when the image already comes first "
