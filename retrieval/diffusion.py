@@ -118,10 +118,29 @@ def exact_knn(db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         block[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf
         part = np.argpartition(-block, k - 1, axis=1)[:, :k]
         part_sims = np.take_along_axis(block, part, axis=1)
+        _lowest_rows_at_the_cut(block, part, part_sims)
         order = np.lexsort((part, -part_sims), axis=1)
         rows[start : start + len(block)] = np.take_along_axis(part, order, axis=1)
         sims[start : start + len(block)] = np.take_along_axis(part_sims, order, axis=1)
     return rows, sims
+
+
+def _lowest_rows_at_the_cut(block: np.ndarray, part: np.ndarray, part_sims: np.ndarray) -> None:
+    """Makes ties at the k-th place keep the lowest rows, as a full stable sort would, in place.
+
+    argpartition picks any of the rows tied with the k-th similarity; a row whose tied values
+    outside the partition exist gets its partition rebuilt: every row above the k-th value, then
+    the lowest-numbered rows equal to it.
+    """
+    k = part.shape[1]
+    cut = part_sims.min(axis=1)
+    ties = np.count_nonzero(block == cut[:, None], axis=1)
+    ambiguous = np.flatnonzero(ties > np.count_nonzero(part_sims == cut[:, None], axis=1))
+    for i in ambiguous:
+        above = np.flatnonzero(block[i] > cut[i])
+        chosen = np.r_[above, np.flatnonzero(block[i] == cut[i])[: k - len(above)]]
+        part[i] = chosen
+        part_sims[i] = block[i, chosen]
 
 
 def graph_from_knn(rows: np.ndarray, sims: np.ndarray, *, gamma: float = 3.0, mutual: bool = True,
@@ -152,9 +171,14 @@ def graph_from_knn(rows: np.ndarray, sims: np.ndarray, *, gamma: float = 3.0, mu
     dst = rows.ravel().astype(np.int64)
     w = np.power(np.maximum(sims.ravel(), 0.0), gamma).astype(np.float32)
     keep = (dst >= 0) & (dst != src) & (w > 0)
-    # A directed kNN matrix with duplicates dropped (max), then mutual = min with its transpose.
-    a = sparse.csr_matrix((w[keep], (src[keep], dst[keep])), shape=(n, n))
-    a.sum_duplicates()
+    src, dst, w = src[keep], dst[keep], w[keep]
+    # A directed kNN matrix with a neighbour listed twice kept once, at its largest weight (an
+    # approximate search may repeat one), then mutual = min with its transpose.
+    order = np.lexsort((-w, dst, src))
+    src, dst, w = src[order], dst[order], w[order]
+    first = np.ones(len(src), bool)
+    first[1:] = (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])
+    a = sparse.csr_matrix((w[first], (src[first], dst[first])), shape=(n, n))
     a = a.minimum(a.T) if mutual else a.maximum(a.T)
     a = sparse.csr_matrix(a, dtype=np.float32)
     a.eliminate_zeros()

@@ -197,6 +197,17 @@ def test_graph_from_knn_refuses_bad_lists_and_ignores_self_missing_and_negative_
             graph_from_knn(np.where(rows == 2, bad, rows), sims)
 
 
+def test_graph_from_knn_keeps_a_neighbour_listed_twice_once_at_its_largest_weight():
+    # An approximate search may list a neighbour twice: 0 -> 1 at 0.5 and at 0.8 is one edge of 0.8^2.
+    rows = np.array([[1, 1], [0, -1]])
+    sims = np.array([[0.5, 0.8], [0.8, 0.0]], np.float32)
+    for mutual in (True, False):
+        dense = graph_from_knn(rows, sims, gamma=2.0, mutual=mutual).affinity().toarray()
+        np.testing.assert_allclose(dense, [[0, 0.64], [0.64, 0]], rtol=1e-6)
+    reordered = graph_from_knn(rows[:, ::-1], sims[:, ::-1], gamma=2.0).affinity().toarray()
+    np.testing.assert_allclose(reordered, [[0, 0.64], [0.64, 0]], rtol=1e-6)
+
+
 def test_exact_knn_refuses_k_out_of_range_and_breaks_ties_by_row():
     db = np.array([[1, 0], [0, 1], [0, 1], [0, 1]], np.float32)
     rows, sims = exact_knn(db, 3)
@@ -205,7 +216,24 @@ def test_exact_knn_refuses_k_out_of_range_and_breaks_ties_by_row():
     for k in (0, 4, True):
         with pytest.raises(ValueError, match=rf"^k must be between 1 and 3 \(n - 1\), got {k!r}$"):
             exact_knn(db, k)
-    assert exact_knn(db, 1)[0][[0, 2, 3]].ravel().tolist() == [1, 1, 1]  # (row 1's single tie: either)
+    assert exact_knn(db, 1)[0].ravel().tolist() == [1, 2, 1, 1]  # row 1's tie between 2 and 3: the lower
+
+
+def test_exact_knn_cuts_ties_at_the_kth_place_by_row_in_wide_blocks():
+    # 300 copies of one row and a few others: each copy's 5 nearest are all ties, and argpartition
+    # alone picks any 5 of the 299 other copies. The lowest rows are kept, as a stable full sort does.
+    rng = np.random.default_rng(3)
+    copies = np.tile(np.array([[1.0, 0.0, 0.0]], np.float32), (300, 1))
+    others = rng.standard_normal((20, 3)).astype(np.float32)
+    others[:, 0] = -np.abs(others[:, 0])
+    db = np.r_[copies, others / np.linalg.norm(others, axis=1, keepdims=True)][rng.permutation(320)]
+    full = db.astype(np.float64) @ db.T.astype(np.float64)
+    np.fill_diagonal(full, -np.inf)
+    rows, sims = exact_knn(db, 5)
+    expected = np.argsort(-np.round(full, 5), axis=1, kind="stable")[:, :5]
+    copy_rows = np.flatnonzero(db[:, 0] == 1.0)
+    np.testing.assert_array_equal(rows[copy_rows], expected[copy_rows])
+    assert rows[copy_rows[0]].tolist() == copy_rows[1:6].tolist()
 
 
 def test_build_graph_caps_k_and_needs_two_images():
