@@ -844,9 +844,9 @@ def http_search(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, data: 
         if data is not None and len(data) > MAX_FILE_BYTES:
             raise QueryError("Too large", f"The file is over the {MAX_FILE_SIZE} upload limit.")
         if not gate.try_wait():
-            raise QueryError("Busy", f"{QUEUE_MAX_SIZE} queries are already waiting; try again in a moment.")
+            raise QueryError("Busy", f"{gate.max_waiting} queries are already waiting; try again in a moment.")
         try:
-            k = int(k) if str(k).strip().isdigit() else k
+            k = int(k) if str(k).strip().isascii() and str(k).strip().isdigit() else k  # not "²"
             result, _ = run_query(engine, thumbnails, data or None, k, box, gate=gate)
         finally:
             gate.done_waiting()
@@ -859,8 +859,9 @@ def http_search(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, data: 
 def add_http_api(app, engine: SearchEngine, thumbnails: Thumbnails, gate: Gate) -> None:
     """Adds POST /api/search?k=&box= with a multipart "image" file: [{rank, id, score}] and timings in one request."""
     @app.post("/api/search")
-    def api_search(image: UploadFile | None = File(None), k: str = Query(str(DEFAULT_K)), box: str = Query("")):
+    def api_search(image: UploadFile | None = File(None), k: str | None = Query(None), box: str = Query("")):
         data = None if image is None else image.file.read(MAX_FILE_BYTES + 1)
+        k = min(DEFAULT_K, max_k(engine)) if k is None else k  # as /search: 20, or every image of a smaller index
         status, body = http_search(engine, thumbnails, gate, data, k, box)
         return JSONResponse(body, status_code=status)
 

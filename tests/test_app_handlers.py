@@ -7,6 +7,8 @@ real photos; these run in a second and are the tests meant for app.py in mutatio
 from __future__ import annotations
 
 import io
+import logging
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -444,3 +446,163 @@ def test_the_preview_is_the_query_as_a_bilinear_jpeg_at_quality_85():
     small.save(buffer, format="JPEG", quality=85)
     html = app.preview_html(image)
     assert base64.b64decode(re.search(r"base64,([^\"]+)\"", html).group(1)) == buffer.getvalue()
+
+
+def file_data(path) -> dict:
+    """A file as Gradio hands it to a handler run with preprocess=False: a FileData dict it checked."""
+    return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
+
+
+def test_help_shows_the_runtime_options_and_the_examples_as_written(capsys, monkeypatch):
+    monkeypatch.setattr(app, "RUNTIME_CACHE", Path("/cache/nets"))
+    monkeypatch.setenv("COLUMNS", "200")  # no wrapping inside a help text
+    with pytest.raises(SystemExit):
+        app.parse_args(["--help"])
+    raw = capsys.readouterr().out
+    # The docstring's examples keep their lines and alignment (RawDescriptionHelpFormatter).
+    assert "\n    python app.py --index DIR            # a folder made by `python -m precompute.build_index`\n" in raw
+    text = " ".join(raw.split())
+    for option, help_text in [
+        ("--runtime RUNTIME", "what runs the network: auto (default: onnxruntime if it loads, else keras; openvino "
+                              "for bfloat16), onnxruntime, openvino, keras"),
+        ("--precision {float32,bfloat16}", "bfloat16: openvino's reduced-precision inference (faster, less exact)"),
+        ("--runtime-cache RUNTIME_CACHE", "folder of converted networks, reused across starts (default /cache/nets)"),
+    ]:
+        assert f"{option} {help_text}" in text, option
+
+
+def test_runtime_options_and_their_defaults(monkeypatch, capsys):
+    monkeypatch.setattr(app, "RUNTIME_CACHE", Path("/cache/nets"))
+    args = app.parse_args([])
+    assert app.runtime_kwargs(args) == {"runtime": "auto", "precision": "float32", "cache_dir": Path("/cache/nets")}
+    args = app.parse_args(["--runtime", "openvino", "--precision", "bfloat16", "--runtime-cache", "nets"])
+    assert app.runtime_kwargs(args) == {"runtime": "openvino", "precision": "bfloat16", "cache_dir": Path("nets")}
+    assert app.parse_args(["--precision", "float32"]).precision == "float32"
+    with pytest.raises(SystemExit):
+        app.parse_args(["--precision", "float16"])
+    assert "invalid choice: 'float16'" in capsys.readouterr().err
+
+
+def test_refusals_quote_at_most_40_or_80_characters_of_a_bad_value(served):
+    engine, _, _ = served
+    assert refusal(app.check_k, engine, "9" * 50) == ("Bad K", f"K must be a whole number from 1 to 12; got {'9' * 40!r}.")
+    assert refusal(app.check_k, engine, "") == ("Bad K", "K must be a whole number from 1 to 12; got ''.")
+    assert refusal(app.parse_box, "9" * 100) == (
+        "Bad box", f"A box is four whole numbers x0,y0,x1,y1 in pixels; got {'9' * 80!r}.")
+
+
+def test_an_unreadable_query_is_refused_without_naming_its_path(tmp_path):
+    missing = tmp_path / "gone.png"
+    for source in (str(missing), missing):
+        title, message = refusal(app.decode_query, source)
+        assert title == "Not a usable image" and message.startswith("This file cannot be used as a query: ")
+        assert message.endswith(": 'the file'.") and str(tmp_path) not in message
+    assert refusal(app.decode_query, str(missing), "photo.png")[1].endswith(": 'photo.png'.")
+    assert refusal(app.decode_query, b"not an image") == (
+        "Not a usable image", "This file cannot be used as a query: not a readable image (no image format recognised).")
+
+
+def test_describe_shows_exactly_one_share_control():
+    hidden = gr.update(value="", visible=False)
+    assert app.describe(None, None, None, "", 5) == ("", "", hidden, gr.update(visible=False))
+    timings = {"total_ms": 3.0, "embed_ms": 2.0, "search_ms": 1.0, "runtime": "openvino"}
+    line, _, share, deep = app.describe(timings, {"id": None}, "p01", "", 5)  # an upload: Gradio's deep link
+    assert line == "**Query time 3.0 ms**: embedding 2.0 ms (openvino) + search 1.0 ms"
+    assert (share, deep) == (hidden, gr.update(visible=True))
+    _, _, share, deep = app.describe(timings, {"id": "p01"}, "p01", "", 5)  # an index image: its short link
+    assert (share, deep) == (gr.update(value="?id=p01&k=5", visible=True), gr.update(visible=False))
+    line, _, share, deep = app.describe(timings, {"id": "p01"}, "p01", "1,2", 5)  # a box no link can carry
+    assert line == "**Query time 3.0 ms**: embedding 2.0 ms (openvino) + search 1.0 ms"
+    assert (share, deep) == (hidden, gr.update(visible=True))
+
+
+def test_the_preview_says_what_it_shows():
+    assert 'alt="the query as searched"><figcaption>' in app.preview_html(Image.new("RGB", (10, 10)))
+
+
+def test_a_refusal_is_logged_as_one_line_without_a_traceback(caplog):
+    caplog.set_level(logging.INFO, logger="landmark-search")
+    error = app.refused(app.QueryError("Bad K", "K must be a whole number from 1 to 12; got '0'."))
+    assert (error.title, error.message) == ("Bad K", "K must be a whole number from 1 to 12; got '0'.")
+    assert not error.print_exception
+    assert [r.getMessage() for r in caplog.records if r.name == "landmark-search"] == [
+        "refused: Bad K: K must be a whole number from 1 to 12; got '0'."]
+
+
+class Watched(app.Gate):
+    """The engine's gate, telling how many hold it."""
+
+    def __init__(self):
+        super().__init__(1, 4)
+        self.held = 0
+
+    def __enter__(self):
+        self.held += 1
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self.held -= 1
+        return super().__exit__(*exc)
+
+
+def test_every_search_path_runs_the_engine_inside_the_gate(served, monkeypatch):
+    engine, thumbs, root = served
+    gate, seen = Watched(), []
+    for name in ("search", "search_id"):
+        work = getattr(engine, name)
+        monkeypatch.setattr(engine, name, lambda *a, work=work, name=name, **kw: seen.append((name, gate.held))
+                            or work(*a, **kw))
+    app.search(engine, thumbs, editor(root / "p01.png"), 3, gate=gate)
+    app.search_ui(engine, thumbs, gate, file_data(root / "p02.png"), 3, "", None)
+    app.run_link(engine, thumbs, gate, {"id": "p06", "k": 3, "box": ""})
+    assert seen == [("search", 1), ("search", 1), ("search_id", 1)] and gate.held == 0
+
+
+def test_the_ui_searches_the_file_the_editor_holds(served):
+    engine, thumbs, root = served
+    # An example the app put in the editor, unedited: searched by its stored descriptor.
+    _, records, _, searched = app.search_ui(engine, thumbs, None, file_data(thumbs.preview("p03")), 4, "", "p03")
+    assert records == engine.search_id("p03", 4).to_records() and searched["id"] == "p03"
+    # An upload in the editor's full value, with a box: its crop.
+    value = {"background": file_data(root / "p07.png"), "layers": [], "composite": None}
+    _, records, _, searched = app.search_ui(engine, thumbs, None, value, 3, "0,0,40,30", None)
+    assert records == engine.search(Image.open(root / "p07.png").convert("RGB").crop((0, 0, 40, 30)), 3).to_records()
+    assert searched["image"].size == (40, 30) and searched["id"] is None
+    with pytest.raises(gr.Error) as caught:
+        app.search_ui(engine, thumbs, None, "https://example.com/a.jpg", 3, "", None)
+    assert (caught.value.title, caught.value.message) == ("Not an image", app.URL_MESSAGE)
+
+
+def test_uploaded_path_takes_only_files_gradio_checked(tmp_path):
+    a, b = file_data(tmp_path / "a.png"), file_data(tmp_path / "b.png")
+    # The image editor's full value: the composite, else the background.
+    assert app.uploaded_path({"background": a, "layers": [], "composite": b}) == str(tmp_path / "b.png")
+    assert app.uploaded_path({"background": a, "layers": [], "composite": None}) == str(tmp_path / "a.png")
+    # A file dict is that file, whatever other keys it carries.
+    assert app.uploaded_path({**a, "background": b, "layers": []}) == str(tmp_path / "a.png")
+    not_uploaded = ("Not an image", "The image must be an uploaded file: handle_file(path) with gradio_client.")
+    for value in ({}, {"path": "/etc/passwd"}, {"meta": {"_type": "gradio.FileData"}}, "/etc/passwd",
+                  "/srv/background.png", 3):
+        assert refusal(app.uploaded_path, value) == not_uploaded, value
+    for url in ("https://example.com/a.jpg", "http://example.com/composite.png"):
+        assert refusal(app.uploaded_path, url) == ("Not an image", app.URL_MESSAGE)
+
+
+def test_thumbnails_are_staged_in_their_own_folder(served, tmp_path, monkeypatch):
+    engine, _, _ = served
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-temp"))  # the system temp folder unusable
+    folder = tmp_path / "thumbs"
+    folder.mkdir()
+    thumbs = app.Thumbnails(engine.index, folder)
+    assert Path(thumbs.jpeg("p05")).read_bytes() == engine.index.thumbnail("p05")
+    assert Path(thumbs.preview("p05")).read_bytes() == engine.index.preview("p05")
+    row = engine.index.row_of("p05")
+    assert sorted(p.name for p in folder.iterdir()) == [f"{row}.jpg", f"{row}.preview.jpg"]
+    assert not thumbs.is_unedited("p05", str(tmp_path / "gone.jpg"))
+
+
+def test_run_query_defaults_to_no_crop(served):
+    engine, thumbs, root = served
+    picture = Image.open(root / "p01.png").convert("RGB")
+    result, searched = app.run_query(engine, thumbs, picture, 3)
+    assert result.to_records() == engine.search(picture, 3).to_records() and searched["image"].size == (80, 60)

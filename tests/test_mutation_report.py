@@ -1,0 +1,87 @@
+"""The mutation report (benchmarks.mutation) over hand-made results: no mutmut run needed."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import mutation
+
+
+def result(killed, survived, equivalent, *, no_tests=0, survivors=(), untested=None, not_tried=0):
+    effective = killed + survived
+    return {"source": "retrieval/x.py", "tests": ["tests/test_x.py"], "mutants": killed + survived + equivalent,
+            "killed": killed, "survived": survived, "equivalent": equivalent, "not_tried": not_tried,
+            "score": round(killed / effective, 4) if effective else None, "no_tests": no_tests,
+            "untested_functions": untested or {}, "survivors": list(survivors)}
+
+
+def test_report_counts_untested_mutants_as_survivors_and_lists_them_per_function(tmp_path, monkeypatch):
+    monkeypatch.setattr(mutation, "RESULTS", tmp_path / "mutation.json")
+    monkeypatch.setattr(mutation, "SURVIVORS_DOC", tmp_path / "survivors.md")
+    monkeypatch.setattr(mutation, "_mutmut_version", lambda: "3.8.1")
+    survivor = {"name": "app.x_search__mutmut_3", "status": "survived", "diff": "- a < b\n+ a <= b",
+                "equivalent": False, "note": ""}
+    modules = {
+        "app": {**result(6, 4, 1, no_tests=3, survivors=[survivor], untested={"serve": 2, "match": 1}),
+                "ran": "2026-12-02"},
+        "features": result(0, 0, 0, not_tried=7),  # a run stopped before any mutant was tried: no score
+    }
+    data = mutation.write_results(modules, seconds={"app": 1.0})
+    rows = {row[0]: row for row in data["tables"]["mutation"]["rows"]}
+    assert rows["`app`"] == ["`app`", 6, 4, 3, 1, 0, "60.0%", "80% overall", "2026-12-02"]
+    assert rows["`features`"][5:] == [7, "no result", "80% overall", "before 2026-12"]
+    assert rows["`search`"][-3] == "not run"
+    assert rows["**all core modules**"] == ["**all core modules**", 6, 4, 3, 1, 7, "**60.0%**", "80%", ""]
+    assert data["overall"] == {"killed": 6, "survived": 4, "equivalent": 1, "score": 0.6}
+    assert json.loads((tmp_path / "mutation.json").read_text()) == data
+    doc = (tmp_path / "survivors.md").read_text()
+    assert "- `serve`: 2 mutants that no test of `app` reaches (no tests)." in doc
+    assert "- `app.x_search__mutmut_3` (survived): `- a < b` / `+ a <= b`. Not reviewed yet." in doc
+    assert "## `features` (retrieval/x.py): 0 killed, 0 survived, 0 equivalent\n\nNo survivors." in doc
+
+
+def test_stale_notes_are_the_noted_mutants_now_killed_or_gone(monkeypatch):
+    from benchmarks import mutation_notes
+
+    monkeypatch.setattr(mutation_notes, "EQUIVALENT", {"retrieval.rows.x_a__mutmut_1": "same",
+                                                       "retrieval.rows.x_a__mutmut_2": "same",
+                                                       "retrieval.search.x_b__mutmut_1": "other module"})
+    monkeypatch.setattr(mutation_notes, "NOTES", {"retrieval.rows.x_a__mutmut_3": "why", "retrieval.rows.x_c__mutmut_9": "gone"})
+    statuses = {"retrieval.rows.x_a__mutmut_1": "survived", "retrieval.rows.x_a__mutmut_2": "killed",
+                "retrieval.rows.x_a__mutmut_3": "timeout"}
+    assert mutation.stale_notes("rows", statuses) == ["retrieval.rows.x_a__mutmut_2", "retrieval.rows.x_a__mutmut_3",
+                                                      "retrieval.rows.x_c__mutmut_9"]
+
+
+def test_a_mutant_name_gives_its_function_or_method():
+    assert mutation._function_of("app.x_search__mutmut_3") == "search"
+    assert mutation._function_of("retrieval.search.xǁSearcherǁsearch__mutmut_35") == "search"
+    assert mutation._function_of("retrieval.rows.x__read_exactly__mutmut_12") == "_read_exactly"
+
+
+def test_a_note_written_for_another_change_under_the_same_name_is_not_applied(monkeypatch):
+    from benchmarks import mutation_notes
+
+    name = "retrieval.rows.x_a__mutmut_1"
+    monkeypatch.setattr(mutation_notes, "EQUIVALENT", {name: "same", "retrieval.rows.x_a__mutmut_2": "same too"})
+    monkeypatch.setattr(mutation_notes, "NOTES", {})
+    monkeypatch.setattr(mutation, "read_statuses", lambda module: {name: "survived", "retrieval.rows.x_a__mutmut_2": "survived",
+                                                                   "retrieval.rows.x_a__mutmut_3": "killed"})
+    diffs = {name: "- n = 1\n+ n = 2", "retrieval.rows.x_a__mutmut_2": "- a\n+ b"}
+    monkeypatch.setattr(mutation, "mutant_diffs", lambda module, mutants: {m: diffs[m] for m in mutants})
+    first = mutation.module_result("rows", None)
+    assert (first["killed"], first["survived"], first["equivalent"], first["score"]) == (1, 0, 2, 1.0)
+    assert [s["note_diff"] for s in first["survivors"]] == [diffs[name], "- a\n+ b"]
+    # The function is edited: the same name is now another mutant, and its old note no longer holds.
+    diffs[name] = "- if x:\n+ if not x:"
+    second = mutation.module_result("rows", first)
+    assert (second["killed"], second["survived"], second["equivalent"], second["score"]) == (1, 1, 1, 0.5)
+    moved = second["survivors"][0]
+    assert moved["stale_note"] and not moved["equivalent"] and moved["note_diff"] == "- n = 1\n+ n = 2"
+    assert "another change" in moved["note"]
+    # Until the note is reviewed, later runs keep the diff it was written for.
+    assert mutation.module_result("rows", second)["survivors"][0]["stale_note"]
+    # A rewritten note counts as reviewed: it applies to the mutant the name means now.
+    monkeypatch.setattr(mutation_notes, "EQUIVALENT", {name: "reviewed: same", "retrieval.rows.x_a__mutmut_2": "same too"})
+    third = mutation.module_result("rows", second)
+    assert third["equivalent"] == 2 and third["survivors"][0]["note_diff"] == "- if x:\n+ if not x:"
