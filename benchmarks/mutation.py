@@ -41,7 +41,7 @@ COPIED = ("retrieval", "precompute", "benchmarks", "app.py", "pytest.ini")
 # module -> (file mutated, tests meant for it, process isolation). "forkserver" for tests that run
 # TensorFlow: a worker forked from a process that already ran TensorFlow can hang.
 MODULES = {
-    "search": ("retrieval/search.py", ["tests/test_search.py", "tests/test_properties.py"], "fork"),
+    "search": ("retrieval/search.py", ["tests/test_search.py", "tests/test_properties.py"], "forkserver"),
     "rerank": ("retrieval/rerank.py", ["tests/test_rerank.py", "tests/test_properties.py"], "fork"),
     "evaluate": ("retrieval/evaluate.py", ["tests/test_evaluate.py", "tests/test_properties.py"], "fork"),
     "index": ("retrieval/index.py", ["tests/test_index.py", "tests/test_whitening.py"], "fork"),

@@ -35,25 +35,8 @@ EQUIVALENT: dict[str, str] = {
     # search
     _S + "x__best_first__mutmut_26": _UPPER_EINSUM,
     _S + "x__best_first__mutmut_35": _UPPER_EINSUM,
-    _S + "xǁSearcherǁ__init____mutmut_3": "the KD-tree's leaf size changes its speed, not its answers",
-    _S + "xǁSearcherǁ__init____mutmut_27": "the KD-tree's leaf size changes its speed, not its answers",
-    _S + "xǁSearcherǁ__init____mutmut_21": _SAME_RESULTS,
-    _S + "xǁSearcherǁ__init____mutmut_22": _SAME_RESULTS,
-    _S + "xǁSearcherǁ__init____mutmut_23": _SAME_RESULTS,
-    _S + "xǁSearcherǁ__init____mutmut_28": _SAME_RESULTS,
-    _S + "xǁSearcherǁ__init____mutmut_29": _SAME_RESULTS,
-    _S + "xǁSearcherǁ__init____mutmut_30": _SAME_RESULTS,
-    _S + "xǁSearcherǁsearch__mutmut_35": "distances between unit rows are at most 2, where 2 d >= d^2: " + _SUPERSET,
-    _S + "xǁSearcherǁsearch__mutmut_39": _SUPERSET,
-    _S + "xǁSearcherǁsearch__mutmut_40": _SUPERSET,
-    _S + "xǁSearcherǁsearch__mutmut_43": _SUPERSET,
-    _S + "xǁSearcherǁsearch__mutmut_50": "a distance exactly equal to the reach, sqrt(d^2 + 2e-5), never happens "
-                                         "in floating point; and the radius query would only add candidates",
-    _S + "xǁSearcherǁsearch__mutmut_72": _DEFAULT_AXIS,
-    _S + "xǁSearcherǁsearch__mutmut_76": "partitioning at k - 2 makes the threshold a value at most the k-th "
-                                         "best: " + _SUPERSET,
-    _S + "xǁSearcherǁsearch__mutmut_82": "a score exactly at the k-th minus the tolerance, on the edge of the "
-                                         "candidate band; the k-th itself is always inside",
+    _S + "xǁSearcherǁ__init____mutmut_3": "the KD-tree's default leaf size (41 instead of 40) changes its speed, "
+                                          "not its answers",
     # rerank
     _R + "x__weighted_sum__mutmut_9": _UPPER_EINSUM,
     _R + "x__weighted_sum__mutmut_30": _UPPER_EINSUM,
@@ -85,16 +68,7 @@ EQUIVALENT: dict[str, str] = {
     **{_I + f"x__versions__mutmut_{i}": "the PyPI name 'tensorflow' is not installed here (tensorflow-cpu is), "
        "so looking up another missing name records the same versions" for i in (10, 11)},
     # app
-    _A + "x_check_k__mutmut_5": "an empty string instead of None for an unreadable K: it differs from K too, "
-                                "so K is refused with the same message",
     _A + "x_read_link__mutmut_30": "-2 instead of -1 for an unreadable k: both are out of range and replaced",
-    _A + "x_search__mutmut_59": "a query of exactly 2048 px is 'downscaled' to 2048 px: the same image",
-    _A + "x_preview_html__mutmut_16": "PIL reads format names in any case",
-    _A + "xǁThumbnailsǁpng__mutmut_8": "PIL reads format names in any case",
-    _A + "x_preview_html__mutmut_22": "Python codec names are case-insensitive",
-    _A + "xǁThumbnailsǁimage__mutmut_1": "convert(None) copies the image; thumbnails are RGB JPEGs (make_thumbnail)",
-    _A + "xǁThumbnailsǁis_unedited__mutmut_11": "convert(None) copies the image; the editor's images are RGB "
-                                                "already (load_image converts)",
     **{_A + f"xǁThumbnailsǁ_file__mutmut_{i}": "the staging file's suffix: it is renamed to the final name"
        for i in (7, 9)},
     # build
@@ -201,9 +175,6 @@ NOTES: dict[str, str] = {
        for i in (48, 49, 50)},
     **{_V + f"x_root_sift__mutmut_{i}": "the arithmetic in the input's precision (float64 or integers) can change "
        "only the last bit of the float32 result" for i in (3, 5)},
-    **{_A + f"xǁThumbnailsǁ_file__mutmut_{i}": "staging in the system temp folder instead of the thumbnail "
-       "folder: the same on one filesystem; across filesystems the rename would fail, which a test here "
-       "cannot arrange" for i in (6, 8)},
     **{_I + f"x__swap_in__mutmut_{i}": "ignore_errors matters only when deleting the replaced index fails "
        "(permissions, a busy network share), which a test cannot provoke portably" for i in (25, 27, 28)},
     **{_I + f"x_save_index__mutmut_{i}": "ignore_errors matters only when cleaning up after a failed save also "
@@ -223,4 +194,74 @@ EQUIVALENT.update({
                                                "the rewrite puts it first again with max(scores), its own score, since "
                                                "results are sorted",
     _N + "xǁSearchEngineǁsearch_id__mutmut_26": "ids in a result are unique, so the last occurrence is the first",
+})
+
+# Reviewed on 2026-12-02: search and rerank after the ANN and memory-map paths got their tests, and the
+# app's handlers and endpoints.
+_LEAF = "the KD-tree's leaf size changes its speed, not its answers"
+_FLAT = ("take_rows flattens the row numbers itself (reshape(-1)); reshape(None) leaves top as it is and "
+         "reshape(-2) flattens like reshape(-1): numpy takes any negative as unknown")
+_NEGATIVE_AXIS = "reshape(..., -2) is reshape(..., -1): numpy takes any negative as unknown"
+_INVERSE = "numpy 2's unique returns the inverse in the input's shape: reshape(None) changes nothing"
+_WIDE = ("rows left in the database's dtype: float16 and float32 rows widen exactly in the mixed float32 "
+         "products (bit-identical results); only float64 rows would be summed in float64, which changes at most "
+         "the last bit of the float32 rows l2_normalize returns")
+
+_NO_THUMBNAILS_IN_MATCH = ("match() takes `thumbnails` but never uses it (it reads engine.index.preview), "
+                           "so passing None changes nothing")
+
+EQUIVALENT.update({
+    # search: Searcher.__init__
+    _S + "xǁSearcherǁ__init____mutmut_39": _LEAF,
+    # search: Searcher.search, the KD-tree's candidate band
+    _S + "xǁSearcherǁsearch__mutmut_50": "distances between unit rows are at most 2, where 2 d >= d^2: " + _SUPERSET,
+    _S + "xǁSearcherǁsearch__mutmut_54": "a reach of sqrt(d^2 + 2e5) takes every row as a candidate: " + _SUPERSET,
+    _S + "xǁSearcherǁsearch__mutmut_55": "a tolerance of 1.5e-5 instead of 1e-5: " + _SUPERSET,
+    _S + "xǁSearcherǁsearch__mutmut_58": "the radius query every time: its rows within the reach include the k "
+                                         "nearest (reach > the k-th distance): " + _SUPERSET,
+    _S + "xǁSearcherǁsearch__mutmut_65": "a (k+1)-th distance exactly equal to the reach, sqrt(d^2 + 2e-5), never "
+                                         "happens in floating point for unit rows; and the radius query would only "
+                                         "add candidates",
+    # search: Searcher.search, the exact candidate band
+    _S + "xǁSearcherǁsearch__mutmut_87": _DEFAULT_AXIS,
+    _S + "xǁSearcherǁsearch__mutmut_91": "partitioning at k - 2 makes the threshold some score at most the k-th "
+                                         "best: " + _SUPERSET,
+    _S + "xǁSearcherǁsearch__mutmut_97": "a score exactly at the k-th minus the tolerance, on the edge of the "
+                                         "candidate band; the k-th itself is always inside",
+    # rerank: alpha_query_expansion
+    _R + "x_alpha_query_expansion__mutmut_63": _FLAT,
+    _R + "x_alpha_query_expansion__mutmut_65": _FLAT,
+    _R + "x_alpha_query_expansion__mutmut_67": _NEGATIVE_AXIS,
+    # rerank: augment_with_neighbours
+    _R + "x_augment_with_neighbours__mutmut_2": "another default block size (8193 rows) changes memory and speed, "
+                                                "not the rows (blocks of 3 to 13 rows are tested)",
+    _R + "x_augment_with_neighbours__mutmut_28": "a step of 1 recomputes every row up to `block` times, each time "
+                                                 "to the same value: only slower",
+    _R + "x_augment_with_neighbours__mutmut_49": _INVERSE,
+    # app: handlers
+    _A + "x_check_k__mutmut_2": "int(True)/int(False) cannot raise, and the condition below refuses every bool "
+                                "(isinstance(k, bool)) with the same message",
+    _A + "x_decode_query__mutmut_6": "for bytes or a PIL image, str(source) is the repr of the whole file (b'...') or "
+                                     "one with a memory address; no load_image message contains it, so the "
+                                     "replace changes nothing",
+    _A + "x_inline_jpeg__mutmut_14": "PIL reads format names in any case",
+    _A + "x_inline_jpeg__mutmut_20": "Python codec names are case-insensitive",
+    _A + "x_refused__mutmut_11": "gradio only tests print_exception for truth (queueing.py, routes.py, utils.py: "
+                                 "`or e.print_exception`), and None is false like False",
+    _A + "x_run_query__mutmut_60": "a query of exactly 2048 px is copied, then thumbnail((2048, 2048)) returns at "
+                                   "once as it fits: the same pixels are searched",
+    # app: endpoints
+    _A + "x_http_search__mutmut_26": ("run_query uses `thumbnails` only in thumbnails.is_unedited, behind "
+                                     "`source is not None`; http_search passes no source, so None is never touched"),
+    _A + "x_match_api__mutmut_16": _NO_THUMBNAILS_IN_MATCH,
+    _A + "x_show_match__mutmut_17": _NO_THUMBNAILS_IN_MATCH,
+    _A + "xǁThumbnailsǁ_placeholder_jpeg__mutmut_7": ('format="jpeg": PIL Image.save looks the format up as '
+                                                    "format.upper(), so the same JPEG bytes are written"),
+})
+
+NOTES.update({
+    _R + "x_alpha_query_expansion__mutmut_58": "the ranked rows widened to float64 instead of float32: the sum is "
+                                               "formed in float64, which changes at most the last bit of the "
+                                               "float32 rows l2_normalize returns (as x__weighted_sum__mutmut_11)",
+    **{_R + f"x_augment_with_neighbours__mutmut_{i}": _WIDE for i in (32, 34, 46, 48)},
 })

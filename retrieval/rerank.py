@@ -117,18 +117,24 @@ def augment_with_neighbours(db: np.ndarray, neighbours: np.ndarray, *, alpha: fl
 
     Args:
         db: (n, d) L2-normalised rows, any float dtype (a memory map is fine).
-        neighbours: (n, k) int64 rows of each row's neighbours, itself excluded.
+        neighbours: (n, k) int64 rows of each row's neighbours, itself excluded; -1 marks a missing
+            one (an approximate search that found fewer than k), which adds nothing.
         out: an (n, d) array to write into (e.g. a memory map); None allocates float32.
     """
     neighbours = np.asarray(neighbours)
     if neighbours.ndim != 2 or len(neighbours) != len(db):
         raise ValueError(f"neighbours must be ({len(db)}, k), got {neighbours.shape}")
+    if neighbours.size and (neighbours.min() < -1 or neighbours.max() >= len(db)):
+        raise ValueError(f"neighbour rows must be in [-1, {len(db)})")
     _check(neighbours.shape[1], alpha)
     out = np.empty(db.shape, dtype=np.float32) if out is None else out
     for start in range(0, len(db), block):
         centres = np.asarray(db[start : start + block], dtype=np.float32)
         nb = neighbours[start : start + block]
-        uniq, inverse = np.unique(nb, return_inverse=True)  # sorted rows: a memory map is read in order
-        vecs = np.asarray(db[uniq], dtype=np.float32)[inverse.reshape(nb.shape)]
+        missing = nb < 0
+        # Sorted unique rows: a memory map is read in order, once each, by take_rows.
+        uniq, inverse = np.unique(np.where(missing, 0, nb), return_inverse=True)
+        vecs = take_rows(db, uniq).astype(np.float32)[inverse.reshape(nb.shape)]
+        vecs[missing] = 0.0
         out[start : start + len(centres)] = _weighted_sum(centres, vecs, alpha)
     return out

@@ -142,3 +142,119 @@ def test_dba_on_a_larger_database_matches_brute_force():
     db /= np.linalg.norm(db, axis=1, keepdims=True)
     for k in (1, 2, 5):
         np.testing.assert_allclose(database_augmentation(db, k=k, alpha=3), brute_force_dba(db, k, 3), atol=1e-5)
+
+
+# A database that is not a 2-D array, or a memory map read only at the ranked rows.
+
+QE_ONE = unit(1.1296, 0.1728)  # Q expanded by DB[0] with alpha 3, as in the first test
+
+
+def test_qe_takes_a_database_given_as_a_list_or_a_single_row():
+    np.testing.assert_allclose(alpha_query_expansion(Q, DB.tolist(), np.array([[0, 1, 2]]), k=1)[0], QE_ONE, rtol=1e-6)
+    np.testing.assert_allclose(alpha_query_expansion(Q, np.array([0.6, 0.8]), np.array([[0]]), k=1)[0], QE_ONE,
+                               rtol=1e-6)
+
+
+def mapped(tmp_path, rows, dtype=np.float16):
+    path = tmp_path / f"rows_{np.dtype(dtype).name}.npy"
+    np.save(path, np.asarray(rows, dtype=dtype))
+    mm = np.load(path, mmap_mode="r")
+    assert isinstance(mm, np.memmap)
+    return mm
+
+
+@pytest.mark.parametrize("mapped_db", [False, True])
+def test_qe_checks_only_the_rows_it_reads_of_an_array_or_memory_map(mapped_db, tmp_path):
+    # A bad row left unranked is never read; the ranked rows of a float16 map widen exactly.
+    db = np.vstack([DB, [[np.nan, 0.0]], [[0.0, np.inf]]]).astype(np.float32)
+    db = mapped(tmp_path, db, np.float32) if mapped_db else db
+    np.testing.assert_allclose(alpha_query_expansion(Q, db, np.array([[0, 1, 2, 3, 4]]), k=1)[0], QE_ONE, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"^database holds NaN or infinite values \(in the ranked rows\)$"):
+        alpha_query_expansion(Q, db, np.array([[0, 4, 1]]), k=2)
+    halves = np.array([[0.6, 0.8], [0.28, 0.96], [1.0, 0.0], [0.0, 1.0]])
+    db16 = mapped(tmp_path, halves) if mapped_db else halves.astype(np.float16)
+    queries = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    ranks = np.array([[0, 1, 3], [3, 1, 0]])
+    want = alpha_query_expansion(queries, halves.astype(np.float16).astype(np.float32), ranks, k=2)
+    np.testing.assert_allclose(alpha_query_expansion(queries, db16, ranks, k=2), want, rtol=1e-6)
+
+
+def test_qe_names_the_database_when_it_cannot_be_read_as_rows():
+    with pytest.raises(ValueError, match="^database holds NaN or infinite values$"):
+        alpha_query_expansion(Q, [[0.6, 0.8], [np.nan, 0.0]], np.array([[0]]), k=1)
+    with pytest.raises(ValueError, match=r"^database must be \(n, d\) rows, got shape \(1, 3, 2\)$"):
+        alpha_query_expansion(Q, np.zeros((1, 3, 2)), np.array([[0]]), k=1)
+
+
+# augment_with_neighbours: DBA with neighbours given (found by an ANN), in blocks of rows.
+
+
+def loop_augment(db, neighbours, alpha):
+    """Row i + sum over its given neighbours j of max(x_i . x_j, 0)^alpha x_j, normalised, one row at a time."""
+    db = np.asarray(db, dtype=np.float64)
+    out = []
+    for i, row in enumerate(neighbours):
+        v = db[i] + sum((max(db[i] @ db[j], 0.0) ** alpha * db[j] for j in row), np.zeros(db.shape[1]))
+        out.append(v / np.linalg.norm(v))
+    return np.array(out)
+
+
+def random_rows(n, d, seed):
+    rng = np.random.default_rng(seed)
+    db = rng.normal(size=(n, d)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    neighbours = np.array([rng.choice(np.delete(np.arange(n), i), size=3, replace=False) for i in range(n)])
+    return db, neighbours
+
+
+@pytest.mark.parametrize("block", [4, 5, 13, None])
+def test_augment_with_neighbours_matches_a_loop_over_the_rows(block):
+    db, neighbours = random_rows(13, 5, 12)
+    kwargs = {} if block is None else {"block": block}
+    out = rerank.augment_with_neighbours(db, neighbours, **kwargs)  # alpha 3 by default
+    assert out.dtype == np.float32 and out.shape == (13, 5)
+    np.testing.assert_allclose(out, loop_augment(db, neighbours, 3), atol=1e-6)
+    np.testing.assert_allclose(rerank.augment_with_neighbours(db, neighbours.tolist(), alpha=1, **kwargs),
+                               loop_augment(db, neighbours, 1), atol=1e-6)
+
+
+def test_augment_with_neighbours_writes_into_the_given_array(tmp_path):
+    db, neighbours = random_rows(11, 4, 13)
+    db16 = mapped(tmp_path, db)  # a float16 index's memory map
+    out = np.lib.format.open_memmap(tmp_path / "out.npy", mode="w+", dtype=np.float32, shape=db.shape)
+    out[:] = np.nan
+    assert rerank.augment_with_neighbours(db16, neighbours, alpha=2, out=out, block=3) is out
+    np.testing.assert_allclose(out, loop_augment(db16, neighbours, 2), atol=1e-6)
+    wide = np.full(db.shape, np.nan)
+    assert rerank.augment_with_neighbours(db, neighbours, out=wide, block=4) is wide
+    np.testing.assert_allclose(wide, loop_augment(db, neighbours, 3), atol=1e-6)
+
+
+def test_augment_with_no_neighbours_only_normalises():
+    db = np.array([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0]], dtype=np.float32)
+    out = rerank.augment_with_neighbours(db, np.zeros((3, 0), dtype=np.int64), block=2)
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 1.0], [1.0, 0.0]], rtol=1e-6)
+
+
+def test_augment_with_neighbours_refuses_a_bad_shape_or_alpha():
+    with pytest.raises(ValueError, match=r"^neighbours must be \(3, k\), got \(2, 1\)$"):
+        rerank.augment_with_neighbours(DB, np.array([[1], [0]]))
+    with pytest.raises(ValueError, match=r"^neighbours must be \(3, k\), got \(3,\)$"):
+        rerank.augment_with_neighbours(DB, np.array([1, 0, 0]))
+    with pytest.raises(ValueError, match=r"^alpha must be a finite number >= 0, got -1$"):
+        rerank.augment_with_neighbours(DB, np.array([[1], [0], [0]]), alpha=-1)
+
+
+def test_augment_with_neighbours_skips_missing_neighbours_and_refuses_rows_out_of_range():
+    # An approximate search marks neighbours it did not find with -1: they add nothing (never the last row).
+    db, neighbours = random_rows(9, 4, 14)
+    holes = neighbours.copy()
+    holes[2, 1:] = -1
+    holes[7, 0] = -1
+    expected = loop_augment(db, [[j for j in row if j >= 0] for row in holes], 3)
+    np.testing.assert_allclose(rerank.augment_with_neighbours(db, holes, block=4), expected, atol=1e-6)
+    for bad in (9, -2):
+        wrong = neighbours.copy()
+        wrong[4, 2] = bad
+        with pytest.raises(ValueError, match=r"^neighbour rows must be in \[-1, 9\)$"):
+            rerank.augment_with_neighbours(db, wrong)
