@@ -2,7 +2,7 @@
 
     python -m benchmarks.mutation                        # every module, fresh (long: run modules in chunks)
     python -m benchmarks.mutation --modules search,rerank
-    python -m benchmarks.mutation --modules build --resume --minutes 9   # continue a stopped run, retest survivors
+    python -m benchmarks.mutation --modules build --resume --minutes 9   # continue a stopped run, then retest survivors
     python -m benchmarks.mutation --report                # only rewrite the results from the last runs
 
 Not part of CI: it takes tens of minutes. Install the tool first:
@@ -99,20 +99,38 @@ def prepare(name: str, *, resume: bool) -> Path:
 
 
 def run_module(name: str, *, resume: bool, minutes: float, children: int) -> bool:
-    """Runs mutmut on one module for at most `minutes`; returns True when every mutant was tried."""
+    """Runs mutmut on one module for at most `minutes`; returns True when every mutant was tried.
+
+    With `resume`, first the mutants without a result (those a stopped run did not reach, and all of
+    a function or file edited since: mutmut drops their results), then the survivors that kept their
+    result, against the tests as they are now.
+    """
+    before = read_statuses(name) if resume else {}
     work = prepare(name, resume=resume)
+    deadline = time.monotonic() + minutes * 60
+    finished = _mutmut(name, work, [], deadline, children)
+    if resume and finished:
+        after = read_statuses(name)
+        again = [m for m, status in after.items()
+                 if status not in DETECTED and status != "not checked" and before.get(m) == status]
+        if again:
+            finished = _mutmut(name, work, again, deadline, children)
+    counts = read_statuses(name)
+    print(f"[{name}] {summary_counts(counts)}", flush=True)
+    return finished and "not checked" not in counts.values()
+
+
+def _mutmut(name: str, work: Path, mutants: list[str], deadline: float, children: int) -> bool:
+    """Runs `mutmut run` (on `mutants` only, if given) until it ends or the deadline; True if it ended."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0"}
     env.pop("CI", None)  # a missing ../shared/data skips here rather than failing the clean run
-    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)]
-    if resume:
-        # Named mutants are tested again even when they have a result: the survivors meet the tests
-        # added since, and the ones a stopped run never reached are tried.
-        cmd += [m for m, status in read_statuses(name).items() if status not in DETECTED]
-    print(f"[{name}] {' '.join(cmd[:6])}{' ...' if len(cmd) > 6 else ''} in {work.relative_to(ROOT)}", flush=True)
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *mutants]
+    what = f"{len(mutants)} named mutants again" if mutants else "the mutants without a result"
+    print(f"[{name}] mutmut run: {what}, in {work.relative_to(ROOT)}", flush=True)
     log = open(work / "mutmut.log", "ab")
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        proc.wait(timeout=minutes * 60)
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGINT)  # mutmut saves what it has on Ctrl-C
         try:
@@ -120,12 +138,13 @@ def run_module(name: str, *, resume: bool, minutes: float, children: int) -> boo
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        print(f"[{name}] stopped after {minutes} min; continue with --resume", flush=True)
+        print(f"[{name}] stopped at the time limit; continue with --resume", flush=True)
+        return False
     finally:
         log.close()
-    counts = read_statuses(name)
-    print(f"[{name}] exit {proc.returncode}: {summary_counts(counts)}", flush=True)
-    return proc.returncode == 0 and "not checked" not in counts.values()
+    if proc.returncode != 0:
+        print(f"[{name}] mutmut exited with {proc.returncode}; see {(work / 'mutmut.log').relative_to(ROOT)}", flush=True)
+    return proc.returncode == 0
 
 
 def read_statuses(name: str) -> dict[str, str]:

@@ -206,6 +206,11 @@ def test_graph_from_knn_keeps_a_neighbour_listed_twice_once_at_its_largest_weigh
         np.testing.assert_allclose(dense, [[0, 0.64], [0.64, 0]], rtol=1e-6)
     reordered = graph_from_knn(rows[:, ::-1], sims[:, ::-1], gamma=2.0).affinity().toarray()
     np.testing.assert_allclose(reordered, [[0, 0.64], [0.64, 0]], rtol=1e-6)
+    # Repeats in any row and of any neighbour, not only the first ones: 2 lists 0 twice, 1 lists 2 twice.
+    rows = np.array([[1, 2, -1], [0, 2, 2], [0, 1, 0]])
+    sims = np.array([[0.5, 0.6, 0.0], [0.5, 0.7, 0.9], [0.3, 0.9, 0.6]], np.float32)
+    dense = graph_from_knn(rows, sims, gamma=1.0, mutual=False).affinity().toarray()
+    np.testing.assert_allclose(dense, [[0, 0.5, 0.6], [0.5, 0, 0.9], [0.6, 0.9, 0]], rtol=1e-6)
 
 
 def test_exact_knn_refuses_k_out_of_range_and_breaks_ties_by_row():
@@ -405,3 +410,18 @@ def test_graph_defaults_small_graphs_and_named_refusals():
         exact_knn(np.zeros((2, 2, 2)), 1)
     with pytest.raises(ValueError, match="^database holds NaN or infinite values$"):
         exact_knn(np.array([[np.nan, 0], [0, 1]]), 1)
+
+
+def test_exact_knn_cuts_a_single_tie_at_the_kth_place_by_row():
+    # Twins: 60 random rows and a copy of each, shuffled. Where a row's k-th nearest has its twin just
+    # outside the k, the tie is one row wide; the lower row of the two is kept, as a stable full sort does.
+    # Small integers, so that every inner product is exact whatever the order of the sums.
+    rng = np.random.default_rng(11)
+    base = rng.integers(-3, 4, (60, 8)).astype(np.float32)
+    db = np.r_[base, base][rng.permutation(120)]
+    full = db.astype(np.float64) @ db.T.astype(np.float64)
+    np.fill_diagonal(full, -np.inf)
+    for k in (2, 3, 4, 5, 6, 7, 8, 40):
+        rows, _ = exact_knn(db, k)
+        expected = np.argsort(-full, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(rows, expected)

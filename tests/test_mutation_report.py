@@ -85,3 +85,15 @@ def test_a_note_written_for_another_change_under_the_same_name_is_not_applied(mo
     monkeypatch.setattr(mutation_notes, "EQUIVALENT", {name: "reviewed: same", "retrieval.rows.x_a__mutmut_2": "same too"})
     third = mutation.module_result("rows", second)
     assert third["equivalent"] == 2 and third["survivors"][0]["note_diff"] == "- if x:\n+ if not x:"
+
+
+def test_resume_tries_the_mutants_without_a_result_then_retests_the_survivors_that_kept_theirs(monkeypatch, tmp_path):
+    before = {"m1": "killed", "m2": "survived", "m3": "not checked", "m4": "survived", "m5": "no tests"}
+    # mutmut's first pass: m3 reached (survives), m4's function was edited, so it was rerun and is killed now.
+    after = {"m1": "killed", "m2": "survived", "m3": "survived", "m4": "killed", "m5": "no tests", "m6": "survived"}
+    runs, states = [], iter([before, after, after])
+    monkeypatch.setattr(mutation, "read_statuses", lambda name: next(states))
+    monkeypatch.setattr(mutation, "prepare", lambda name, resume: tmp_path)
+    monkeypatch.setattr(mutation, "_mutmut", lambda name, work, mutants, deadline, children: runs.append(mutants) or True)
+    assert mutation.run_module("rows", resume=True, minutes=1, children=2)
+    assert runs == [[], ["m2", "m5"]]  # m3 and m6 were just tried; m1 and m4 are killed
