@@ -21,6 +21,7 @@ import os
 import platform
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -78,9 +79,10 @@ class Index:
     _offsets: np.ndarray | None = field(default=None, repr=False)
     _rows: dict = field(default_factory=dict, repr=False)
     ann: object = None
-    _thumbnail_file: Path | None = field(default=None, repr=False)
+    _thumbnail_file: _OpenFile | None = field(default=None, repr=False)
     _preview_offsets: np.ndarray | None = field(default=None, repr=False)
     graph: Graph | None = None
+    _preview_file: _OpenFile | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self._rows = {str(i): r for r, i in enumerate(self.ids)}
@@ -112,9 +114,7 @@ class Index:
         start, stop = int(self._offsets[row]), int(self._offsets[row + 1])
         if self._thumbnail_file is None:
             return self._thumbnails[start:stop]
-        with open(self._thumbnail_file, "rb") as f:  # read by offset: thumbnails.bin stays on disk
-            f.seek(start)
-            return f.read(stop - start)
+        return self._thumbnail_file.read(start, stop)  # read by offset: thumbnails.bin stays on disk
 
     @property
     def has_previews(self) -> bool:
@@ -127,9 +127,7 @@ class Index:
             return self.thumbnail(image_id)
         row = self.row_of(image_id)
         start, stop = int(self._preview_offsets[row]), int(self._preview_offsets[row + 1])
-        with open(self.path / "previews.bin", "rb") as f:
-            f.seek(start)
-            return f.read(stop - start)
+        return self._preview_file.read(start, stop)
 
     def project(self, raw: np.ndarray) -> np.ndarray:
         """Returns query descriptors in the index's space: whitened if the index is, (m, d) float32."""
@@ -271,7 +269,11 @@ def _save_rows(path: Path, features: np.ndarray, dtype: str) -> None:
         block = np.asarray(features[start : start + _BLOCK], dtype=np.float32)
         if not np.isfinite(block).all():
             raise ValueError("features hold NaN or infinite values")
-        out[start : start + len(block)] = block
+        with np.errstate(over="ignore"):  # an overflow is refused just below, with its reason
+            stored = block.astype(dtype)
+        if not np.isfinite(stored).all():
+            raise ValueError(f"features hold values too large for {dtype} (L2-normalised rows are at most 1)")
+        out[start : start + len(block)] = stored
     out.flush()
     del out
 
@@ -425,8 +427,11 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
         raise IndexFormatError(f"{path}: thumbnails_offsets.npy does not describe thumbnails.bin for {n} images")
     preview_offsets = None
     if has_previews:
-        preview_offsets = np.load(path / "previews_offsets.npy", allow_pickle=False)
-        size = (path / "previews.bin").stat().st_size
+        try:
+            preview_offsets = np.load(path / "previews_offsets.npy", allow_pickle=False)
+            size = (path / "previews.bin").stat().st_size
+        except (OSError, ValueError) as e:
+            raise IndexFormatError(f"{path}: the previews cannot be read ({e})") from None
         if (preview_offsets.shape != (n + 1,) or preview_offsets[0] != 0 or preview_offsets[-1] != size
                 or np.any(np.diff(preview_offsets) < 0)):
             raise IndexFormatError(f"{path}: previews_offsets.npy does not describe previews.bin for {n} images")
@@ -455,8 +460,24 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
     # Small indexes keep their thumbnails in memory; a large one reads each by offset when asked.
     thumbs = (path / "thumbnails.bin").read_bytes() if not mapped else b""
     graph = _load_graph(path, meta) if meta.get("graph") else None
+    # Files read later are opened now: after save_index replaces the folder, this index still reads
+    # its own files (the old or the new index, never a mix).
     return Index(path, features, ids, meta, whitening, thumbs, offsets, ann=ann, graph=graph,
-                 _thumbnail_file=path / "thumbnails.bin" if mapped else None, _preview_offsets=preview_offsets)
+                 _thumbnail_file=_OpenFile(path / "thumbnails.bin") if mapped else None,
+                 _preview_offsets=preview_offsets,
+                 _preview_file=_OpenFile(path / "previews.bin") if has_previews else None)
+
+
+class _OpenFile:
+    """A file held open for reads by offset, closed when the object goes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY)
+        self._closer = weakref.finalize(self, os.close, self._fd)
+
+    def read(self, start: int, stop: int) -> bytes:
+        return os.pread(self._fd, stop - start, start)
 
 
 def _load_ann(path: Path, meta: dict):

@@ -550,3 +550,310 @@ def test_diffusion_graph_that_passes_the_checksum_but_not_the_checks_refused(tmp
         "bytes": (out / "graph_weights.npy").stat().st_size}})
     with pytest.raises(IndexFormatError, match="diffusion graph is not valid .*not symmetric"):
         load_index(out)
+
+
+# Large indexes (memory-mapped rows, thumbnails read by offset), the ANN file, the stored graph,
+# previews' offsets and the inputs save_index converts.
+
+def record(out, name):
+    """Re-records the size and sha256 of a file changed in place, so that only its content can be objected to."""
+    meta = json.loads((out / "index.json").read_text())
+    meta["files"][name] = {"sha256": file_sha256(out / name), "bytes": (out / name).stat().st_size}
+    (out / "index.json").write_text(json.dumps(meta))
+
+
+def varied(tmp_path, n=20, d=8, dtype="float16", **kwargs):
+    """An index whose thumbnails all differ in length and content, one of them empty."""
+    feats = l2_normalize(np.random.default_rng(4).standard_normal((n, d)))
+    ids = [f"img/{i:03d}" for i in range(n)]
+    thumbs = [bytes(range(i, 2 * i)) for i in range(n)]  # row 0: b""
+    out = save_index(tmp_path / "idx", feats, ids, META, thumbnails=thumbs, dtype=dtype, **kwargs)
+    return out, feats, ids, thumbs
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_a_large_index_is_memory_mapped_and_reads_its_thumbnails_from_disk(tmp_path, monkeypatch, dtype):
+    import retrieval.index as index_module
+
+    out, feats, ids, thumbs = varied(tmp_path, dtype=dtype)
+    monkeypatch.setattr(index_module, "IN_MEMORY_ELEMENTS", 100)  # 20 x 8 = 160 elements: mapped
+    idx = load_index(out)
+    assert isinstance(idx.features, np.memmap) and idx.features.dtype == np.dtype(dtype)
+    assert not idx.features.flags.writeable  # mapped read-only
+    np.testing.assert_array_equal(idx.features, feats.astype(dtype))
+    assert idx.ids.tolist() == ids and idx.dim == 8
+    assert [idx.thumbnail(i) for i in ids] == thumbs
+    assert idx.thumbnail(ids[-1]) == bytes(range(19, 38))
+
+
+def test_an_index_of_exactly_in_memory_elements_is_loaded_into_memory(tmp_path, monkeypatch):
+    import retrieval.index as index_module
+
+    out, feats, ids, thumbs = varied(tmp_path)
+    monkeypatch.setattr(index_module, "IN_MEMORY_ELEMENTS", 20 * 8)
+    idx = load_index(out)
+    assert type(idx.features) is np.ndarray and idx.features.dtype == np.float32
+    assert [idx.thumbnail(i) for i in ids] == thumbs
+    monkeypatch.setattr(index_module, "IN_MEMORY_ELEMENTS", 20 * 8 - 1)
+    assert isinstance(load_index(out).features, np.memmap)
+
+
+@pytest.mark.parametrize("row", [0, 9, 21])
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+def test_nan_or_infinity_in_any_block_of_a_mapped_index_is_refused(tmp_path, monkeypatch, row, bad):
+    import retrieval.index as index_module
+
+    out, feats, *_ = varied(tmp_path, n=22, dtype="float32")
+    monkeypatch.setattr(index_module, "IN_MEMORY_ELEMENTS", 100)
+    monkeypatch.setattr(index_module, "_BLOCK", 4)  # 22 rows: blocks at 0, 4, ..., 20, the last of 2 rows
+    assert isinstance(load_index(out).features, np.memmap)
+    feats = feats.copy()
+    feats[row, 5] = bad  # the first row, a middle block, the last row of the short last block
+    rewrite(out, "feature_list.npy", feats)
+    with pytest.raises(IndexFormatError, match=r"idx: feature_list.npy holds NaN or infinite values$"):
+        load_index(out)
+
+
+def test_an_in_memory_index_keeps_serving_its_own_thumbnails_after_a_rebuild(tmp_path):
+    out, _, ids, thumbs = varied(tmp_path)
+    idx = load_index(out)
+    save_index(out, np.eye(20, 8, dtype=np.float32), ids, META, thumbnails=[b"new" * 20] * 20)
+    assert [idx.thumbnail(i) for i in ids] == thumbs  # held in memory, not re-read from the new folder
+
+
+def tiny_ann(rows, **kwargs):
+    from retrieval.ann import build_ann
+
+    return build_ann(np.asarray(rows, dtype=np.float32), factory="Flat", **{"nprobe": 3, "rerank": 7, **kwargs})
+
+
+def ann_index(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # FAISS writes where it is told; nothing may land in the working folder
+    feats = l2_normalize(np.random.default_rng(5).standard_normal((5, 8)))
+    ann = tiny_ann(feats)
+    out = save_index(tmp_path / "idx", feats, [f"i{j}" for j in range(5)], META, thumbnails=None, ann=ann)
+    return out, feats, ann
+
+
+def test_ann_structure_round_trip(tmp_path, monkeypatch):
+    out, feats, ann = ann_index(tmp_path, monkeypatch)
+    meta = read_meta(out)
+    assert meta["ann"] == ann.to_meta() and meta["ann"]["factory"] == "Flat"
+    assert meta["files"]["ann.faiss"]["bytes"] == (out / "ann.faiss").stat().st_size
+    idx = load_index(out)
+    assert (idx.ann.factory, idx.ann.nprobe, idx.ann.rerank, len(idx.ann), idx.ann.dim) == ("Flat", 3, 7, 5, 8)
+    assert idx.ann.to_meta() == ann.to_meta()
+    np.testing.assert_array_equal(idx.ann.index.reconstruct_n(0, 5), feats)
+    assert load_index(make(tmp_path / "plain")[0]).ann is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "plain"]
+
+
+def test_missing_or_altered_ann_file_is_refused(tmp_path, monkeypatch):
+    out, *_ = ann_index(tmp_path, monkeypatch)
+    data = bytearray((out / "ann.faiss").read_bytes())
+    data[-1] ^= 0xFF  # a stored row's last byte: FAISS would read it without complaint
+    (out / "ann.faiss").write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match=r"idx/ann.faiss does not match its sha256 in index.json"):
+        load_index(out)
+    (out / "ann.faiss").unlink()
+    with pytest.raises(IndexFormatError, match=r"idx is incomplete: ann.faiss is missing$"):
+        load_index(out)
+
+
+def test_an_unreadable_ann_file_or_ann_settings_are_refused(tmp_path, monkeypatch):
+    out, *_ = ann_index(tmp_path, monkeypatch)
+    good = (out / "ann.faiss").read_bytes()
+    (out / "ann.faiss").write_bytes(b"garbage".ljust(len(good), b"\0"))
+    record(out, "ann.faiss")
+    with pytest.raises(IndexFormatError, match=r"idx: ann.faiss cannot be used \(FAISS cannot read .*ann.faiss: "
+                       r".*not recognized\)$"):
+        load_index(out)
+    (out / "ann.faiss").write_bytes(good)
+    record(out, "ann.faiss")
+    meta = read_meta(out)
+    del meta["ann"]["nprobe"]
+    edit_meta(out, ann=meta["ann"])
+    with pytest.raises(IndexFormatError, match=r"idx: ann.faiss cannot be used \('nprobe'\)$"):
+        load_index(out)
+
+
+@pytest.mark.parametrize("rows, message", [(4, "holds 4 rows of dimension 8, index.json says 5 of 8"),
+                                           (5, "holds 5 rows of dimension 4, index.json says 5 of 8")])
+def test_an_ann_file_of_other_rows_is_refused(tmp_path, monkeypatch, rows, message):
+    from retrieval.ann import save_ann
+
+    out, feats, _ = ann_index(tmp_path, monkeypatch)
+    other = feats[:rows] if rows == 4 else feats[:, :4]  # fewer rows, or rows of another dimension
+    save_ann(tiny_ann(other), out / "ann.faiss")
+    record(out, "ann.faiss")
+    with pytest.raises(IndexFormatError, match=rf"idx: ann.faiss {message}$"):
+        load_index(out)
+
+
+def test_save_refuses_an_ann_of_other_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    feats = l2_normalize(np.random.default_rng(5).standard_normal((5, 8)))
+    fewer, narrower = tiny_ann(feats[:4]), tiny_ann(feats[:, :4])
+    for ann, shape in ((fewer, "4 rows of dimension 8"), (narrower, "5 rows of dimension 4")):
+        with pytest.raises(ValueError, match=rf"^the ANN index holds {shape}, not \(5, 8\)$"):
+            save_index(tmp_path / "idx", feats, "abcde", META, thumbnails=None, ann=ann)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rows_given_as_lists_or_as_one_vector_are_saved_as_float_rows(tmp_path):
+    rows = [[0.6, 0.8, 0.0], [0.0, 0.0, 1.0]]
+    idx = load_index(save_index(tmp_path / "a", rows, ["x", "y"], META, thumbnails=None, dtype="float32"))
+    np.testing.assert_array_equal(idx.features, np.array(rows, dtype=np.float32))
+    vector = np.array([0.0, 0.6, 0.8])  # one row given as a (d,) vector
+    idx = load_index(save_index(tmp_path / "b", vector, ["z"], META, thumbnails=None, dtype="float32"))
+    assert idx.features.shape == (1, 3) and idx.features[0].tolist() == vector.astype(np.float32).tolist()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_rows_that_are_not_a_matrix_of_finite_numbers_are_refused_at_save(tmp_path):
+    with pytest.raises(ValueError, match=r"^features must be \(n, d\) rows, got shape \(2, 3, 4\)$"):
+        save_index(tmp_path / "a", np.zeros((2, 3, 4)), "ab", META, thumbnails=None)
+    with pytest.raises(ValueError, match=r"^features holds NaN or infinite values$"):
+        save_index(tmp_path / "a", [[1.0, float("nan")]], "a", META, thumbnails=None)
+    # finite as float64, infinite once stored: refused rather than written as an index load_index refuses
+    with pytest.raises(ValueError, match=r"^features hold NaN or infinite values$"):
+        save_index(tmp_path / "a", np.array([[1e300, 0.0], [0.0, 1.0]]), "ab", META, thumbnails=None, dtype="float32")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_index_without_thumbnails_gives_every_image_an_empty_one(tmp_path):
+    feats = l2_normalize(np.random.default_rng(0).standard_normal((3, 4)))
+    out = save_index(tmp_path / "a", feats, "xyz", META, thumbnails=None)
+    idx = load_index(out)
+    assert [idx.thumbnail(i) for i in "xyz"] == [b"", b"", b""] and (out / "thumbnails.bin").read_bytes() == b""
+    assert read_meta(out)["thumbnails"] is False
+    assert read_meta(save_index(tmp_path / "b", feats, "xyz", META, thumbnails=[b"", b"j", b""]))["thumbnails"] is True
+
+
+def test_offsets_files_are_int64(tmp_path):
+    out, *_ = make(tmp_path, previews=[b"p" * i for i in range(5)])
+    for name in ("thumbnails_offsets.npy", "previews_offsets.npy"):
+        offsets = np.load(out / name)
+        assert offsets.dtype == np.int64, name
+    assert np.load(out / "previews_offsets.npy").tolist() == [0, 0, 1, 3, 6, 10]
+
+
+def previews_index(tmp_path):
+    previews = [bytes([100 + i]) * (10 * i + 3) for i in range(5)]  # offsets 0, 3, 16, 39, 72, 115
+    out, *_ = make(tmp_path, previews=previews)
+    return out, np.load(out / "previews_offsets.npy")
+
+
+@pytest.mark.parametrize("change", ["one too many", "not from 0", "past the end", "short of the end", "decreasing"])
+def test_preview_offsets_that_do_not_fit_are_refused(tmp_path, change):
+    out, offsets = previews_index(tmp_path)
+    bad = offsets.copy()
+    if change == "one too many":
+        bad = np.r_[offsets[:2], offsets[1:]]  # still 0 .. the end, in order
+    elif change == "not from 0":
+        bad[0] = 1
+    elif change == "past the end":
+        bad[-1] += 1
+    elif change == "short of the end":
+        bad[-1] -= 1
+    else:
+        bad[2], bad[3] = bad[3], bad[2]
+    rewrite(out, "previews_offsets.npy", bad)
+    with pytest.raises(IndexFormatError,
+                       match=r"idx: previews_offsets.npy does not describe previews.bin for 5 images$"):
+        load_index(out)
+
+
+def test_empty_previews_are_fine(tmp_path):
+    previews = [b"", b"ab", b"", b"", b"c"]
+    out, _, ids, _ = make(tmp_path, previews=previews)
+    idx = load_index(out)
+    assert idx.has_previews and [idx.preview(i) for i in ids] == previews
+
+
+def test_pickled_preview_offsets_are_never_loaded(tmp_path):
+    out, _ = previews_index(tmp_path)
+    rewrite(out, "previews_offsets.npy", np.array([{"evil": 1}] * 6, dtype=object))
+    with pytest.raises(IndexFormatError, match=r"the previews cannot be read \(Object arrays cannot be loaded when "
+                                               r"allow_pickle=False"):
+        load_index(out)
+    (out / "previews_offsets.npy").write_bytes(b"not a npy file")
+    record(out, "previews_offsets.npy")
+    with pytest.raises(IndexFormatError, match=r"the previews cannot be read"):
+        load_index(out)
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_a_loaded_index_reads_its_own_files_after_the_folder_is_replaced(tmp_path, monkeypatch, mapped):
+    # The app may serve a folder that build_index replaces: a loaded index answers from the files it
+    # was loaded from (old thumbnails and previews at the old offsets), never the new ones.
+    if mapped:
+        import retrieval.index as index_module
+
+        monkeypatch.setattr(index_module, "IN_MEMORY_ELEMENTS", 10)
+    previews = [bytes([100 + i]) * (10 * i + 3) for i in range(5)]
+    out, feats, ids, thumbs = make(tmp_path, previews=previews)
+    idx = load_index(out)
+    assert isinstance(idx.features, np.memmap) == mapped
+    save_index(out, feats[::-1], ids, META, thumbnails=[b"new"] * 5, previews=[b"newer" * 9] * 5)
+    assert [idx.thumbnail(i) for i in ids] == thumbs
+    assert [idx.preview(i) for i in ids] == previews
+    fresh = load_index(out)
+    assert fresh.thumbnail(ids[2]) == b"new" and fresh.preview(ids[2]) == b"newer" * 9
+
+
+def test_rows_too_large_for_float16_are_refused_at_save(tmp_path):
+    # float32 rows above 65504 become infinite in float16: refused, rather than saved as an index
+    # that load_index then refuses.
+    rows = np.ones((3, 4), np.float32)
+    rows[1, 2] = 70000.0
+    with pytest.raises(ValueError, match=r"^features hold values too large for float16"):
+        save_index(tmp_path / "idx", rows, ["a", "b", "c"], META, thumbnails=None, dtype="float16")
+    assert not (tmp_path / "idx").exists()
+    assert load_index(save_index(tmp_path / "idx", rows, ["a", "b", "c"], META, thumbnails=None, dtype="float32")).features[1, 2] == 70000
+
+
+def test_loaded_whitening_is_float32(tmp_path):
+    out, raw, w = whitened(tmp_path)
+    idx = load_index(out)
+    assert idx.whitening.mean.dtype == np.float32 and idx.whitening.projection.dtype == np.float32
+
+
+@pytest.mark.parametrize("mutual, knn", [(True, "exact"), (False, "ann")])
+def test_diffusion_graph_settings_round_trip(tmp_path, mutual, knn):
+    import dataclasses
+
+    from retrieval.diffusion import build_graph
+
+    feats = l2_normalize(np.random.default_rng(2).standard_normal((20, 8)))
+    graph = dataclasses.replace(build_graph(feats, k=3, gamma=2.5, mutual=mutual), knn=knn)
+    out = save_index(tmp_path / "g", feats, range(20), META, thumbnails=None, graph=graph)
+    loaded = load_index(out).graph
+    assert (loaded.k, loaded.gamma, loaded.mutual, loaded.knn) == (3, 2.5, mutual, knn)
+    assert type(loaded.k) is int and type(loaded.gamma) is float and type(loaded.mutual) is bool
+    assert loaded.to_meta() == graph.to_meta()
+    assert loaded.indptr.dtype == np.int64 and loaded.indices.dtype == np.int32 and loaded.weights.dtype == np.float32
+    np.testing.assert_array_equal(loaded.affinity().toarray(), graph.affinity().toarray())
+
+
+def test_a_graph_of_other_images_is_refused(tmp_path):
+    from retrieval.diffusion import build_graph
+
+    out, graph = graph_index(tmp_path)
+    with pytest.raises(ValueError, match=r"^the graph has 20 nodes for 5 rows$"):
+        save_index(tmp_path / "five", np.eye(5, dtype=np.float32), "abcde", META, thumbnails=None, graph=graph)
+    assert not (tmp_path / "five").exists()
+    smaller = build_graph(l2_normalize(np.random.default_rng(3).standard_normal((19, 8))), k=4)
+    for name, array in zip(("graph_indptr.npy", "graph_indices.npy", "graph_weights.npy"),
+                           (smaller.indptr, smaller.indices, smaller.weights)):
+        rewrite(out, name, array)
+    with pytest.raises(IndexFormatError, match=r"g: the diffusion graph has 19 nodes, index.json says 20 images$"):
+        load_index(out)
+
+
+def test_a_pickled_graph_file_is_never_loaded(tmp_path):
+    out, graph = graph_index(tmp_path)
+    rewrite(out, "graph_indptr.npy", np.array([{"evil": 1}] * 21, dtype=object))
+    with pytest.raises(IndexFormatError, match=r"the diffusion graph is not valid "
+                       r"\(Object arrays cannot be loaded when allow_pickle=False\)$"):
+        load_index(out)
