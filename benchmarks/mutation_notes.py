@@ -232,9 +232,9 @@ EQUIVALENT.update({
     # rerank: augment_with_neighbours
     _R + "x_augment_with_neighbours__mutmut_2": "another default block size (8193 rows) changes memory and speed, "
                                                 "not the rows (blocks of 3 to 13 rows are tested)",
-    _R + "x_augment_with_neighbours__mutmut_28": "a step of 1 recomputes every row up to `block` times, each time "
+    _R + "x_augment_with_neighbours__mutmut_35": "a step of 1 recomputes every row up to `block` times, each time "
                                                  "to the same value: only slower",
-    _R + "x_augment_with_neighbours__mutmut_49": _INVERSE,
+    _R + "x_augment_with_neighbours__mutmut_67": _INVERSE,
     # app: handlers
     _A + "x_check_k__mutmut_2": "int(True)/int(False) cannot raise, and the condition below refuses every bool "
                                 "(isinstance(k, bool)) with the same message",
@@ -260,7 +260,10 @@ NOTES.update({
     _R + "x_alpha_query_expansion__mutmut_58": "the ranked rows widened to float64 instead of float32: the sum is "
                                                "formed in float64, which changes at most the last bit of the "
                                                "float32 rows l2_normalize returns (as x__weighted_sum__mutmut_11)",
-    **{_R + f"x_augment_with_neighbours__mutmut_{i}": _WIDE for i in (32, 34, 46, 48)},
+    **{_R + f"x_augment_with_neighbours__mutmut_{i}": _WIDE for i in (39, 41)},
+    _R + "x_augment_with_neighbours__mutmut_62": "the neighbour rows widened to float64: the sums are formed in "
+                                                 "float64, which changes at most the last bit of the float32 rows "
+                                                 "written (as x_alpha_query_expansion__mutmut_58)",
 })
 
 # Reviewed on 2026-12-02: diffusion, after its kNN graph kept the largest of repeated neighbours and

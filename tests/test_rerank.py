@@ -258,3 +258,16 @@ def test_augment_with_neighbours_skips_missing_neighbours_and_refuses_rows_out_o
         wrong[4, 2] = bad
         with pytest.raises(ValueError, match=r"^neighbour rows must be in \[-1, 9\)$"):
             rerank.augment_with_neighbours(db, wrong)
+
+
+def test_augment_with_neighbours_of_a_single_row_or_a_memory_map_with_missing_neighbours(tmp_path):
+    # One row has no other row to list: its neighbours are all missing, and it comes back normalised.
+    one = np.array([[3.0, 4.0]], np.float32)
+    np.testing.assert_allclose(rerank.augment_with_neighbours(one, np.array([[-1, -1]])), [[0.6, 0.8]], rtol=1e-6)
+    db, neighbours = random_rows(9, 4, 15)
+    holes = neighbours.copy()
+    holes[:, 2] = -1
+    expected = loop_augment(db, [[j for j in row if j >= 0] for row in holes], 3)
+    out = rerank.augment_with_neighbours(mapped(tmp_path, db), holes, block=4)
+    np.testing.assert_allclose(out, loop_augment(mapped(tmp_path, db), holes[:, :2], 3), atol=1e-6)
+    assert np.abs(out - expected).max() < 2e-3  # the same up to the float16 rows
