@@ -102,8 +102,8 @@ def run_module(name: str, *, resume: bool, minutes: float, children: int) -> boo
     """Runs mutmut on one module for at most `minutes`; returns True when every mutant was tried.
 
     With `resume`, first the mutants without a result (those a stopped run did not reach, and all of
-    a function or file edited since: mutmut drops their results), then the survivors that kept their
-    result, against the tests as they are now.
+    a file edited since: mutmut drops their results), then the mutants that survived before and still
+    do, against the tests as they are now (a survivor of an edited file is so tried twice).
     """
     before = read_statuses(name) if resume else {}
     work = prepare(name, resume=resume)
@@ -220,6 +220,9 @@ def module_result(name: str, previous: dict | None) -> dict | None:
             entry["note_diff"], entry["note_text"] = diff, entry["note"]  # what the note was checked against
         survivors.append(entry)
     not_tried = sum(1 for status in statuses.values() if status == "not checked")
+    # What each note was checked against, kept for every mutant still alive or not tried (not only
+    # the survivors listed), so that a note outlives a run that did not reach its mutant.
+    noted = {x["name"]: [x["note_diff"], x.get("note_text")] for x in survivors if x.get("note_diff")}
     survivors = [x for x in survivors if x["status"] != "not checked"]  # a stopped run: see not_tried
     # "no tests": no test meant for the module calls the mutant's function. They count as survivors
     # (nothing would catch the bug) and are listed per function, not one by one.
@@ -247,12 +250,15 @@ def module_result(name: str, previous: dict | None) -> dict | None:
         "no_tests": sum(untested.values()),
         "untested_functions": dict(sorted(untested.items(), key=lambda kv: (-kv[1], kv[0]))),
         "stale_notes": stale_notes(name, statuses),
+        "noted": noted,
         "survivors": survivors,
     }
 
 
 def _noted_diffs(previous: dict | None) -> dict[str, tuple[str, str | None]]:
     """Returns {mutant: (the diff its note was written for, the note's text)} from a module's last result."""
+    if previous and "noted" in previous:
+        return {m: (d, t) for m, (d, t) in previous["noted"].items()}
     out = {}
     for s in (previous or {}).get("survivors", []):
         if s.get("note_diff"):

@@ -167,18 +167,20 @@ def graph_from_knn(rows: np.ndarray, sims: np.ndarray, *, gamma: float = 3.0, mu
     n, k = rows.shape
     if rows.size and (rows.max() >= n or rows.min() < -1):
         raise ValueError(f"neighbour rows must be in [-1, {n})")
-    src = np.repeat(np.arange(n), k)
-    dst = rows.ravel().astype(np.int64)
-    w = np.power(np.maximum(sims.ravel(), 0.0), gamma).astype(np.float32)
-    keep = (dst >= 0) & (dst != src) & (w > 0)
-    src, dst, w = src[keep], dst[keep], w[keep]
-    # A directed kNN matrix with a neighbour listed twice kept once, at its largest weight (an
-    # approximate search may repeat one), then mutual = min with its transpose.
-    order = np.lexsort((-w, dst, src))
-    src, dst, w = src[order], dst[order], w[order]
-    first = np.ones(len(src), bool)
-    first[1:] = (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])
-    a = sparse.csr_matrix((w[first], (src[first], dst[first])), shape=(n, n))
+    src = np.repeat(np.arange(n), k).reshape(n, k)
+    dst = rows.astype(np.int64)
+    w = np.power(np.maximum(sims, 0.0), gamma).astype(np.float32)
+    valid = (dst >= 0) & (dst != src) & (w > 0)
+    # Within each row, a neighbour listed twice (an approximate search may repeat one) is kept once,
+    # at its largest weight: sorted by neighbour, then by weight, the first of each run is kept.
+    dst = np.where(valid, dst, n)
+    order = np.lexsort((-w, dst), axis=1)
+    dst, w = np.take_along_axis(dst, order, axis=1), np.take_along_axis(w, order, axis=1)
+    first = np.ones((n, k), bool)
+    first[:, 1:] = dst[:, 1:] != dst[:, :-1]
+    keep = first & (dst < n)
+    # The directed kNN matrix, then mutual = min with its transpose (else max).
+    a = sparse.csr_matrix((w[keep], (src[keep], dst[keep])), shape=(n, n))
     a = a.minimum(a.T) if mutual else a.maximum(a.T)
     a = sparse.csr_matrix(a, dtype=np.float32)
     a.eliminate_zeros()

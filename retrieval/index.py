@@ -21,7 +21,6 @@ import os
 import platform
 import shutil
 import tempfile
-import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -31,6 +30,7 @@ import numpy as np
 
 from retrieval.diffusion import Graph
 from retrieval.features import Pipeline
+from retrieval.rows import OpenFile, hold_file
 from retrieval.search import as_rows
 from retrieval.whitening import Whitening, apply_whitening
 
@@ -79,10 +79,10 @@ class Index:
     _offsets: np.ndarray | None = field(default=None, repr=False)
     _rows: dict = field(default_factory=dict, repr=False)
     ann: object = None
-    _thumbnail_file: _OpenFile | None = field(default=None, repr=False)
+    _thumbnail_file: OpenFile | None = field(default=None, repr=False)
     _preview_offsets: np.ndarray | None = field(default=None, repr=False)
     graph: Graph | None = None
-    _preview_file: _OpenFile | None = field(default=None, repr=False)
+    _preview_file: OpenFile | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self._rows = {str(i): r for r, i in enumerate(self.ids)}
@@ -410,9 +410,11 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
     mapped = isinstance(n, int) and isinstance(dim, int) and n * dim > IN_MEMORY_ELEMENTS
     try:
         features = np.load(path / "feature_list.npy", allow_pickle=False, mmap_mode="r" if mapped else None)
+        if isinstance(features, np.memmap):
+            hold_file(features)  # rows read by offset come from this file, as the mapping's do
         ids = np.load(path / "feature_id.npy", allow_pickle=False)
         offsets = np.load(path / "thumbnails_offsets.npy", allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError) as e:
         raise IndexFormatError(f"{path}: an array file cannot be read ({e})") from None
     if features.ndim != 2 or features.shape != (n, dim):
         raise IndexFormatError(f"{path}: feature_list.npy has shape {features.shape}, {META_FILE} says ({n}, {dim})")
@@ -430,7 +432,7 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
         try:
             preview_offsets = np.load(path / "previews_offsets.npy", allow_pickle=False)
             size = (path / "previews.bin").stat().st_size
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError) as e:
             raise IndexFormatError(f"{path}: the previews cannot be read ({e})") from None
         if (preview_offsets.shape != (n + 1,) or preview_offsets[0] != 0 or preview_offsets[-1] != size
                 or np.any(np.diff(preview_offsets) < 0)):
@@ -463,21 +465,9 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
     # Files read later are opened now: after save_index replaces the folder, this index still reads
     # its own files (the old or the new index, never a mix).
     return Index(path, features, ids, meta, whitening, thumbs, offsets, ann=ann, graph=graph,
-                 _thumbnail_file=_OpenFile(path / "thumbnails.bin") if mapped else None,
+                 _thumbnail_file=OpenFile(path / "thumbnails.bin") if mapped else None,
                  _preview_offsets=preview_offsets,
-                 _preview_file=_OpenFile(path / "previews.bin") if has_previews else None)
-
-
-class _OpenFile:
-    """A file held open for reads by offset, closed when the object goes."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fd = os.open(path, os.O_RDONLY)
-        self._closer = weakref.finalize(self, os.close, self._fd)
-
-    def read(self, start: int, stop: int) -> bytes:
-        return os.pread(self._fd, stop - start, start)
+                 _preview_file=OpenFile(path / "previews.bin") if has_previews else None)
 
 
 def _load_ann(path: Path, meta: dict):

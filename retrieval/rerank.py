@@ -124,6 +124,8 @@ def augment_with_neighbours(db: np.ndarray, neighbours: np.ndarray, *, alpha: fl
     neighbours = np.asarray(neighbours)
     if neighbours.ndim != 2 or len(neighbours) != len(db):
         raise ValueError(f"neighbours must be ({len(db)}, k), got {neighbours.shape}")
+    if neighbours.size and not np.issubdtype(neighbours.dtype, np.integer):
+        raise ValueError(f"neighbours must be integer rows, got {neighbours.dtype}")
     if neighbours.size and (neighbours.min() < -1 or neighbours.max() >= len(db)):
         raise ValueError(f"neighbour rows must be in [-1, {len(db)})")
     _check(neighbours.shape[1], alpha)

@@ -14,28 +14,71 @@ Anything that is not a whole memory-mapped ``.npy`` matrix is indexed as usual.
 from __future__ import annotations
 
 import os
+import weakref
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_block", "take_rows"]
+__all__ = ["OpenFile", "hold_file", "read_block", "take_rows"]
 
 
-def _source(features) -> tuple[str, int, int] | None:
-    """Returns (file, byte offset of row 0, bytes per row) for a whole C-ordered memmap, else None."""
+class OpenFile:
+    """A file held open for reads by offset, closed when the object goes.
+
+    Reads go to the file that was opened, even after its path names another one (an index folder
+    replaced by a rebuild). A copy shares it; a pickled one opens the path again where it lands.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.fd = os.open(self.path, os.O_RDONLY)
+        self._closer = weakref.finalize(self, os.close, self.fd)
+
+    def read(self, start: int, stop: int) -> bytes:
+        return os.pread(self.fd, stop - start, start)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def __reduce__(self):
+        return OpenFile, (self.path,)
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def hold_file(features: np.memmap) -> np.memmap:
+    """Keeps the file of a memory-mapped matrix open: `take_rows` and `read_block` then read the rows
+    the mapping shows, even after the path names a new file."""
+    features.held_file = OpenFile(features.filename)
+    return features
+
+
+def _source(features) -> tuple[int | str, int, int] | None:
+    """Returns (held descriptor or file, byte offset of row 0, bytes per row) for a whole C-ordered memmap, else None."""
     if not isinstance(features, np.memmap) or features.ndim != 2 or not features.flags.c_contiguous:
         return None
+    held = getattr(features, "held_file", None)
     path = getattr(features, "filename", None)
     if not path:
         return None
     row_bytes = features.strides[0]
     try:
-        size = os.path.getsize(path)
+        size = held.size() if held is not None else os.path.getsize(path)
     except OSError:
         return None
     # A slice of a memmap keeps its parent's offset: only the whole matrix, ending at the file's end, is safe.
     if int(features.offset) + len(features) * row_bytes != size:
         return None
-    return path, int(features.offset), row_bytes
+    return (held.fd if held is not None else path), int(features.offset), row_bytes
+
+
+def _opened(source):
+    """Returns (descriptor, whether to close it) for a held descriptor or a path."""
+    return (source, False) if isinstance(source, int) else (os.open(source, os.O_RDONLY), True)
 
 
 def take_rows(features: np.ndarray, rows) -> np.ndarray:
@@ -51,15 +94,16 @@ def take_rows(features: np.ndarray, rows) -> np.ndarray:
     n = len(features)
     if len(rows) and (rows.min() < 0 or rows.max() >= n):
         raise IndexError(f"row out of range 0..{n - 1}")
-    path, offset, row_bytes = source
+    file, offset, row_bytes = source
     out = np.empty((len(rows), features.shape[1]), dtype=features.dtype)
     buffer = memoryview(out.reshape(-1).view(np.uint8))
-    fd = os.open(path, os.O_RDONLY)
+    fd, close = _opened(file)
     try:
         for i, r in enumerate(rows.tolist()):
             _read_exactly(fd, buffer[i * row_bytes : (i + 1) * row_bytes], offset + r * row_bytes)
     finally:
-        os.close(fd)
+        if close:
+            os.close(fd)
     return out
 
 
@@ -69,13 +113,14 @@ def read_block(features: np.ndarray, start: int, stop: int) -> np.ndarray:
     start, stop = max(0, start), min(len(features), stop)
     if source is None:
         return np.asarray(features[start:stop])
-    path, offset, row_bytes = source
+    file, offset, row_bytes = source
     out = np.empty((max(0, stop - start), features.shape[1]), dtype=features.dtype)
-    fd = os.open(path, os.O_RDONLY)
+    fd, close = _opened(file)
     try:
         _read_exactly(fd, memoryview(out.reshape(-1).view(np.uint8)), offset + start * row_bytes)
     finally:
-        os.close(fd)
+        if close:
+            os.close(fd)
     return out
 
 

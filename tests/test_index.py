@@ -798,8 +798,32 @@ def test_a_loaded_index_reads_its_own_files_after_the_folder_is_replaced(tmp_pat
     save_index(out, feats[::-1], ids, META, thumbnails=[b"new"] * 5, previews=[b"newer" * 9] * 5)
     assert [idx.thumbnail(i) for i in ids] == thumbs
     assert [idx.preview(i) for i in ids] == previews
+    from retrieval.rows import read_block, take_rows
+
+    stored = feats.astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(take_rows(idx.features, [0, 4]).astype(np.float32), stored[[0, 4]])
+    np.testing.assert_allclose(read_block(idx.features, 0, 5).astype(np.float32), stored)
     fresh = load_index(out)
     assert fresh.thumbnail(ids[2]) == b"new" and fresh.preview(ids[2]) == b"newer" * 9
+    np.testing.assert_allclose(take_rows(fresh.features, [0]).astype(np.float32), stored[[4]])
+
+
+def test_an_index_copied_or_pickled_still_reads_its_files(tmp_path, monkeypatch):
+    import copy
+    import gc
+    import pickle
+
+    import retrieval.index as index_module
+
+    monkeypatch.setattr(index_module, "IN_MEMORY_ELEMENTS", 10)
+    previews = [bytes([100 + i]) * (i + 2) for i in range(5)]
+    out, _, ids, thumbs = make(tmp_path, previews=previews)
+    idx = load_index(out)
+    twin, clone = copy.deepcopy(idx), pickle.loads(pickle.dumps(idx._preview_file))
+    del idx
+    gc.collect()  # the original's files are not closed under the copy
+    assert [twin.thumbnail(i) for i in ids] == thumbs and [twin.preview(i) for i in ids] == previews
+    assert clone.read(0, 2) == previews[0]
 
 
 def test_rows_too_large_for_float16_are_refused_at_save(tmp_path):

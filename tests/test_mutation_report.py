@@ -97,3 +97,22 @@ def test_resume_tries_the_mutants_without_a_result_then_retests_the_survivors_th
     monkeypatch.setattr(mutation, "_mutmut", lambda name, work, mutants, deadline, children: runs.append(mutants) or True)
     assert mutation.run_module("rows", resume=True, minutes=1, children=2)
     assert runs == [[], ["m2", "m5"]]  # m3 and m6 were just tried; m1 and m4 are killed
+
+
+def test_a_note_keeps_the_change_it_was_written_for_through_a_run_that_did_not_reach_it(monkeypatch):
+    from benchmarks import mutation_notes
+
+    name = "retrieval.rows.x_a__mutmut_1"
+    monkeypatch.setattr(mutation_notes, "EQUIVALENT", {name: "same"})
+    monkeypatch.setattr(mutation_notes, "NOTES", {})
+    status, diffs = {name: "survived"}, {name: "- n = 1\n+ n = 2"}
+    monkeypatch.setattr(mutation, "read_statuses", lambda module: dict(status))
+    monkeypatch.setattr(mutation, "mutant_diffs", lambda module, mutants: {m: diffs[m] for m in mutants})
+    first = mutation.module_result("rows", None)
+    for between in ("not checked", "no tests"):  # a stopped run, or a test file that no longer calls it
+        status[name], diffs[name] = between, "- if x:\n+ if not x:"
+        middle = mutation.module_result("rows", first)
+        status[name] = "survived"
+        last = mutation.module_result("rows", middle)
+        assert last["survivors"][0]["stale_note"] and last["equivalent"] == 0, between
+        diffs[name] = "- n = 1\n+ n = 2"

@@ -258,6 +258,8 @@ def test_augment_with_neighbours_skips_missing_neighbours_and_refuses_rows_out_o
         wrong[4, 2] = bad
         with pytest.raises(ValueError, match=r"^neighbour rows must be in \[-1, 9\)$"):
             rerank.augment_with_neighbours(db, wrong)
+    with pytest.raises(ValueError, match=r"^neighbours must be integer rows, got float64$"):
+        rerank.augment_with_neighbours(db, neighbours + 0.5)
 
 
 def test_augment_with_neighbours_of_a_single_row_or_a_memory_map_with_missing_neighbours(tmp_path):
