@@ -62,10 +62,6 @@ EQUIVALENT: dict[str, str] = {
     _I + "x__fsync_dir__mutmut_4": "opened in text mode instead of binary: fsync of its descriptor is the same",
     **{_I + f"x_file_sha256__mutmut_{i}": "another chunk size (or the whole file at once): the same sha256"
        for i in (13, 15, 16)},
-    **{_I + f"x_load_index__mutmut_{i}": "allow_pickle=None or left out: np.load's default is False"
-       for i in (62, 64, 71, 73, 80, 82, 144, 146, 153, 155)},
-    **{_I + f"x_load_index__mutmut_{i}": "the whitening arrays keep the dtype they were saved in (float32); "
-       "apply_whitening returns float32 rows either way" for i in (182, 183)},
     **{_I + f"x__versions__mutmut_{i}": "the PyPI name 'tensorflow' is not installed here (tensorflow-cpu is), "
        "so looking up another missing name records the same versions" for i in (10, 11)},
     # app
@@ -135,9 +131,11 @@ EQUIVALENT: dict[str, str] = {
     **{_W + f"x_take_rows__mutmut_{i}": "integer row numbers (the contract) index the same rows as int64"
        for i in (4, 6)},
     _W + "x_take_rows__mutmut_34": "out is 2-D: reshape(-2), like reshape(-1), flattens it",
-    **{_W + f"x_read_block__mutmut_{i}": _BYTES for i in (40, 41)},
-    _W + "x_read_block__mutmut_43": "out is 2-D: reshape(-2), like reshape(-1), flattens it",
-    _W + "x__source__mutmut_12": "only a memmap gets this far, and every memmap has a filename attribute",
+    **{_W + f"x_read_block__mutmut_{i}": _BYTES + " (renumbered on 2026-12-02)" for i in (37, 38)},
+    _W + "x_read_block__mutmut_40": "out is 2-D: reshape(-2), like reshape(-1), flattens it (renumbered)",
+    _W + "x__source__mutmut_20": "only a memmap gets this far, and every memmap has a filename attribute (renumbered)",
+    _W + "x__source__mutmut_27": "the size of the file at the path instead of the held one: when they differ the rows "
+                                 "are read through the mapping, which shows the same held file",
 }
 
 NOTES: dict[str, str] = {
@@ -173,10 +171,6 @@ NOTES: dict[str, str] = {
        for i in (48, 49, 50)},
     **{_V + f"x_root_sift__mutmut_{i}": "the arithmetic in the input's precision (float64 or integers) can change "
        "only the last bit of the float32 result" for i in (3, 5)},
-    **{_I + f"x__swap_in__mutmut_{i}": "ignore_errors matters only when deleting the replaced index fails "
-       "(permissions, a busy network share), which a test cannot provoke portably" for i in (25, 27, 28)},
-    **{_I + f"x_save_index__mutmut_{i}": "ignore_errors matters only when cleaning up after a failed save also "
-       "fails, which a test cannot provoke portably" for i in (183, 185, 186)},
 }
 
 # Reviewed in a later session: verify, ann and engine survivors.
@@ -248,7 +242,7 @@ EQUIVALENT.update({
     _A + "x_run_query__mutmut_60": "a query of exactly 2048 px is copied, then thumbnail((2048, 2048)) returns at "
                                    "once as it fits: the same pixels are searched",
     # app: endpoints
-    _A + "x_http_search__mutmut_26": ("run_query uses `thumbnails` only in thumbnails.is_unedited, behind "
+    _A + "x_http_search__mutmut_28": ("run_query uses `thumbnails` only in thumbnails.is_unedited, behind "
                                      "`source is not None`; http_search passes no source, so None is never touched"),
     _A + "x_match_api__mutmut_16": _NO_THUMBNAILS_IN_MATCH,
     _A + "x_show_match__mutmut_17": _NO_THUMBNAILS_IN_MATCH,
@@ -296,4 +290,53 @@ NOTES.update({
                                    "(no difference in 2,400 random rows of 120 to 5,000), but numpy does not promise it",
     _D + "x_normalized__mutmut_21": _WIDER_FLOATS,
     **{_D + f"xǁDiffusionǁscores__mutmut_{i}": _WIDER_FLOATS for i in (34, 36, 50, 52)},
+})
+
+# Reviewed on 2026-12-02: index, after memory-mapped indexes, the ANN file, the stored graph and the
+# previews got their tests (numbers of today's code).
+_NPY_DEFAULT = "allow_pickle=None or left out: np.load's default is False"
+_PICKLE_REFUSED_EARLIER = ("the same file was already loaded with allow_pickle=False by load_index, which refuses an "
+                           "object array; and an object array cannot be memory-mapped anyway")
+_STEP_ONE = ("a step of one row instead of a block: the same rows checked (or written), but a block handled from "
+             "every row, quadratic work that would not finish at a million rows; only time differs, which no unit "
+             "test measures")
+_FILE_SAME_AS_MEMORY = ("the in-memory rows are feature_list.npy widened to float32: checking the file instead "
+                        "gives the same answer")
+_UNUSED_MAPPED = "a mapped index never reads its in-memory thumbnails: thumbnail() reads thumbnails.bin by offset"
+_WHOLE_IN_MEMORY = ("the NaN check of a mapped index loads (or scans) the whole matrix at once instead of in blocks "
+                    "of its own mapping: the same answer, but memory a million-row index may not have; no unit test "
+                    "measures memory")
+EQUIVALENT.update({
+    _I + "x_load_index__mutmut_98": _NPY_DEFAULT,
+    _I + "x_load_index__mutmut_101": _NPY_DEFAULT,
+    _I + "x_load_index__mutmut_114": _NPY_DEFAULT,
+    _I + "x_load_index__mutmut_116": _NPY_DEFAULT,
+    _I + "x_load_index__mutmut_123": _NPY_DEFAULT,
+    _I + "x_load_index__mutmut_125": _NPY_DEFAULT,
+    _I + "x_load_index__mutmut_175": _NPY_DEFAULT,
+    _I + "x_load_index__mutmut_177": _NPY_DEFAULT,
+    _I + "x_load_index__mutmut_214": _NPY_DEFAULT,
+    _I + "x_load_index__mutmut_216": _NPY_DEFAULT,
+    _I + "x_load_index__mutmut_223": _NPY_DEFAULT,
+    _I + "x_load_index__mutmut_225": _NPY_DEFAULT,
+    _I + "x__load_graph__mutmut_6": _NPY_DEFAULT,
+    _I + "x__load_graph__mutmut_8": _NPY_DEFAULT,
+    _I + "x__all_finite__mutmut_4": _NPY_DEFAULT,
+    _I + "x__all_finite__mutmut_7": _NPY_DEFAULT,
+    _I + "x__all_finite__mutmut_10": _PICKLE_REFUSED_EARLIER,
+    _I + "x_load_index__mutmut_272": _FILE_SAME_AS_MEMORY,
+    _I + "x_load_index__mutmut_296": _UNUSED_MAPPED,
+    _I + "x__save_rows__mutmut_31": "errstate(over=None) keeps numpy's setting for overflows: a warning is printed, "
+                                    "and the overflow is refused all the same",
+    _I + "x_load_index__mutmut_332": "an in-memory index also holding thumbnails.bin open reads its thumbnails from "
+                                     "that file: the same bytes, one descriptor more",
+})
+
+NOTES.update({
+    _I + "x__all_finite__mutmut_3": _WHOLE_IN_MEMORY,
+    _I + "x__all_finite__mutmut_6": _WHOLE_IN_MEMORY,
+    _I + "x_load_index__mutmut_271": _WHOLE_IN_MEMORY,
+    _I + "x__all_finite__mutmut_19": _STEP_ONE,
+    _I + "x__save_rows__mutmut_17": _STEP_ONE,
+    _I + "x_load_index__mutmut_291": 'a mapped index also reads all of thumbnails.bin into memory (gigabytes at a million images) though thumbnail() reads by offset from the file: the same bytes served, only memory differs, which no unit test measures',
 })

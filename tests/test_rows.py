@@ -88,3 +88,40 @@ def test_whole_mappings_that_are_not_matrices_are_indexed_as_usual(tmp_path):
         np.testing.assert_array_equal(take_rows(mapped, [5, 0, 5]), x[[5, 0, 5]])
         np.testing.assert_array_equal(read_block(mapped, 1, 4), x[1:4])
         del mapped
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_held_file_is_read_after_its_path_names_a_new_file(tmp_path):
+    # An index folder replaced under a loaded index: rows read by offset come from the file mapped.
+    import gc
+    import pickle
+
+    from retrieval.rows import OpenFile, hold_file
+
+    path = tmp_path / "rows.npy"
+    old = np.arange(24, dtype=np.float32).reshape(6, 4)
+    np.save(path, old)
+    held = hold_file(np.load(path, mmap_mode="r"))
+    plain = np.load(path, mmap_mode="r")
+    np.save(tmp_path / "next.npy", -old)
+    os.replace(tmp_path / "next.npy", path)
+    for _ in range(2):  # the held descriptor stays open between reads
+        np.testing.assert_array_equal(take_rows(held, [5, 0]), old[[5, 0]])
+        np.testing.assert_array_equal(read_block(held, 1, 3), old[1:3])
+    os.fstat(held.held_file.fd)  # still open after the reads
+    np.testing.assert_array_equal(take_rows(plain, [5]), -old[[5]])  # not held: the path's new file
+    before = _open_fds()
+    take_rows(plain, [1, 2]), read_block(plain, 0, 6)
+    assert _open_fds() == before  # a file opened for one read is closed again
+    f = OpenFile(path)
+    assert f.read(2, 6) == path.read_bytes()[2:6] and f.size() == path.stat().st_size and f.path == path
+    again = pickle.loads(pickle.dumps(f))
+    assert again.fd != f.fd and again.read(0, 6) == f.read(0, 6)
+    fd = f.fd
+    del f
+    gc.collect()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed with its object
