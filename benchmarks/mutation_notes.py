@@ -226,9 +226,9 @@ EQUIVALENT.update({
     # rerank: augment_with_neighbours
     _R + "x_augment_with_neighbours__mutmut_2": "another default block size (8193 rows) changes memory and speed, "
                                                 "not the rows (blocks of 3 to 13 rows are tested)",
-    _R + "x_augment_with_neighbours__mutmut_35": "a step of 1 recomputes every row up to `block` times, each time "
+    _R + "x_augment_with_neighbours__mutmut_42": "a step of 1 recomputes every row up to `block` times, each time "
                                                  "to the same value: only slower",
-    _R + "x_augment_with_neighbours__mutmut_67": _INVERSE,
+    _R + "x_augment_with_neighbours__mutmut_74": _INVERSE,
     # app: handlers
     _A + "x_check_k__mutmut_2": "int(True)/int(False) cannot raise, and the condition below refuses every bool "
                                 "(isinstance(k, bool)) with the same message",
@@ -254,8 +254,8 @@ NOTES.update({
     _R + "x_alpha_query_expansion__mutmut_58": "the ranked rows widened to float64 instead of float32: the sum is "
                                                "formed in float64, which changes at most the last bit of the "
                                                "float32 rows l2_normalize returns (as x__weighted_sum__mutmut_11)",
-    **{_R + f"x_augment_with_neighbours__mutmut_{i}": _WIDE for i in (39, 41)},
-    _R + "x_augment_with_neighbours__mutmut_62": "the neighbour rows widened to float64: the sums are formed in "
+    **{_R + f"x_augment_with_neighbours__mutmut_{i}": _WIDE for i in (46, 48)},
+    _R + "x_augment_with_neighbours__mutmut_69": "the neighbour rows widened to float64: the sums are formed in "
                                                  "float64, which changes at most the last bit of the float32 rows "
                                                  "written (as x_alpha_query_expansion__mutmut_58)",
 })
@@ -273,13 +273,14 @@ EQUIVALENT.update({
     _D + "x_exact_knn__mutmut_39": "None stored in a float array is NaN, which argpartition puts last, as it does "
                                    "-inf, and which no comparison with the cut selects: a row is never its own neighbour",
     **{_D + f"x_exact_knn__mutmut_{i}": _DEFAULT_AXIS for i in (53, 64, 76, 86, 95)},
-    _D + "x_graph_from_knn__mutmut_44": "the neighbour rows as float64: scipy converts the coordinates of a sparse "
+    **{_D + f"x_graph_from_knn__mutmut_{i}": _DEFAULT_AXIS for i in (79, 88, 95)},
+    _D + "x_graph_from_knn__mutmut_48": "the neighbour rows as float64: scipy converts the coordinates of a sparse "
                                         "matrix to its integer index type, and they are whole numbers",
-    _D + "x_graph_from_knn__mutmut_46": "float32 weights widened to float64, compared and deduplicated, then cast back "
+    _D + "x_graph_from_knn__mutmut_50": "float32 weights widened to float64, compared and deduplicated, then cast back "
                                         "to float32: every step is exact",
-    _D + "x_graph_from_knn__mutmut_62": "zero-weight edges kept as explicit zeros: min and max with the transpose treat "
+    _D + "x_graph_from_knn__mutmut_66": "zero-weight edges kept as explicit zeros: min and max with the transpose treat "
                                         "them as the missing entries they stand for, and eliminate_zeros drops them",
-    **{_D + f"x_graph_from_knn__mutmut_{i}": "the matrix is float32 already: its weights are" for i in (97, 99)},
+    **{_D + f"x_graph_from_knn__mutmut_{i}": "the matrix is float32 already: its weights are" for i in (123, 125)},
     _D + "xǁDiffusionǁranked__mutmut_18": "numpy reads the sort kind in any case",
     **{_D + f"xǁDiffusionǁranked__mutmut_{i}": "the candidates are never empty: the settings need at least one and "
        "scores refuses a shorter first ranking" for i in (26, 28)},
