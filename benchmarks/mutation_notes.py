@@ -70,12 +70,9 @@ EQUIVALENT: dict[str, str] = {
        for i in (7, 9)},
     # build
     **{_B + f"x_build_index__mutmut_{i}": "batch size and decoding threads change speed, not descriptors "
-       "(batched extraction equals one at a time, tests/test_features.py)" for i in (1, 2, 66, 67)},
+       "(batched extraction equals one at a time, tests/test_features.py)" for i in (1, 2)},
     **{_B + f"x_build_index__mutmut_{i}": "another flush schedule by default: 257 images or 31 s instead of 256 "
        "or 30 (the schedule itself is tested with small values)" for i in (10, 11)},
-    _B + "x_build_index__mutmut_96": "a flush when exactly flush_seconds have passed, a tie of two clock readings",
-    _B + "x_build_index__mutmut_120": "the cached vectors are float32 already",
-    _B + "x_build_index__mutmut_145": "DBA with k = 0 only normalises rows that are unit-length already",
     _B + "x_build_index__mutmut_15": "the silent logger's return value is never used",
     **{_B + f"xǁ_Cacheǁ_count__mutmut_{i}": "allow_pickle=None or left out: np.load's default is False"
        for i in (4, 6)},
