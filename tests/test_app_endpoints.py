@@ -23,28 +23,11 @@ from gradio.data_classes import FileData
 from PIL import Image
 
 import app
-from retrieval.build import build_index
-from retrieval.engine import SearchEngine
-from retrieval.features import Pipeline
-from retrieval.index import load_index
 from retrieval.matchview import match_view
 
-PIPE = Pipeline(max_side=64)
-N = 12
+from tests.test_app_handlers import N, served  # noqa: F401  (the same tiny 12-photo index, one fixture)
+
 LOGGER = "landmark-search"
-
-
-@pytest.fixture(scope="module")
-def served(tiny, tmp_path_factory):
-    """(engine, thumbnails, photos folder) over 12 random 80x60 photos, as in tests/test_app_handlers.py."""
-    root = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(N):
-        Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(root / f"p{i:02d}.png")
-    out = tmp_path_factory.mktemp("idx") / "index"
-    build_index(root, out, tiny, PIPE, dtype="float32", qe=2)
-    engine = SearchEngine(load_index(out), tiny, backend="exact")
-    return engine, app.Thumbnails(engine.index, tmp_path_factory.mktemp("thumbs")), root
 
 
 def upload(path) -> dict:
