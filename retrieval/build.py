@@ -179,6 +179,7 @@ def record_results(plan: BuildPlan, results: Iterable[tuple[str, Embedded]], *, 
     """
     say = log or (lambda _msg: None)
     report, fresh, last_flush, done = plan.report, {}, time.monotonic(), 0
+    skipped_before = len(report.skipped)  # an earlier call's skips are not this call's
     try:
         for done, (rel, item) in enumerate(results, 1):
             if item.error:
@@ -199,7 +200,7 @@ def record_results(plan: BuildPlan, results: Iterable[tuple[str, Embedded]], *, 
         if fresh:
             plan.cache.write_shard(fresh)
             plan.entries.update(fresh)
-    report.embedded += done - len(report.skipped)
+    report.embedded += done - (len(report.skipped) - skipped_before)
 
 
 def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str = "float16", whiten: bool = False,
@@ -215,6 +216,7 @@ def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str =
     Raises:
         BuildError: if no image at all could be indexed.
     """
+    started = time.perf_counter() if started is None else started  # without a start time: this call's
     say = log or (lambda _msg: None)
     report, entries = plan.report, plan.entries
     ids, vectors, thumbs, rels, seen = [], [], [], [], {}
@@ -275,7 +277,7 @@ def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str =
     save_index(plan.out_dir, features, ids, meta, thumbnails=thumbs, previews=previews, whitening=whitening, dtype=dtype,
                ann=structure, graph=graph)
     report.count = len(ids)
-    report.seconds = time.perf_counter() - (started if started is not None else time.perf_counter())
+    report.seconds = time.perf_counter() - started
     return report
 
 

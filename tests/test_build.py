@@ -1,14 +1,19 @@
+import dataclasses
 import json
 import io
 import os
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from precompute import build_index as build_cmd
-from retrieval.build import BuildError, build_index
-from retrieval.features import Pipeline, embed_image
+from retrieval import build as build_module
+from retrieval.build import BuildError, assemble_index, build_index, plan_build, record_results
+from retrieval.defaults import DEFAULT
+from retrieval.diffusion import DiffusionSettings, build_graph
+from retrieval.features import Pipeline, embed_image, iter_features
 from retrieval.index import load_index
 
 PIPE = Pipeline(max_side=64)
@@ -53,6 +58,8 @@ def test_rerun_embeds_only_new_or_changed_and_drops_deleted(tiny, folder, tmp_pa
     assert "p0" not in after and "new/p9" in after
     np.testing.assert_array_equal(after.features[after.row_of("sub/p5")], before.features[before.row_of("sub/p5")])
     assert not np.allclose(after.features[after.row_of("p2")], before.features[before.row_of("p2")])
+    for kept in ("p4", "sub/p1", "sub/p3", "sub/p5"):  # the reused images keep their thumbnails, from the cache
+        assert after.thumbnail(kept) == before.thumbnail(kept) != b""
     assert len(list((out / ".cache").glob("shard-*.npz"))) == 1  # compacted
     again = build_index(folder, out, tiny, PIPE)
     assert (again.embedded, again.reused) == (0, 6)
@@ -296,17 +303,17 @@ def test_whitening_needs_two_images_and_dba_one_neighbour(tiny, tmp_path):
     save_photo(root / "p.jpg", 1)
     with pytest.raises(BuildError, match="whitening needs at least two images"):
         build_index(root, tmp_path / "idx", tiny, PIPE, whiten=True)
-    build_index(root, tmp_path / "idx", tiny, PIPE, dba=3)
-    assert load_index(tmp_path / "idx").meta["dba"] is None
-    with pytest.raises(BuildError, match=r"no image under .* could be indexed \(0 skipped\)"):
+    build_index(root, tmp_path / "idx", tiny, PIPE, dba=3, diffusion=DiffusionSettings())
+    meta = load_index(tmp_path / "idx").meta
+    assert meta["dba"] is None and meta["diffusion"] is None and meta["graph"] is None  # no graph of one image
+    empty = re.escape(str(tmp_path / "empty"))
+    with pytest.raises(BuildError, match=rf"^no image under {empty} could be indexed \(0 skipped\)$"):
         (tmp_path / "empty").mkdir()
         build_index(tmp_path / "empty", tmp_path / "e", tiny, PIPE)
 
 
 def test_cache_shards_are_written_every_shard_size_images_or_flush_seconds(tiny, folder, tmp_path, monkeypatch):
     # What an interrupted (killed) build keeps: every finished shard. Counted by the shards written.
-    from retrieval import build as build_module
-
     sizes = []
     write = build_module._Cache.write_shard
 
@@ -378,6 +385,9 @@ def test_two_images_can_be_whitened_and_the_report_counts_add_up(tiny, tmp_path)
     assert load_index(tmp_path / "idx").whitening is not None
     assert (report.count, report.embedded, len(report.skipped)) == (2, 2, 1)
     assert 0 < report.seconds <= took
+    build_index(root, tmp_path / "idx", tiny, PIPE, diffusion=DiffusionSettings(k=5))
+    meta = load_index(tmp_path / "idx").meta  # two images make a graph, of one neighbour each
+    assert meta["diffusion"]["k"] == 5 and (meta["graph"]["count"], meta["graph"]["k"]) == (2, 1)
     with pytest.raises(BuildError, match="^whitening needs at least two images$"):
         (root / "b.jpg").unlink()
         build_index(root, tmp_path / "idx2", tiny, PIPE, whiten=True)
@@ -411,3 +421,110 @@ def test_everything_deleted_and_a_changed_network_start_afresh(tiny, folder, tmp
     assert report.embedded == 6 and report.reused == 0
     assert msgs == ["the cached descriptors were made with other settings; embedding everything again"]
     assert json.loads((out / ".cache" / "state.json").read_text())["network"] == other.name
+
+
+def test_previews_up_to_max_previews_and_what_the_embedding_pass_is_given(tiny, folder, tmp_path, monkeypatch):
+    # The embedding pass gets the build's batch size and decoding threads and, up to max_previews
+    # images (the limit included), the preview side; over it no previews at all, which the pass
+    # would only hold in memory. The previews' own decoding threads are the build's too.
+    import retrieval.previews
+
+    passes, preview_threads, made = [], [], []
+    real_iter, real_previews = build_module.iter_features, build_module.build_previews
+    real_make = retrieval.previews.make_preview
+    monkeypatch.setattr(build_module, "iter_features", lambda *a, **kw: passes.append(kw) or real_iter(*a, **kw))
+    monkeypatch.setattr(build_module, "build_previews",
+                        lambda *a, **kw: preview_threads.append(kw.get("workers")) or real_previews(*a, **kw))
+    monkeypatch.setattr(retrieval.previews, "make_preview",
+                        lambda path, side: made.append(path) or real_make(path, side))
+    out = tmp_path / "idx"
+    build_index(folder, out, tiny, PIPE, batch_size=3, workers=1, preview_side=48, max_previews=6)
+    idx = load_index(out)
+    assert [(kw["batch_size"], kw["workers"], kw["preview_side"]) for kw in passes] == [(3, 1, 48)]
+    assert preview_threads == [1] and made == []  # every preview came out of the embedding pass
+    assert idx.meta["preview_side"] == 48
+    assert [Image.open(io.BytesIO(idx.preview(i))).size for i in idx.ids] == [(48, 32)] * 6
+    build_index(folder, out, tiny, PIPE, preview_side=48, max_previews=5)
+    idx = load_index(out)
+    assert passes[-1]["preview_side"] is None and len(preview_threads) == 1
+    assert not idx.has_previews and idx.meta["preview_side"] is None
+    # A photo rewritten under the build (same size and time, so its descriptor is reused): its
+    # preview, asked for now, cannot be made, and the index stays as it was.
+    photo = folder / "p0.jpg"
+    stat = photo.stat()
+    photo.write_bytes(b"\0" * stat.st_size)
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(BuildError, match=r"^a preview could not be made \(.+\); the files changed during the build\?$"):
+        build_index(folder, out, tiny, PIPE, preview_side=40)
+    assert not load_index(out).has_previews
+
+
+def test_the_ann_structure_is_built_when_asked_or_from_ann_rows_images(tiny, folder, tmp_path, monkeypatch):
+    import faiss
+
+    from retrieval.ann import build_ann
+
+    out = tmp_path / "idx"
+    monkeypatch.setattr(build_module, "DEFAULT", dataclasses.replace(DEFAULT, ann_rows=7))
+    build_index(folder, out, tiny, PIPE)
+    assert load_index(out).meta["ann"] is None  # 6 images, under ann_rows
+    build_index(folder, out, tiny, PIPE, ann=True)
+    assert load_index(out).meta["ann"]["count"] == 6
+    monkeypatch.setattr(build_module, "DEFAULT", dataclasses.replace(DEFAULT, ann_rows=6))
+    build_index(folder, out, tiny, PIPE, ann=False)
+    assert load_index(out).meta["ann"] is None
+    msgs = []
+    build_index(folder, out, tiny, PIPE, log=msgs.append)  # from ann_rows images up, so at exactly 6
+    idx = load_index(out)
+    assert msgs == ["building the ANN structure over 6 images", "ann IVF1,SQ8: training on 6 of 6 rows",
+                    "ann IVF1,SQ8: adding 6 rows"]
+    assert idx.meta["ann"]["count"] == 6 and len(idx.ann) == 6
+    # Built from the rows as stored (float16): the same structure as one built from the loaded index.
+    again = build_ann(idx.features)
+    assert np.array_equal(faiss.serialize_index(idx.ann.index), faiss.serialize_index(again.index))
+
+
+def test_the_diffusion_graph_is_built_from_the_rows_as_stored(tiny, folder, tmp_path):
+    settings = DiffusionSettings(k=3, seeds=2, alpha=0.9, gamma=2.0)
+    build_index(folder, tmp_path / "idx", tiny, PIPE, diffusion=settings)
+    idx = load_index(tmp_path / "idx")
+    assert idx.meta["diffusion"] == settings.to_meta()
+    assert (idx.meta["graph"]["k"], idx.meta["graph"]["gamma"], idx.meta["graph"]["count"]) == (3, 2.0, 6)
+    # From the float16 rows as stored: a graph built again from the loaded index is this one exactly.
+    want = build_graph(idx.features, k=3, gamma=2.0)
+    for name in ("indptr", "indices", "weights"):
+        np.testing.assert_array_equal(getattr(idx.graph, name), getattr(want, name))
+
+
+def test_assemble_index_defaults_are_build_index_defaults(tiny, folder, tmp_path):
+    # The Ray engine passes assemble_index only the options it was given (build_index_ray's
+    # **assemble), so what it was not given must come out as build_index's defaults.
+    out = tmp_path / "idx"
+    build_index(folder, out, tiny, PIPE)
+    want = load_index(out).meta
+    report = assemble_index(plan_build(folder, out, tiny, PIPE), tiny, PIPE)  # and no start time either
+    meta = load_index(out).meta
+    for key in ("dtype", "whitening", "dba", "query_expansion", "diffusion", "graph", "ann", "preview_side"):
+        assert meta[key] == want[key], key
+    assert (meta["dtype"], meta["whitening"], meta["dba"], meta["query_expansion"]) == ("float16", None, None, None)
+    assert (report.count, report.reused) == (6, 6) and 0 < report.seconds < 60
+    assemble_index(plan_build(folder, out, tiny, PIPE), tiny, PIPE, whiten=True, dba=1, qe=2)
+    meta = load_index(out).meta
+    assert meta["whitening"]["shrinkage"] == 0.5
+    assert meta["dba"] == {"k": 1, "alpha": 3.0} and meta["query_expansion"] == {"k": 2, "alpha": 3.0}
+
+
+def test_results_recorded_in_two_passes_add_up(tiny, tmp_path):
+    # An engine may feed one plan's results in several passes: the report counts them all.
+    root = tmp_path / "photos"
+    for name in ("a", "c", "d"):
+        save_photo(root / f"{name}.jpg", ord(name))
+    (root / "b.jpg").write_text("not an image")
+    plan = plan_build(root, tmp_path / "idx", tiny, PIPE)
+    assert plan.todo == ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    for part in (plan.todo[:2], plan.todo[2:]):
+        stream = iter_features(tiny, [plan.files[rel] for rel in part], PIPE, thumbnail_side=64)
+        record_results(plan, ((part[item.position], item) for item in stream))
+    report = assemble_index(plan, tiny, PIPE, thumbnail_side=64)
+    assert (report.count, report.embedded, [rel for rel, _ in report.skipped]) == (3, 3, ["b.jpg"])
+    assert load_index(tmp_path / "idx").ids.tolist() == ["a", "c", "d"]
