@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".mutation"
 RESULTS = ROOT / "results" / "mutation.json"
 SURVIVORS_DOC = ROOT / "docs" / "mutation-survivors.md"
-# What a mutated copy needs to import and test: the library, the app and the commands the tests call.
-COPIED = ("retrieval", "precompute", "benchmarks", "app.py", "pytest.ini")
+# What a mutated copy needs to import and test: the library, the app, the commands the tests call and
+# the README (tests check that it states what the code enforces).
+COPIED = ("retrieval", "precompute", "benchmarks", "app.py", "pytest.ini", "README.md")
 
 # module -> (file mutated, tests meant for it, process isolation). "forkserver" for tests that run
 # TensorFlow: a worker forked from a process that already ran TensorFlow can hang.
@@ -89,7 +90,7 @@ def prepare(name: str, *, resume: bool) -> Path:
         "[mutmut]\n"
         f"source_paths =\n    {sources}\n"
         f"only_mutate =\n    {source}\n"
-        "also_copy =\n    pytest.ini\n"
+        "also_copy =\n    pytest.ini\n    README.md\n"
         "pytest_add_cli_args_test_selection =\n    " + "\n    ".join(tests) + "\n"
         "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n"
         f"process_isolation = {isolation}\n"
