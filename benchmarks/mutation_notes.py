@@ -349,3 +349,91 @@ EQUIVALENT.update({
     _B + "x_record_results__mutmut_36": "a flush when exactly flush_seconds have passed, a tie of two clock readings",
     _B + "x_assemble_index__mutmut_8": "decoding threads change speed, not thumbnails or previews",
 })
+
+# Reviewed on 2026-12-02: onnx_export survivors (with Keras 3, numpy 2 and onnx as installed).
+_O = "retrieval.onnx_export."
+
+_O_NAME_HINT = ("only the hint of a fresh tensor name changes; _Graph.fresh appends its counter, so every "
+             "name stays unique and the graph computes the same")
+_O_COUNTER = "the counter's start or step changes; the names stay distinct, so the graph computes the same"
+_O_LAST_PATH_PART = ("still the part of the weight path after its last '/' (Keras 3 paths always have one), "
+                  "so the same weights are found")
+_O_KERAS3_INBOUND = ("every Keras 3 operation has _inbound_nodes, so getattr's default is never used")
+_O_KERAS3_OPERATIONS = ("every Keras 3 model has .operations, so getattr's default (model.layers) is never used")
+_O_NO_LIST_CONFIG = ("no checked config value is a list in Keras 3 (BatchNormalization axis is an int, "
+                  "Normalization axis a tuple even after from_config, data_format/padding strings, groups int); "
+                  "a conv padding given as a list is refused by Keras itself when the layer is called")
+_O_FLOAT32_ALREADY = ("_Graph.const casts to float32 afterwards anyway (and the values are float32 already)")
+_O_NUMPY_NEGATIVE = "numpy 2 takes any negative size as the one unknown dimension, so -2 reshapes as -1 does"
+_O_RESHAPE_NONE = ("reshape(None) keeps the shape: a 1-D array stays 1-D, Keras' (1, 1, 1, c) statistics stay "
+                "(1, 1, 1, c), and _per_channel flattens them to (1, c, 1, 1) anyway")
+_O_KERAS_FLOAT32 = "Keras keeps Normalization's mean and variance as float32, so the dtype given changes nothing"
+_O_BROADCAST = "(c, 1, 1) broadcasts against (b, c, h, w) exactly as (1, c, 1, 1) does"
+_O_PAD_MODE = "onnx.helper.make_node drops None attributes, and Pad's default mode is 'constant'"
+
+EQUIVALENT.update({
+    # activations
+    _O + "x__activation__mutmut_40": "Keras 3 serialises 'swish' as 'silu' in every config, so name is never 'swish'",
+    _O + "x__activation__mutmut_41": "Keras 3 serialises 'swish' as 'silu' in every config, so name is never 'swish'",
+    _O + "x__relu__mutmut_10": "layer is only read to name an unsupported activation, and 'relu' is always supported",
+    # batch normalisation
+    _O + "x__batch_norm__mutmut_26": _O_LAST_PATH_PART,
+    _O + "x__batch_norm__mutmut_29": _O_LAST_PATH_PART,
+    _O + "x__batch_norm__mutmut_30": _O_LAST_PATH_PART + " (rsplit with maxsplit 1 gives two parts, [1] is [-1])",
+    **{_O + f"x__batch_norm__mutmut_{n}": _O_NAME_HINT for n in (65, 67, 68, 69, 71, 73, 74, 75, 77, 79, 80, 81, 83, 85, 86, 87)},
+    # _check
+    _O + "x__check__mutmut_4": _O_NO_LIST_CONFIG,
+    _O + "x__check__mutmut_6": _O_NO_LIST_CONFIG,
+    _O + "x__conv_attrs__mutmut_13": ("Keras 3 refuses any Conv2D/DepthwiseConv2D padding but 'valid' and 'same' "
+                                      "when the layer is called, so this check never fails and layer is never read"),
+    # convolutions
+    **{_O + f"x__conv__mutmut_{n}": _O_NAME_HINT for n in (15, 17, 26, 27, 33, 35, 37, 38)},
+    **{_O + f"x__depthwise__mutmut_{n}": _O_NAME_HINT for n in (5, 7, 26, 27, 33, 35, 37, 38)},
+    # normalisation and per-channel constants
+    _O + "x__normalization__mutmut_29": _O_RESHAPE_NONE,
+    _O + "x__normalization__mutmut_42": _O_RESHAPE_NONE,
+    _O + "x__normalization__mutmut_31": _O_KERAS_FLOAT32,
+    _O + "x__normalization__mutmut_33": _O_KERAS_FLOAT32,
+    _O + "x__normalization__mutmut_44": _O_KERAS_FLOAT32,
+    _O + "x__normalization__mutmut_46": _O_KERAS_FLOAT32,
+    _O + "x__normalization__mutmut_35": _O_NUMPY_NEGATIVE,
+    _O + "x__normalization__mutmut_48": _O_NUMPY_NEGATIVE,
+    _O + "x__per_channel__mutmut_6": _O_BROADCAST,
+    _O + "x__per_channel__mutmut_24": _O_BROADCAST,
+    _O + "x__per_channel__mutmut_11": _O_FLOAT32_ALREADY,
+    _O + "x__per_channel__mutmut_13": _O_FLOAT32_ALREADY,
+    _O + "x__per_channel__mutmut_29": _O_FLOAT32_ALREADY,
+    _O + "x__per_channel__mutmut_31": _O_FLOAT32_ALREADY,
+    _O + "x__per_channel__mutmut_16": _O_NUMPY_NEGATIVE,
+    _O + "x__per_channel__mutmut_34": _O_NUMPY_NEGATIVE,
+    **{_O + f"x__per_channel__mutmut_{n}": _O_NAME_HINT for n in (52, 54, 55, 56, 58, 60, 61, 62)},
+    # zero padding
+    **{_O + f"x__zero_padding__mutmut_{n}": _O_NAME_HINT for n in (18, 21, 27, 28)},
+    _O + "x__zero_padding__mutmut_19": "a list of Python ints becomes int64 by numpy's default (64-bit platforms, numpy 2)",
+    _O + "x__zero_padding__mutmut_31": _O_PAD_MODE,
+    _O + "x__zero_padding__mutmut_34": _O_PAD_MODE,
+    _O + "x__paddings_to_fold__mutmut_4": _O_KERAS3_INBOUND,
+    _O + "x__paddings_to_fold__mutmut_7": _O_KERAS3_INBOUND,
+    # keras_to_onnx
+    _O + "x_keras_to_onnx__mutmut_30": _O_KERAS3_OPERATIONS,
+    _O + "x_keras_to_onnx__mutmut_33": _O_KERAS3_OPERATIONS,
+    _O + "x_keras_to_onnx__mutmut_52": _O_KERAS3_INBOUND,
+    _O + "x_keras_to_onnx__mutmut_55": _O_KERAS3_INBOUND,
+    # _Graph
+    _O + "xǁ_Graphǁ__init____mutmut_2": _O_COUNTER,
+    _O + "xǁ_Graphǁfresh__mutmut_2": _O_COUNTER + " (negative counts: 'conv_-1', 'conv_-2', ...)",
+    _O + "xǁ_Graphǁfresh__mutmut_3": _O_COUNTER,
+    _O + "xǁ_Graphǁconst__mutmut_1": _O_NAME_HINT,
+    _O + "xǁ_Graphǁconst__mutmut_2": _O_NAME_HINT,
+    _O + "xǁ_Graphǁconst__mutmut_4": _O_NAME_HINT + " ('None_<n>')",
+    _O + "xǁ_Graphǁnode__mutmut_3": _O_NAME_HINT + " ('None_<n>')",
+    _O + "xǁ_Graphǁnode__mutmut_4": _O_NAME_HINT,
+})
+
+NOTES.update({
+    _O + "xǁ_Graphǁconst__mutmut_11": ("dtype=None keeps each value's own dtype: the same for every float32 Keras model, "
+                              "differs only for a model with non-float32 weights (e.g. dtype='float64'), "
+                              "which none of our networks is; not worth a test"),
+    _O + "xǁ_Graphǁconst__mutmut_13": ("as const__mutmut_11: only a model with non-float32 weights would be written "
+                              "with double constants; not worth a test"),
+})

@@ -454,3 +454,47 @@ def test_a_draft_side_decodes_a_jpeg_smaller_but_never_below_that_side(tmp_path)
     assert load_image(tmp_path / "wide.jpg", draft_side=400).size == (500, 333)  # 1/2: the longer side 500 >= 400
     assert load_image(tmp_path / "tall.jpg", draft_side=400).size == (333, 500)
     assert load_image(tmp_path / "wide.jpg", draft_side=600).size == (1000, 665)  # 1/2 would give 500 < 600
+
+
+def test_rmac_regions_hand_computed():
+    from retrieval.features import rmac_regions
+
+    # Square 7x7, three levels: sides 2*7/2, 2*7/3, 2*7/4 rounded down, l x l regions each, spread from
+    # one edge to the other.
+    assert rmac_regions(7, 7) == [(0, 0, 7)] + [(y, x, 4) for y in (0, 3) for x in (0, 3)] + [
+        (y, x, 3) for y in (0, 2, 4) for x in (0, 2, 4)]
+    # 5 high, 10 wide: b = (10 - 5) / (steps - 1) for steps 2..6 gives overlaps 1 - b/5 of 0, 0.5, 0.67,
+    # 0.75, 0.8; 0.5 is the nearest 40%, at steps 3, so the long side gets two more regions per level.
+    wide = rmac_regions(5, 10)
+    assert wide == ([(0, x, 5) for x in (0, 2, 5)] + [(y, x, 3) for y in (0, 2) for x in (0, 2, 5, 7)]
+                    + [(y, x, 2) for y in (0, 2, 3) for x in (0, 2, 4, 6, 8)])
+    assert rmac_regions(10, 5) == sorted(((x, y, s) for y, x, s in wide), key=lambda r: (-r[2], r[0], r[1]))  # transposed
+    assert rmac_regions(7, 7, levels=1) == [(0, 0, 7)]
+    assert rmac_regions(1, 1) == [(0, 0, 1)]  # level 2's side would be 0: no more levels
+    assert rmac_regions(2, 2) == [(0, 0, 2)] + [(y, x, 1) for y in (0, 1) for x in (0, 1)] * 2
+    for h, w in [(3, 30), (12, 9), (6, 6), (1, 4)]:
+        regions = rmac_regions(h, w)
+        assert all(0 <= y and y + s <= h and 0 <= x and x + s <= w and s >= 1 for y, x, s in regions)
+        last_side = regions[-1][2]  # every level reaches both far edges
+        assert {y + s for y, x, s in regions if s == last_side} >= {h} and max(x + s for y, x, s in regions) == w
+
+
+def test_rgem_is_the_normalised_gem_of_the_map_plus_that_of_each_region():
+    from retrieval.features import rmac_regions
+
+    rng = np.random.default_rng(3)
+    fm = rng.uniform(-0.1, 2.0, (2, 5, 10, 4)).astype(np.float32)
+
+    def gem(block, p):
+        return np.mean(np.maximum(block, 1e-6) ** p, axis=(1, 2)) ** (1 / p)
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    for p in (3.0, 1.5):
+        want = unit(gem(fm, p)) + sum(unit(gem(fm[:, y:y + s, x:x + s], p)) for y, x, s in rmac_regions(5, 10))
+        np.testing.assert_allclose(pool(fm, "rgem", p=p), want, rtol=1e-5)
+    assert pool(fm, "rgem").shape == (2, 4) and pool(fm, "rgem").dtype == np.float32
+    # Through padded inputs too: each row pools only its image's cells, regions laid on those.
+    padded = pool_regions(fm, "rgem", [(64, 32), (32, 32)], (32, 64))
+    np.testing.assert_allclose(padded[1], pool(fm[1:, :, :5], "rgem")[0], rtol=1e-5)
