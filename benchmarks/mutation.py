@@ -3,6 +3,7 @@
     python -m benchmarks.mutation                        # every module, fresh (long: run modules in chunks)
     python -m benchmarks.mutation --modules search,rerank
     python -m benchmarks.mutation --modules build --resume --minutes 9   # continue a stopped run, then retest survivors
+    python -m benchmarks.mutation --modules runtimes --retest   # survivors again, against today's tests
     python -m benchmarks.mutation --report                # only rewrite the results from the last runs
 
 Not part of CI: it takes tens of minutes. Install the tool first:
@@ -80,7 +81,7 @@ def prepare(name: str, *, resume: bool) -> Path:
             shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dst)
-    shutil.copytree(ROOT / "tests", work / "tests", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    _copy_tests(work)
     # The tests find ../shared/data next to their repository root, here work/mutants/.
     shared = work / "shared"
     if not shared.exists() and (ROOT.parent / "shared").is_dir():
@@ -97,6 +98,30 @@ def prepare(name: str, *, resume: bool) -> Path:
         "use_git_change_detection = false\n"
     )
     return work
+
+
+def _copy_tests(work: Path) -> None:
+    shutil.copytree(ROOT / "tests", work / "tests", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "README.md", work / "README.md")
+
+
+def retest_module(name: str, *, minutes: float, children: int) -> bool:
+    """Runs the last run's survivors again against the tests as they are now; True if all were run.
+
+    The sources are not copied again: the mutants are those of the code as it was when the module
+    ran (whose diffs the report shows), so a fix made since in the module does not make mutmut drop
+    all of its results, as `--resume` would.
+    """
+    statuses = read_statuses(name)
+    if not statuses:
+        print(f"[{name}] no run to retest; run it first", flush=True)
+        return False
+    work = WORK / name
+    _copy_tests(work)
+    again = [m for m, status in statuses.items() if status not in DETECTED and status != "not checked"]
+    finished = _mutmut(name, work, again, time.monotonic() + minutes * 60, children) if again else True
+    print(f"[{name}] {summary_counts(read_statuses(name))}", flush=True)
+    return finished
 
 
 def run_module(name: str, *, resume: bool, minutes: float, children: int) -> bool:
@@ -361,6 +386,9 @@ def main(argv=None) -> int:
     parser.add_argument("--modules", default=",".join(MODULES), help=f"comma-separated, of {', '.join(MODULES)}")
     parser.add_argument("--resume", action="store_true",
                         help="continue the last run: test the mutants it did not reach and its survivors again")
+    parser.add_argument("--retest", action="store_true",
+                        help="run the last run's survivors again against the tests as they are now, on the "
+                             "code as it was then (after a fix in the module, which --resume would start afresh)")
     parser.add_argument("--minutes", type=float, default=9.0, help="stop each module's run after this long")
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once")
     parser.add_argument("--report", action="store_true", help="only rewrite the results from the last runs")
@@ -369,18 +397,23 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in MODULES]
     if unknown:
         parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
+    if args.retest and args.resume:
+        parser.error("--retest and --resume: choose one")
     took = {}
     for name in names:
         if not args.report:
             t0 = time.monotonic()
-            run_module(name, resume=args.resume, minutes=args.minutes, children=args.children)
+            if args.retest:
+                retest_module(name, minutes=args.minutes, children=args.children)
+            else:
+                run_module(name, resume=args.resume, minutes=args.minutes, children=args.children)
             took[name] = time.monotonic() - t0
     # Read the last results only now: another run may have written them meanwhile. Every module
     # with a run here is scored again, so the notes' latest state applies to all of them.
     previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     modules, seconds = dict(previous.get("modules", {})), dict(previous.get("seconds", {}))
     for name, spent in took.items():
-        seconds[name] = round((seconds.get(name, 0) if args.resume else 0) + spent, 1)
+        seconds[name] = round((seconds.get(name, 0) if args.resume or args.retest else 0) + spent, 1)
     for name in MODULES:
         try:
             result = module_result(name, modules.get(name))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import mutation
 
 
@@ -116,3 +118,23 @@ def test_a_note_keeps_the_change_it_was_written_for_through_a_run_that_did_not_r
         last = mutation.module_result("rows", middle)
         assert last["survivors"][0]["stale_note"] and last["equivalent"] == 0, between
         diffs[name] = "- n = 1\n+ n = 2"
+
+
+def test_retest_runs_the_survivors_again_with_the_new_tests_and_leaves_the_mutated_code(monkeypatch, tmp_path):
+    statuses = {"m1": "killed", "m2": "survived", "m3": "not checked", "m4": "timeout", "m5": "no tests",
+                "m6": "suspicious"}
+    work = tmp_path / "rows"
+    (work / "retrieval").mkdir(parents=True)
+    (work / "retrieval" / "rows.py").write_text("# the code as it was mutated\n")
+    runs = []
+    monkeypatch.setattr(mutation, "WORK", tmp_path)
+    monkeypatch.setattr(mutation, "read_statuses", lambda name: statuses)
+    monkeypatch.setattr(mutation, "_mutmut", lambda name, work, mutants, deadline, children: runs.append(mutants) or True)
+    assert mutation.retest_module("rows", minutes=1, children=2)
+    assert runs == [["m2", "m5", "m6"]]  # neither the detected nor the ones never tried
+    assert (work / "retrieval" / "rows.py").read_text() == "# the code as it was mutated\n"
+    assert (work / "tests" / "test_mutation_report.py").is_file() and (work / "README.md").is_file()
+    monkeypatch.setattr(mutation, "read_statuses", lambda name: {})
+    assert not mutation.retest_module("rows", minutes=1, children=2)  # nothing run yet: nothing to retest
+    with pytest.raises(SystemExit):
+        mutation.main(["--modules", "rows", "--retest", "--resume"])
