@@ -69,9 +69,9 @@ def _architecture_digest(model) -> str:
     """sha256 of the model's config with layer names replaced by their positions.
 
     Keras numbers unnamed layers per process ("re_lu_35"), so the same network built twice
-    would otherwise get two keys.
+    would otherwise get two keys; likewise the model's own name ("functional_3") is left out.
     """
-    config = model.get_config()
+    config = {**model.get_config(), "name": None}
     names = {layer["name"]: f"#{i}" for i, layer in enumerate(config.get("layers", []))}
 
     def strip(value):
