@@ -512,3 +512,65 @@ NOTES.update({
     _T + "x__architecture_digest__mutmut_25": _T_ARCH_SORT,
     _T + "x__architecture_digest__mutmut_28": _T_ARCH_SORT,
 })
+
+# Reviewed on 2026-12-02: features survivors of the run that stopped at its time limit.
+_F = "retrieval.features."
+
+_F_REGION_STARTS_FIRST_BRANCH = (
+    "rmac_regions only calls _region_starts with count <= 1 exactly when length == side (level 1 on the "
+    "shorter side, or a square map; side <= short <= length, and the longer side gets extra >= 1 regions), "
+    "so that branch always returns [0] and its condition/arithmetic variants give [0] too")
+_F_SQUARE_EXTRA_UNUSED = (
+    "extra is only added when height != width, so its value on a square map (0, 1 or None) is never used")
+_F_SQUARE_EXTRA_IS_ZERO = "on a square map extra is 0, so adding it when height == width changes nothing"
+_F_SPEED_ONLY = "number of decoding threads changes speed only (results are collected by position)"
+_F_ONE_IMAGE_BATCH = (
+    "embed_image sends one image: each scale's input is its own network call whatever batch_size, "
+    "except same-shape scales (squash at MIN_SIDE), where a batch gives each row what a batch of one gives")
+_F_ALREADY_FLOAT32 = "rows come from l2_normalize, already float32, so the dtype argument changes nothing"
+_F_POOL_CASTS = "pool() casts its input to float32 itself, so fm's dtype changes no value"
+_F_NEED_AT_LEAST_192 = "need is max(THUMBNAIL_SIDE=192, ...), so max(need, 1) / max(w, h, 2) differs only for a " \
+    "1x1 image, where min(1.0, ...) gives 1.0 both ways"
+_F_NO_ZERO_SIZED_IMAGES = "decoded images are at least 1x1, so the trailing 1 in max(w, h, 1) never applies"
+_F_DRAFT_ABOVE_FULL = (
+    "a draft request above the full size decodes at full size (Pillow's scale min(w // rw, h // rh) is 0, "
+    "its loop leaves s = 1), exactly as the original request of the full size does")
+_F_JPEG_FORMAT_CASE = "Pillow looks up save formats by format.upper(): 'jpeg' is 'JPEG'"
+
+EQUIVALENT.update({
+    _F + "x__region_starts__mutmut_1": _F_REGION_STARTS_FIRST_BRANCH,
+    _F + "x__region_starts__mutmut_2": _F_REGION_STARTS_FIRST_BRANCH,
+    _F + "x__region_starts__mutmut_4": _F_REGION_STARTS_FIRST_BRANCH,
+    _F + "x__region_starts__mutmut_10": _F_REGION_STARTS_FIRST_BRANCH + " (max(0, 0.0) is the int 0)",
+    _F + "x__region_starts__mutmut_12": _F_REGION_STARTS_FIRST_BRANCH,
+    _F + "x_rmac_regions__mutmut_35": _F_SQUARE_EXTRA_UNUSED,
+    _F + "x_rmac_regions__mutmut_36": _F_SQUARE_EXTRA_UNUSED,
+    _F + "x_rmac_regions__mutmut_60": _F_SQUARE_EXTRA_IS_ZERO,
+    _F + "x_rmac_regions__mutmut_66": _F_SQUARE_EXTRA_IS_ZERO,
+    _F + "x__decode__mutmut_15": "max(THUMBNAIL_SIDE=192, 0) == max(192, 1)",
+    _F + "x__draft_size__mutmut_22": _F_DRAFT_ABOVE_FULL,
+    _F + "x__draft_size__mutmut_34": _F_NO_ZERO_SIZED_IMAGES,
+    _F + "x__draft_size__mutmut_35": _F_NEED_AT_LEAST_192,
+    _F + "xǁPipelineǁbucket_size__mutmut_21": _F_NO_ZERO_SIZED_IMAGES + " (only 0x0 would divide by zero)",
+    _F + "x_embed_image__mutmut_17": _F_ONE_IMAGE_BATCH,
+    _F + "x_embed_image__mutmut_18": _F_SPEED_ONLY,
+    _F + "x_embed_image__mutmut_19": _F_ONE_IMAGE_BATCH,
+    _F + "x_embed_image__mutmut_20": _F_SPEED_ONLY,
+    _F + "x_extract_features__mutmut_2": _F_SPEED_ONLY,
+    _F + "x_extract_features__mutmut_14": _F_SPEED_ONLY + " (and iter_features' default is also 2)",
+    _F + "x_iter_features__mutmut_2": _F_SPEED_ONLY,
+    _F + "x_extract_features__mutmut_25": _F_ALREADY_FLOAT32,
+    _F + "x_extract_features__mutmut_27": _F_ALREADY_FLOAT32,
+    _F + "x_pool_regions__mutmut_4": _F_POOL_CASTS,
+    _F + "x_pool_regions__mutmut_6": _F_POOL_CASTS,
+    _F + "x_make_thumbnail__mutmut_17": _F_JPEG_FORMAT_CASE,
+})
+
+_F_THUMBNAIL_FILTER = (
+    "thumbnail filter: Pillow's default (bicubic, also for None) instead of bilinear changes thumbnail pixels "
+    "by a few grey levels, a look only; pinning it would need byte-exact Pillow resampling output")
+
+NOTES.update({
+    _F + "x_make_thumbnail__mutmut_4": _F_THUMBNAIL_FILTER,
+    _F + "x_make_thumbnail__mutmut_6": _F_THUMBNAIL_FILTER,
+})

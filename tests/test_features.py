@@ -345,6 +345,10 @@ def test_crop_box_messages_and_rounding_outwards():
         crop_box(img, (5, 5, 5, 20))
     with pytest.raises(ImageError, match=r"^the crop \(0, 60, 10, 70\) is empty on a 100x50 image$"):
         crop_box(img, (0, 60, 10, 70))
+    with pytest.raises(ImageError, match=r"^the crop \(-20, 0, -10, 10\) is empty on a 100x50 image$"):
+        crop_box(img, (-20, 0, -10, 10))  # left of the image
+    with pytest.raises(ImageError, match=r"^the crop \(0, -20, 10, -10\) is empty on a 100x50 image$"):
+        crop_box(img, (0, -20, 10, -10))  # above it
 
 
 def test_load_image_messages(tmp_path):
@@ -498,3 +502,133 @@ def test_rgem_is_the_normalised_gem_of_the_map_plus_that_of_each_region():
     # Through padded inputs too: each row pools only its image's cells, regions laid on those.
     padded = pool_regions(fm, "rgem", [(64, 32), (32, 32)], (32, 64))
     np.testing.assert_allclose(padded[1], pool(fm[1:, :, :5], "rgem")[0], rtol=1e-5)
+
+
+def test_rmac_regions_of_a_long_map_keep_the_overlap_nearest_forty_percent():
+    from retrieval.features import rmac_regions
+
+    # 3 high, 13 wide: b = 10 / (steps - 1) for steps 2..6 gives overlaps 1 - b/3 of -2.33, -0.67, -0.11, 0.17,
+    # 0.33; 0.33 is the nearest 40%, at 6 steps, so the long side gets five more regions per level (at 7
+    # steps, 0.44 would be nearer still, but R-MAC tries 2 to 6 only).
+    assert rmac_regions(3, 13) == ([(0, x, 3) for x in (0, 2, 4, 6, 8, 10)]
+                                   + [(y, x, 2) for y in (0, 1) for x in (0, 2, 4, 6, 7, 9, 11)]
+                                   + [(y, x, 1) for y in (0, 1, 2) for x in (0, 2, 3, 5, 7, 9, 10, 12)])
+
+
+def test_pool_regions_hand_computed_when_every_row_is_padded():
+    fm = np.arange(2 * 2 * 4 * 1, dtype=np.float32).reshape(2, 2, 4, 1)  # rows 0 1 2 3 / 4 5 6 7, then 8..15
+    # Input 64x128 (h x w): image 1 is 64x64, cells 0-1 of both rows; image 2 is 20x32, only cell 8.
+    np.testing.assert_allclose(pool_regions(fm, "mac", [(64, 64), (20, 32)], (64, 128)), [[5.0], [8.0]])
+    # GeM uses the exponent given, p = 3 when none is (the zero cell is clamped at eps, so adds nothing).
+    full = [(128, 64)] * 2
+    np.testing.assert_allclose(pool_regions(fm, "gem", full, (64, 128), p=2),
+                               [[(140 / 8) ** 0.5], [(1100 / 8) ** 0.5]], rtol=1e-5)
+    mixed = [(128, 64), (64, 64)]  # image 2: cells 8, 9, 12, 13
+    np.testing.assert_allclose(pool_regions(fm, "gem", mixed, (64, 128), p=2),
+                               [[(140 / 8) ** 0.5], [(458 / 4) ** 0.5]], rtol=1e-5)
+    np.testing.assert_allclose(pool_regions(fm, "gem", mixed, (64, 128)),
+                               [[(784 / 8) ** (1 / 3)], [(5166 / 4) ** (1 / 3)]], rtol=1e-5)
+
+
+def test_bucket_edges():
+    assert Pipeline(max_side=384, bucket="resize").bucket_size(1024, 768) == (384, 288)  # scale 1 by default
+    # 768x579 at 384 is 384x289.5: its 290 rows need the next bucket up, not 288 less a pixel of rounding.
+    pad = Pipeline(max_side=384, bucket="pad")
+    assert pad.target_size(768, 579) == (384, 320) and pad.content_size(768, 579) == (384, 290)
+    assert Pipeline(max_side=100, bucket="resize").target_size(50, 50) == (100, 96)  # a square is landscape
+
+
+def _unit(v):
+    return v / np.linalg.norm(v)
+
+
+def test_embedding_uses_the_gem_exponent_and_pools_only_the_image_of_a_padded_input(tiny):
+    from retrieval.networks import forward
+
+    def gem(cells, p):
+        return np.mean(np.maximum(cells, 1e-6) ** p, axis=(0, 1)) ** (1 / p)
+
+    img = photo(100, 60, seed=4)
+    plain = Pipeline(max_side=64, gem_p=2)
+    fm = forward(tiny, prepare_image(img, plain)[None])[0]
+    np.testing.assert_allclose(embed_image(tiny, img, plain), _unit(gem(fm, 2)), rtol=1e-5, atol=1e-6)
+    # A 4:1 panorama in a 128x64 bucket: 128x32 of image, the upper row of the 2x4 feature map.
+    wide = photo(400, 100, seed=5)
+    padded = Pipeline(max_side=128, bucket="pad", gem_p=2)
+    fm = forward(tiny, prepare_image(wide, padded)[None])[0]
+    assert fm.shape[:2] == (2, 4)
+    np.testing.assert_allclose(embed_image(tiny, wide, padded), _unit(gem(fm[:1], 2)), rtol=1e-5, atol=1e-6)
+    # Each scale pools its own image part: at scale 2 the image is again the upper row only.
+    both = embed_image(tiny, wide, Pipeline(max_side=64, bucket="pad", scales=(1, 2)))
+    one, two = (embed_image(tiny, wide, Pipeline(max_side=side, bucket="pad")) for side in (64, 128))
+    np.testing.assert_allclose(both, _unit(one + two), atol=1e-5)
+
+
+def test_batch_size_is_how_many_inputs_each_network_call_gets(tiny, monkeypatch):
+    import retrieval.networks as networks
+
+    calls = []
+    real = networks.forward
+
+    def spy(network, batch):
+        calls.append(len(batch))
+        return real(network, batch)
+
+    monkeypatch.setattr(networks, "forward", spy)
+    images, pipe = [photo(32, 32, seed=s) for s in range(9)], Pipeline(max_side=32)
+    extract_features(tiny, images, pipe, batch_size=3)
+    assert calls == [3, 3, 3]
+    calls.clear()
+    extract_features(tiny, images, pipe)
+    assert calls == [8, 1]  # 8 by default
+    calls.clear()
+    list(iter_features(tiny, images, pipe))
+    assert calls == [8, 1]
+
+
+def test_jpegs_are_decoded_at_the_smallest_draft_that_every_use_allows(tiny, tmp_path, monkeypatch):
+    import retrieval.features as features
+
+    seen = []
+    real_prepare = features.prepare_image
+
+    def spy(image, pipeline, scale=1.0, **kwargs):
+        arr = real_prepare(image, pipeline, scale, **kwargs)
+        seen.append((image.size, arr.shape[:2]))
+        return arr
+
+    monkeypatch.setattr(features, "prepare_image", spy)
+    photo(1000, 665).save(tmp_path / "wide.jpg", quality=90)
+    photo(665, 1000).save(tmp_path / "tall.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 800x200, shown 200x800
+    photo(800, 200).save(tmp_path / "turned.jpg", quality=90, exif=exif.tobytes())
+
+    def decoded(source, pipeline, preview_side=None):
+        seen.clear()
+        [item] = iter_features(tiny, [source], pipeline, preview_side=preview_side)
+        assert item.error is None
+        return seen, item
+
+    small = Pipeline(max_side=64)
+    # The thumbnail's 192 pixels need more than the network's 64: 1/4 scale, 250x167, is the smallest over 192.
+    assert decoded(tmp_path / "wide.jpg", small)[0] == [((250, 167), (43, 64))]
+    assert decoded((tmp_path / "wide.jpg").read_bytes(), small)[0] == [((250, 167), (43, 64))]
+    assert decoded(tmp_path / "tall.jpg", small)[0] == [((167, 250), (64, 43))]
+    # The network's 384x255 (or the largest scale's 256x170) needs 1/2 scale.
+    assert decoded(tmp_path / "tall.jpg", Pipeline(max_side=384))[0] == [((333, 500), (384, 255))]
+    assert decoded(tmp_path / "wide.jpg", Pipeline(max_side=64, scales=(4,)))[0] == [((500, 333), (170, 256))]
+    # Drafting in the upright orientation: 50x200 is 1/4 of the 200x800 shown, the input is upright.
+    assert decoded(tmp_path / "turned.jpg", small)[0] == [((50, 200), (64, 32))]
+    # A 400-pixel preview needs 1/2 scale, and is made from that decoded image.
+    seen_, item = decoded(tmp_path / "wide.jpg", small, preview_side=400)
+    assert seen_ == [((500, 333), (43, 64))]
+    assert Image.open(io.BytesIO(item.preview)).size == (400, 266)
+
+
+def test_thumbnails_are_optimised_jpegs_of_the_quality_asked():
+    from retrieval.features import make_thumbnail
+
+    img = photo(40, 30)  # under the side: stored as it is
+    assert make_thumbnail(img) == encode(img, "JPEG", quality=80, optimize=True)
+    assert make_thumbnail(img, quality=50) == encode(img, "JPEG", quality=50, optimize=True)
