@@ -528,3 +528,11 @@ def test_results_recorded_in_two_passes_add_up(tiny, tmp_path):
     report = assemble_index(plan, tiny, PIPE, thumbnail_side=64)
     assert (report.count, report.embedded, [rel for rel, _ in report.skipped]) == (3, 3, ["b.jpg"])
     assert load_index(tmp_path / "idx").ids.tolist() == ["a", "c", "d"]
+
+
+def test_the_report_times_the_whole_build_not_only_its_last_step(tiny, folder, tmp_path):
+    # The embedding pass is part of the build's time: here it takes at least 6 x 50 ms.
+    import time
+
+    report = build_index(folder, tmp_path / "idx", tiny, PIPE, progress=lambda done, total: time.sleep(0.05))
+    assert report.embedded == 6 and report.seconds >= 0.3
