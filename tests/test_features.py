@@ -632,3 +632,91 @@ def test_thumbnails_are_optimised_jpegs_of_the_quality_asked():
     img = photo(40, 30)  # under the side: stored as it is
     assert make_thumbnail(img) == encode(img, "JPEG", quality=80, optimize=True)
     assert make_thumbnail(img, quality=50) == encode(img, "JPEG", quality=50, optimize=True)
+
+
+def test_max_combination_is_the_normalised_elementwise_max_of_the_scales(tiny):
+    img = photo(128, 96)
+    one = embed_image(tiny, img, Pipeline(max_side=128))
+    half = embed_image(tiny, img, Pipeline(max_side=64))
+    assert not np.allclose(np.maximum(one, half), one) and not np.allclose(np.maximum(one, half), half)
+    both = embed_image(tiny, img, Pipeline(max_side=128, scales=(1, 0.5), combine="max"))
+    np.testing.assert_allclose(both, _unit(np.maximum(one, half)), atol=1e-5)
+    [item] = iter_features(tiny, [img], Pipeline(max_side=128, scales=(0.5, 1), combine="max"))
+    np.testing.assert_allclose(item.vector, both, atol=1e-5)
+
+
+class _CountingSources:
+    """A sequence of images that records how many of them iter_features has taken so far."""
+
+    def __init__(self, images):
+        self.images, self.taken = images, 0
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image = self.images[i]  # IndexError past the end ends the iteration
+        self.taken = max(self.taken, i + 1)
+        return image
+
+
+def _taken_at_each_yield(tiny, images, pipe, **kwargs):
+    sources = _CountingSources(images)
+    taken = [sources.taken for _ in iter_features(tiny, sources, pipe, **kwargs)]
+    return taken
+
+
+@pytest.mark.parametrize("batch_size, workers, bucket, lookahead", [
+    (3, 1, None, 6),        # max(2 * batch_size, 4 * workers): 2 * batch_size
+    (1, 2, None, 8),        # 4 * workers
+    (1, 1, None, 4),
+    (1, 1, "resize", 20),   # five times as many with fixed-shape buckets to fill
+])
+def test_decoding_runs_ahead_by_the_documented_lookahead(tiny, batch_size, workers, bucket, lookahead):
+    images = [photo(32, 32, seed=s) for s in range(24)]
+    pipe = Pipeline(max_side=32, bucket=bucket)
+    taken = _taken_at_each_yield(tiny, images, pipe, batch_size=batch_size, workers=workers)
+    assert len(taken) == 24
+    # The first batch is full once batch_size decodes are done, each replaced by the next input.
+    assert taken[0] == lookahead + batch_size
+    assert all(t - done <= lookahead + batch_size for done, t in enumerate(taken))
+
+
+def test_odd_shapes_are_flushed_once_more_than_the_lookahead_wait(tiny):
+    # Twelve shapes, one image each: no bucket ever fills; lookahead is max(2 * 2, 4 * 1) = 4.
+    images = [photo(64, 32 + 2 * i, seed=i) for i in range(12)]
+    items = []
+    sources = _CountingSources(images)
+    taken = []
+    for item in iter_features(tiny, sources, Pipeline(max_side=64), batch_size=2, workers=1):
+        taken.append(sources.taken)
+        items.append(item)
+    assert sorted(it.position for it in items) == list(range(12))
+    # 4 decoded ahead, then 5 waiting (more than the lookahead): the oldest goes, with 9 taken.
+    assert taken[:4] == [9, 10, 11, 12]
+    assert [it.position for it in items[:4]] == [0, 1, 2, 3]  # the bucket waiting longest first
+
+
+def test_decoding_uses_as_many_threads_as_workers(tiny, monkeypatch):
+    import threading
+    import time
+
+    import retrieval.features as features
+
+    real, lock, running, most = features._decode, threading.Lock(), [0], [0]
+
+    def slow(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)  # long enough for a second thread, were there one, to start another decode
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(features, "_decode", slow)
+    images = [photo(32, 32, seed=s) for s in range(6)]
+    assert len(list(iter_features(tiny, images, Pipeline(max_side=32), batch_size=2, workers=1))) == 6
+    assert most[0] == 1
