@@ -3,6 +3,7 @@
     python -m benchmarks.mutation                        # every module, fresh (long: run modules in chunks)
     python -m benchmarks.mutation --modules search,rerank
     python -m benchmarks.mutation --modules build --resume --minutes 9   # continue a stopped run, then retest survivors
+                                                                          # (from results/mutation-state.json on a new machine)
     python -m benchmarks.mutation --modules runtimes --retest   # survivors again, against today's tests
     python -m benchmarks.mutation --report                # only rewrite the results from the last runs
 
@@ -36,6 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".mutation"
 RESULTS = ROOT / "results" / "mutation.json"
 SURVIVORS_DOC = ROOT / "docs" / "mutation-survivors.md"
+# Every mutant's last verdict, per module and function, with the hash mutmut gave the function: a
+# fresh work folder (another machine, a new clone, .mutation/ deleted) starts from it with --resume,
+# so a run stopped at its time limit goes on where it stopped instead of from the start.
+STATE = ROOT / "results" / "mutation-state.json"
 # What a mutated copy needs to import and test: the library, the app, the commands the tests call and
 # the README (tests check that it states what the code enforces).
 COPIED = ("retrieval", "precompute", "benchmarks", "app.py", "pytest.ini", "README.md")
@@ -100,6 +105,75 @@ def prepare(name: str, *, resume: bool) -> Path:
     return work
 
 
+def _meta(name: str) -> Path:
+    return WORK / name / "mutants" / (MODULES[name][0] + ".meta")
+
+
+def _prefix(name: str) -> str:
+    return MODULES[name][0].removesuffix(".py").replace("/", ".") + "."
+
+
+def module_state(name: str) -> dict | None:
+    """Returns a module's verdicts from its work folder, compact: {function: {hash, codes}} (None: no run).
+
+    `codes[i]` is mutmut's exit code for the function's mutant i + 1 (None: not tried yet).
+    """
+    meta = _meta(name)
+    if not meta.is_file():
+        return None
+    data = json.loads(meta.read_text())
+    by_function: dict[str, dict[int, int | None]] = {}
+    for key, code in data["exit_code_by_key"].items():
+        function, _, number = key.removeprefix(_prefix(name)).rpartition("__mutmut_")
+        by_function.setdefault(function, {})[int(number)] = code
+    hashes = data.get("hash_by_function_name", {})
+    return {"source": MODULES[name][0], "functions": {
+        function: {"hash": hashes.get(function), "codes": [codes.get(i) for i in range(1, max(codes) + 1)]}
+        for function, codes in sorted(by_function.items())}}
+
+
+def seed_from_state(name: str, state: dict | None) -> int:
+    """Writes a fresh work folder's mutmut metadata from a saved state; returns the verdicts carried over.
+
+    mutmut then keeps the verdicts of every function whose hash is unchanged and tries the rest, as
+    it does when a function is edited between two runs in one folder.
+    """
+    meta = _meta(name)
+    if meta.is_file() or not state or state.get("source") != MODULES[name][0]:
+        return 0
+    codes, hashes = {}, {}
+    for function, saved in state["functions"].items():
+        if saved.get("hash"):
+            hashes[function] = saved["hash"]
+        for i, code in enumerate(saved["codes"], start=1):
+            codes[f"{_prefix(name)}{function}__mutmut_{i}"] = code
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps({"exit_code_by_key": codes, "hash_by_function_name": hashes,
+                                "type_check_error_by_key": {}, "durations_by_key": {},
+                                "estimated_durations_by_key": {}}, indent=1))
+    return sum(code is not None for code in codes.values())
+
+
+def write_states(states: dict) -> None:
+    """Writes results/mutation-state.json with a line per function, so that a run's diff is readable."""
+    lines = ["{"]
+    for m, name in enumerate(sorted(states)):
+        state = states[name]
+        lines.append(f"{json.dumps(name)}: {{\"source\": {json.dumps(state['source'])}, \"functions\": {{")
+        functions = sorted(state["functions"].items())
+        for f, (function, saved) in enumerate(functions):
+            comma = "," if f < len(functions) - 1 else ""
+            lines.append(f"  {json.dumps(function, ensure_ascii=False)}: {json.dumps(saved, separators=(',', ':'))}{comma}")
+        lines.append("}}" + ("," if m < len(states) - 1 else ""))
+    lines.append("}")
+    STATE.parent.mkdir(exist_ok=True)
+    STATE.write_text("\n".join(lines) + "\n")
+
+
+def _saved_states() -> dict:
+    return json.loads(STATE.read_text()) if STATE.is_file() else {}
+
+
 def _copy_tests(work: Path) -> None:
     shutil.copytree(ROOT / "tests", work / "tests", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(ROOT / "README.md", work / "README.md")
@@ -131,8 +205,12 @@ def run_module(name: str, *, resume: bool, minutes: float, children: int) -> boo
     a file edited since: mutmut drops their results), then the mutants that survived before and still
     do, against the tests as they are now (a survivor of an edited file is so tried twice).
     """
-    before = read_statuses(name) if resume else {}
     work = prepare(name, resume=resume)
+    if resume:
+        carried = seed_from_state(name, _saved_states().get(name))
+        if carried:
+            print(f"[{name}] {carried} verdicts carried over from {STATE.relative_to(ROOT)}", flush=True)
+    before = read_statuses(name) if resume else {}
     deadline = time.monotonic() + minutes * 60
     finished = _mutmut(name, work, [], deadline, children)
     if resume and finished:
@@ -177,7 +255,7 @@ def read_statuses(name: str) -> dict[str, str]:
     """Returns {mutant name: mutmut status} from a module's last run (empty if none)."""
     from mutmut.stats import status_by_exit_code
 
-    meta = WORK / name / "mutants" / (MODULES[name][0] + ".meta")
+    meta = _meta(name)
     if not meta.is_file():
         return {}
     codes = json.loads(meta.read_text())["exit_code_by_key"]
@@ -259,7 +337,7 @@ def module_result(name: str, previous: dict | None) -> dict | None:
     survivors = [x for x in survivors if x["status"] != "no tests"]
     total = len(statuses) - not_tried
     effective = total - equivalent
-    meta = WORK / name / "mutants" / (MODULES[name][0] + ".meta")
+    meta = _meta(name)
     ran = time.strftime("%Y-%m-%d", time.gmtime(meta.stat().st_mtime)) if meta.is_file() else None
     return {
         "source": MODULES[name][0],
@@ -298,8 +376,7 @@ def stale_notes(name: str, statuses: dict[str, str]) -> list[str]:
     """Returns the noted mutants of a module that its tests now kill, or that no longer exist."""
     from benchmarks.mutation_notes import EQUIVALENT, NOTES
 
-    prefix = MODULES[name][0].removesuffix(".py").replace("/", ".") + "."
-    noted = [m for m in (*EQUIVALENT, *NOTES) if m.startswith(prefix)]
+    noted = [m for m in (*EQUIVALENT, *NOTES) if m.startswith(_prefix(name))]
     return sorted(m for m in noted if statuses.get(m, "killed") in DETECTED)
 
 
@@ -424,6 +501,12 @@ def main(argv=None) -> int:
         if result is not None:
             modules[name] = result
     data = write_results(modules, seconds=seconds)
+    states = _saved_states()
+    for name in MODULES:
+        state = module_state(name)
+        if state is not None:
+            states[name] = state
+    write_states(states)
     from benchmarks import readme_tables
 
     readme_tables.main([])  # the README's mutation table comes from results/mutation.json

@@ -94,6 +94,8 @@ def test_resume_tries_the_mutants_without_a_result_then_retests_the_survivors_th
     # mutmut's first pass: m3 reached (survives), m4's function was edited, so it was rerun and is killed now.
     after = {"m1": "killed", "m2": "survived", "m3": "survived", "m4": "killed", "m5": "no tests", "m6": "survived"}
     runs, states = [], iter([before, after, after])
+    monkeypatch.setattr(mutation, "WORK", tmp_path)
+    monkeypatch.setattr(mutation, "STATE", tmp_path / "no-state.json")
     monkeypatch.setattr(mutation, "read_statuses", lambda name: next(states))
     monkeypatch.setattr(mutation, "prepare", lambda name, resume: tmp_path)
     monkeypatch.setattr(mutation, "_mutmut", lambda name, work, mutants, deadline, children: runs.append(mutants) or True)
@@ -138,3 +140,35 @@ def test_retest_runs_the_survivors_again_with_the_new_tests_and_leaves_the_mutat
     assert not mutation.retest_module("rows", minutes=1, children=2)  # nothing run yet: nothing to retest
     with pytest.raises(SystemExit):
         mutation.main(["--modules", "rows", "--retest", "--resume"])
+
+
+def test_a_fresh_work_folder_starts_from_the_saved_verdicts_of_the_functions_unchanged(monkeypatch, tmp_path):
+    monkeypatch.setattr(mutation, "WORK", tmp_path / "work")
+    monkeypatch.setattr(mutation, "STATE", tmp_path / "results" / "mutation-state.json")
+    meta = tmp_path / "work" / "rows" / "mutants" / "retrieval" / "rows.py.meta"
+    meta.parent.mkdir(parents=True)
+    codes = {"retrieval.rows.x_a__mutmut_1": 1, "retrieval.rows.x_a__mutmut_2": 0, "retrieval.rows.x_a__mutmut_3": None,
+             "retrieval.rows.xǁRǁget__mutmut_1": 33}
+    meta.write_text(json.dumps({"exit_code_by_key": codes, "hash_by_function_name": {"x_a": "h1", "xǁRǁget": "h2"},
+                                "type_check_error_by_key": {}, "durations_by_key": {"retrieval.rows.x_a__mutmut_1": 0.5},
+                                "estimated_durations_by_key": {}}))
+    statuses = mutation.read_statuses("rows")
+    assert statuses["retrieval.rows.x_a__mutmut_2"] == "survived" and statuses["retrieval.rows.x_a__mutmut_3"] == "not checked"
+    state = mutation.module_state("rows")
+    assert state == {"source": "retrieval/rows.py", "functions": {"x_a": {"hash": "h1", "codes": [1, 0, None]},
+                                                                   "xǁRǁget": {"hash": "h2", "codes": [33]}}}
+    mutation.write_states({"rows": state})
+    saved = json.loads(mutation.STATE.read_text())
+    assert saved == {"rows": state}
+    # A new machine: no work folder. Seeding writes what mutmut reads, the untried mutant still untried.
+    meta.unlink()
+    assert mutation.seed_from_state("rows", saved["rows"]) == 3
+    assert mutation.read_statuses("rows") == statuses
+    assert json.loads(meta.read_text())["hash_by_function_name"] == {"x_a": "h1", "xǁRǁget": "h2"}
+    # A folder with a run of its own keeps it; a state saved for another file is not used.
+    meta.write_text(meta.read_text().replace('"retrieval.rows.x_a__mutmut_2": 0', '"retrieval.rows.x_a__mutmut_2": 1'))
+    assert mutation.seed_from_state("rows", saved["rows"]) == 0
+    assert mutation.read_statuses("rows")["retrieval.rows.x_a__mutmut_2"] == "killed"
+    meta.unlink()
+    assert mutation.seed_from_state("rows", {**saved["rows"], "source": "retrieval/other.py"}) == 0
+    assert not meta.exists()
