@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.ann import ANN_FILE, ann_neighbours, build_ann, exact_search_blocks, rerank_exact
+from retrieval.ann import ANN_FILE, ann_neighbours, build_ann, default_factory, exact_search_blocks, rerank_exact
 from retrieval.distractors import fit_distractor_model, sample_distractors
 from retrieval.features import Pipeline
 from retrieval.index import IndexFormatError, load_index
@@ -280,3 +280,78 @@ def test_exact_search_blocks_finds_the_best_row_of_a_wide_block():
         expected = np.argsort(-exact, axis=1, kind="stable")[:, :k]
         np.testing.assert_array_equal(rows, expected)
         np.testing.assert_allclose(scores, np.take_along_axis(exact, expected, axis=1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("n, d, factory", [
+    (1_000_000, 2560, "PCA256,IVF2048,SQ8"),    # 2 sqrt(n) = 2000, rounded to a power of two
+    (10_000_000, 2560, "PCA256,IVF4096,SQ8"),   # capped at 4096 lists
+    (300_000, 512, "PCA256,IVF1024,SQ8"),
+    (4096, 256, "IVF64,SQ8"),                   # 128 lists would leave 32 training rows each: halved to 64 x 64
+    (10, 8, "IVF1,SQ8"),                        # halved down to a single list, never to none
+    (1, 2560, "PCA256,IVF1,SQ8"),
+])
+def test_the_default_factory_sizes_the_lists_and_the_pca_by_hand(n, d, factory):
+    assert default_factory(n, d) == factory
+
+
+def test_an_empty_matrix_or_an_unknown_factory_is_refused_with_the_reason():
+    import faiss
+
+    with pytest.raises(ValueError, match=r"^cannot build an ANN index of 0 rows$"):
+        build_ann(np.zeros((0, 8), np.float32))
+    one = build_ann(l2_normalize(np.ones((1, 8), np.float32)), factory="Flat")  # one row is enough
+    assert len(one) == 1
+    with pytest.raises(RuntimeError) as faiss_error:
+        faiss.index_factory(8, "IVF4,Nonsense", faiss.METRIC_L2)
+    first_line = str(faiss_error.value).splitlines()[0]
+    with pytest.raises(ValueError) as e:
+        build_ann(l2_normalize(np.ones((4, 8), np.float32)), factory="IVF4,Nonsense")
+    assert str(e.value) == f"FAISS cannot build 'IVF4,Nonsense': {first_line}"
+
+
+def test_the_search_settings_default_to_those_the_million_row_benchmark_chose():
+    ann = build_ann(structured(300, 16, seed=3), factory="Flat")
+    assert (ann.nprobe, ann.rerank) == (128, 256)
+
+
+def test_training_takes_a_seeded_sample_of_distinct_rows_sized_by_the_lists(monkeypatch):
+    import faiss
+
+    import retrieval.ann as ann_module
+
+    rows = structured(20_000, 16, seed=4)
+    taken, lines = [], []
+    real = ann_module._rows
+    monkeypatch.setattr(ann_module, "_rows", lambda f, r: taken.append(np.array(r)) or real(f, r))
+    built = build_ann(rows, factory="IVF256,Flat", log=lines.append)
+    # 64 training rows per list: 16384 of the 20000, each once, in row order.
+    [sample] = taken
+    assert len(sample) == 16_384 and len(np.unique(sample)) == 16_384 and np.all(np.diff(sample) > 0)
+    assert lines == ["ann IVF256,Flat: training on 16384 of 20000 rows", "ann IVF256,Flat: adding 20000 rows"]
+    assert len(built) == 20_000
+    # Under MIN_TRAIN rows per list, at least 10000 rows; the sample is the seed's, 0 unless told.
+    taken.clear()
+    small = structured(12_000, 16, seed=5)
+    default, zero, one = (build_ann(small, factory="IVF4,Flat", **kw) for kw in ({}, {"seed": 0}, {"seed": 1}))
+    assert [len(t) for t in taken] == [10_000] * 3
+    np.testing.assert_array_equal(taken[0], taken[1])
+    assert not np.array_equal(taken[0], taken[2])
+    assert faiss.serialize_index(default.index).tobytes() == faiss.serialize_index(zero.index).tobytes()
+    # All the rows when there are fewer than the sample would take.
+    taken.clear()
+    build_ann(small[:5000], factory="IVF4,Flat")
+    np.testing.assert_array_equal(taken[0], np.arange(5000))
+
+
+def test_refilling_adds_its_time_to_the_build_time(data):
+    import time
+
+    from retrieval.ann import copy_trained, refill
+
+    ann = copy_trained(build_ann(data[0][:2000], factory="IVF16,Flat"))
+    ann.build_s = 100.0
+    t0 = time.perf_counter()
+    refilled = refill(ann, data[0][:3000])
+    spent = time.perf_counter() - t0
+    assert refilled is ann and len(ann) == 3000
+    assert 100.0 < ann.build_s <= 100.0 + spent
