@@ -144,13 +144,6 @@ NOTES: dict[str, str] = {
     _V + "x_spatial_rerank__mutmut_28": "min_inliers also bounds the verification (at_least), which zeroes counts "
                                         "below it; only a count between a lower min_inliers and the default 8 "
                                         "would tell, and planting exactly such a count is not done yet",
-    **{_X + f"x_ann_neighbours__mutmut_{i}": "the neighbour search's default nprobe (the search's / 16, at least "
-       "8) trades recall for speed; tests pass an nprobe, and the build's recall is measured by the benchmark"
-       for i in (7, 8, 9, 10, 11, 12, 13)},
-    **{_X + f"x__neighbours__mutmut_{i}": "the candidates' depth k +- 1 only matters when k is at least the "
-       "re-ranking depth (16), larger than any graph or DBA k used" for i in (17, 18)},
-    **{_X + f"x__neighbours__mutmut_{i}": "rows left float16 are multiplied in float16: similarities lose "
-       "digits, which can reorder only near ties among neighbours" for i in (27, 69)},
     _W + "x__read_exactly__mutmut_9": "a read returning exactly one byte would be refused; preadv on a regular "
                                       "file returns the whole request or what is left",
     **{_W + f"x_read_block__mutmut_{i}": "without preadv the block is read through the mapping: the same values, "
@@ -616,4 +609,22 @@ EQUIVALENT.update({
                                           "so at most 4096 lists either way"),
     _X + "x_default_factory__mutmut_29": ("max(n, 2) only differs for n < 2, where the halving loop brings the lists "
                                           "down to 1 whatever they start at"),
+})
+EQUIVALENT.update({
+    _X + "x__nlist__mutmut_7": ("a flat index's 1 or 2 lists only size the training sample, 64 rows a list, which the "
+                                "floor of 10000 rows (MIN_TRAIN) overrides either way"),
+    _X + "x__rows__mutmut_12": ("a step of 1 instead of BLOCK copies overlapping slices of the same rows again: "
+                                "the same matrix, only slower"),
+    _X + "x__rows__mutmut_3": ("training rows gathered as float64: exact copies of float16 or float32 rows, which "
+                               "FAISS's train() turns into the same float32 values"),
+    _X + "x__rows__mutmut_5": ("training rows gathered as float64: exact copies of float16 or float32 rows, which "
+                               "FAISS's train() turns into the same float32 values"),
+})
+EQUIVALENT.update({
+    _X + "x_build_ann__mutmut_51": "numpy's Generator.choice reads replace=None as false: a sample without replacement, as with False",
+})
+EQUIVALENT.update({
+    _X + "x__neighbours__mutmut_18": _SUPERSET,
+    **{_X + f"x__neighbours__mutmut_{i}": ("one operand left float16 meets the other in float32: einsum promotes it "
+       "exactly, so the products are those of two float32 operands") for i in (27, 69)},
 })

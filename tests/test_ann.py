@@ -348,10 +348,56 @@ def test_refilling_adds_its_time_to_the_build_time(data):
 
     from retrieval.ann import copy_trained, refill
 
-    ann = copy_trained(build_ann(data[0][:2000], factory="IVF16,Flat"))
+    t0 = time.perf_counter()
+    built = build_ann(data[0][:2000], factory="IVF16,Flat")
+    assert 0.0 < built.build_s <= time.perf_counter() - t0  # training and adding, timed
+    ann = copy_trained(built)
     ann.build_s = 100.0
     t0 = time.perf_counter()
     refilled = refill(ann, data[0][:3000])
     spent = time.perf_counter() - t0
     assert refilled is ann and len(ann) == 3000
     assert 100.0 < ann.build_s <= 100.0 + spent
+
+
+def test_training_rows_are_gathered_in_blocks_all_of_them(monkeypatch):
+    import retrieval.ann as ann_module
+
+    monkeypatch.setattr(ann_module, "BLOCK", 4)  # 20 rows: five blocks
+    features = np.arange(60 * 3, dtype=np.float16).reshape(60, 3)
+    rows = np.arange(1, 60, 3)
+    out = ann_module._rows(features, rows)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, features[rows].astype(np.float32))
+
+
+@pytest.mark.parametrize("search_nprobe, nprobe, visited", [
+    (128, None, 8),     # a sixteenth of the search setting is 8
+    (64, None, 8),      # at least 8
+    (408, None, 25),    # 408 // 16
+    (128, 3, 3),        # as asked
+])
+def test_the_neighbour_search_visits_a_sixteenth_of_the_lists_and_restores_the_setting(
+        data, search_nprobe, nprobe, visited, monkeypatch):
+    from retrieval.ann import AnnIndex, copy_trained
+
+    ann = copy_trained(build_ann(data[0][:3000], factory="IVF16,Flat"))
+    ann.nprobe = search_nprobe
+    seen, real = [], AnnIndex.candidates
+    monkeypatch.setattr(AnnIndex, "candidates", lambda self, q, n: seen.append(self.nprobe) or real(self, q, n))
+    ann_neighbours(ann, data[0][:3000], 5, nprobe=nprobe, block=1000)
+    assert seen == [visited] * 3 and all(type(v) is int for v in seen)
+    assert ann.nprobe == search_nprobe
+
+
+def test_neighbours_deeper_than_the_rerank_depth_are_the_exact_ones(data):
+    from retrieval.ann import copy_trained
+
+    rows = data[0][:3000]
+    ann = copy_trained(build_ann(rows, factory="IVF16,Flat"))
+    got = ann_neighbours(ann, rows, 5, rerank=2, nprobe=16)  # every list visited: exact
+    sims = rows @ rows.T
+    np.fill_diagonal(sims, -np.inf)
+    want = np.argsort(-sims, axis=1, kind="stable")[:, :5]
+    assert (got >= 0).all()
+    np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(want, axis=1))
