@@ -628,3 +628,10 @@ EQUIVALENT.update({
     **{_X + f"x__neighbours__mutmut_{i}": ("one operand left float16 meets the other in float32: einsum promotes it "
        "exactly, so the products are those of two float32 operands") for i in (27, 69)},
 })
+EQUIVALENT.update({
+    **{_X + f"x_rerank_exact__mutmut_{i}": ("np.full of the Python int -1 makes an int64 array (numpy's default "
+       "integer on 64-bit): the rows come out int64 anyway, which the test checks") for i in (18, 21)},
+    _X + "x_rerank_exact__mutmut_37": _UPPER_EINSUM,
+    **{_X + f"xǁAnnIndexǁcandidates__mutmut_{i}": ("FAISS's Python search() converts the queries to float32 itself "
+       "(class_wrappers.replacement_search): the same codes are compared") for i in (11, 13)},
+})

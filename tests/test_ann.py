@@ -401,3 +401,53 @@ def test_neighbours_deeper_than_the_rerank_depth_are_the_exact_ones(data):
     want = np.argsort(-sims, axis=1, kind="stable")[:, :5]
     assert (got >= 0).all()
     np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(want, axis=1))
+
+
+def test_rerank_pads_a_short_candidate_list_and_scores_in_float32():
+    features = l2_normalize(np.random.default_rng(2).standard_normal((10, 4)).astype(np.float32))
+    scores, rows = rerank_exact(features, features[:2], np.array([[3, -1, -1], [-1, -1, -1]]), 3)
+    assert scores.dtype == np.float32 and rows.dtype == np.int64
+    np.testing.assert_array_equal(rows, [[3, -1, -1], [-1, -1, -1]])
+    assert scores[0, 0] == np.float32(features[3] @ features[0])
+    assert np.isneginf(scores[0, 1:]).all() and np.isneginf(scores[1]).all()
+
+
+def test_rerank_scores_float64_queries_and_rows_as_float32_ties_going_to_the_lower_row():
+    # In float32 both candidates score 1.0 (a tie: the lower row first); in float64 row 1 would win.
+    q64 = np.array([[1.0, 1.0 + 1e-12]])
+    features = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    assert rerank_exact(features, q64, np.array([[1, 0]]), 2)[1].tolist() == [[0, 1]]
+    features64 = np.array([[0.5, 0.5], [0.5, 0.5 + 1e-12]])
+    assert rerank_exact(features64, np.ones((1, 2), np.float32), np.array([[1, 0]]), 2)[1].tolist() == [[0, 1]]
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "PCA8,HNSW16"])
+@pytest.mark.parametrize("nprobe, ef", [(40, 40), (4, 16)])
+def test_an_hnsw_index_searches_as_deep_as_nprobe_at_least_16(factory, nprobe, ef):
+    import faiss
+
+    rows = structured(500, 16, seed=6)
+    ann = build_ann(rows, factory=factory, nprobe=nprobe)
+    ann.candidates(rows[:3], 5)
+    inner = faiss.downcast_index(ann.index)
+    if isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    assert inner.hnsw.efSearch == ef
+
+
+def test_loading_an_ann_refuses_an_unreadable_file_and_defaults_its_build_time(tmp_path):
+    import faiss
+
+    from retrieval.ann import load_ann, save_ann
+
+    bad = tmp_path / "bad.faiss"
+    bad.write_bytes(b"not a faiss index")
+    with pytest.raises(RuntimeError) as faiss_error:
+        faiss.read_index(str(bad))
+    with pytest.raises(ValueError) as e:
+        load_ann(bad, {"factory": "Flat", "nprobe": 1, "rerank": 1})
+    assert str(e.value) == f"FAISS cannot read {bad}: {str(faiss_error.value).splitlines()[0]}"
+    good = tmp_path / "good.faiss"
+    save_ann(build_ann(structured(50, 8, seed=7), factory="Flat"), good)
+    loaded = load_ann(good, {"factory": "Flat", "nprobe": 3, "rerank": 9})  # written before build_s was kept
+    assert (loaded.factory, loaded.nprobe, loaded.rerank, loaded.build_s, len(loaded)) == ("Flat", 3, 9, 0.0, 50)
