@@ -115,12 +115,12 @@ EQUIVALENT: dict[str, str] = {
     **{_X + f"x__neighbours__mutmut_{i}": "lexsort's default axis is the last, axis 1 of these 2-D arrays"
        for i in (92,)},
     **{_X + f"x_exact_search_blocks__mutmut_{i}": "lexsort's, argpartition's and take_along_axis' default "
-       "axis is the last, axis 1 of these 2-D arrays" for i in (57, 80, 94, 103, 110)},
+       "axis is the last, axis 1 of these 2-D arrays" for i in (80, 94, 103, 110)},
     **{_X + f"x_exact_search_blocks__mutmut_{i}": "the starting top-k is empty (m, 0): its fill value and "
        "dtype are never read, concatenation takes the blocks' float32 scores and int64 rows"
        for i in (14, 20)},
     **{_X + f"x_exact_search_blocks__mutmut_{i}": "taking a whole block, or partitioning one exactly k wide, "
-       "keeps all of the block's top k before the merge sorts them: the same top k" for i in (50, 62)},
+       "keeps all of the block's top k before the merge sorts them: the same top k" for i in (50,)},
     **{_X + f"x_ann_neighbours__mutmut_{i}": "the re-ranking depth or block size changes speed; neighbours "
        "within recall, checked against exact ones with a floor" for i in (1, 2)},
     # rows
@@ -615,10 +615,6 @@ EQUIVALENT.update({
                                 "floor of 10000 rows (MIN_TRAIN) overrides either way"),
     _X + "x__rows__mutmut_12": ("a step of 1 instead of BLOCK copies overlapping slices of the same rows again: "
                                 "the same matrix, only slower"),
-    _X + "x__rows__mutmut_3": ("training rows gathered as float64: exact copies of float16 or float32 rows, which "
-                               "FAISS's train() turns into the same float32 values"),
-    _X + "x__rows__mutmut_5": ("training rows gathered as float64: exact copies of float16 or float32 rows, which "
-                               "FAISS's train() turns into the same float32 values"),
 })
 EQUIVALENT.update({
     _X + "x_build_ann__mutmut_51": "numpy's Generator.choice reads replace=None as false: a sample without replacement, as with False",
