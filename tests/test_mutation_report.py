@@ -152,9 +152,7 @@ def test_a_fresh_work_folder_starts_from_the_saved_verdicts_of_the_functions_unc
     meta.write_text(json.dumps({"exit_code_by_key": codes, "hash_by_function_name": {"x_a": "h1", "xǁRǁget": "h2"},
                                 "type_check_error_by_key": {}, "durations_by_key": {"retrieval.rows.x_a__mutmut_1": 0.5},
                                 "estimated_durations_by_key": {}}))
-    statuses = mutation.read_statuses("rows")
-    assert statuses["retrieval.rows.x_a__mutmut_2"] == "survived" and statuses["retrieval.rows.x_a__mutmut_3"] == "not checked"
-    state = mutation.module_state("rows")
+    state = mutation.module_state("rows")  # (mutmut is not needed: CI does not install it)
     assert state == {"source": "retrieval/rows.py", "functions": {"x_a": {"hash": "h1", "codes": [1, 0, None]},
                                                                    "xǁRǁget": {"hash": "h2", "codes": [33]}}}
     mutation.write_states({"rows": state})
@@ -163,12 +161,12 @@ def test_a_fresh_work_folder_starts_from_the_saved_verdicts_of_the_functions_unc
     # A new machine: no work folder. Seeding writes what mutmut reads, the untried mutant still untried.
     meta.unlink()
     assert mutation.seed_from_state("rows", saved["rows"]) == 3
-    assert mutation.read_statuses("rows") == statuses
+    assert json.loads(meta.read_text())["exit_code_by_key"] == codes
     assert json.loads(meta.read_text())["hash_by_function_name"] == {"x_a": "h1", "xǁRǁget": "h2"}
     # A folder with a run of its own keeps it; a state saved for another file is not used.
     meta.write_text(meta.read_text().replace('"retrieval.rows.x_a__mutmut_2": 0', '"retrieval.rows.x_a__mutmut_2": 1'))
     assert mutation.seed_from_state("rows", saved["rows"]) == 0
-    assert mutation.read_statuses("rows")["retrieval.rows.x_a__mutmut_2"] == "killed"
+    assert json.loads(meta.read_text())["exit_code_by_key"]["retrieval.rows.x_a__mutmut_2"] == 1
     meta.unlink()
     assert mutation.seed_from_state("rows", {**saved["rows"], "source": "retrieval/other.py"}) == 0
     assert not meta.exists()
