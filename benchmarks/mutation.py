@@ -201,7 +201,7 @@ def retest_module(name: str, *, minutes: float, children: int) -> bool:
 def run_module(name: str, *, resume: bool, minutes: float, children: int) -> bool:
     """Runs mutmut on one module for at most `minutes`; returns True when every mutant was tried.
 
-    With `resume`, first the mutants without a result (those a stopped run did not reach, and all of
+    With `resume`, first the mutants without a result (those a stopped run did not reach, and those of
     every function edited since: mutmut drops their results), then the mutants that survived before and still
     do, against the tests as they are now (a survivor of an edited file is so tried twice).
     """
