@@ -183,14 +183,22 @@ def retest_module(name: str, *, minutes: float, children: int) -> bool:
     """Runs the last run's survivors again against the tests as they are now; True if all were run.
 
     The sources are not copied again: the mutants are those of the code as it was when the module
-    ran (whose diffs the report shows), so a fix made since in the module does not make mutmut drop
-    all of its results, as `--resume` would.
+    ran (whose diffs the report shows), so a fix made since in a function does not make mutmut drop
+    that function's results, as `--resume` would. Without a work folder (a new machine or clone), it
+    starts from the verdicts saved in results/mutation-state.json, on the code as it is now.
     """
     statuses = read_statuses(name)
+    work = WORK / name
+    if not statuses and _saved_states().get(name):
+        # A new machine or clone: the survivors are those of the saved state, mutated from the code
+        # as it is here (mutmut drops the verdicts of any function edited since the state was saved).
+        work = prepare(name, resume=True)
+        carried = seed_from_state(name, _saved_states()[name])
+        print(f"[{name}] {carried} verdicts carried over from {os.path.relpath(STATE, ROOT)}", flush=True)
+        statuses = read_statuses(name)
     if not statuses:
         print(f"[{name}] no run to retest; run it first", flush=True)
         return False
-    work = WORK / name
     _copy_tests(work)
     again = [m for m, status in statuses.items() if status not in DETECTED and status != "not checked"]
     finished = _mutmut(name, work, again, time.monotonic() + minutes * 60, children) if again else True
@@ -209,7 +217,7 @@ def run_module(name: str, *, resume: bool, minutes: float, children: int) -> boo
     if resume:
         carried = seed_from_state(name, _saved_states().get(name))
         if carried:
-            print(f"[{name}] {carried} verdicts carried over from {STATE.relative_to(ROOT)}", flush=True)
+            print(f"[{name}] {carried} verdicts carried over from {os.path.relpath(STATE, ROOT)}", flush=True)
     before = read_statuses(name) if resume else {}
     deadline = time.monotonic() + minutes * 60
     finished = _mutmut(name, work, [], deadline, children)

@@ -170,3 +170,25 @@ def test_a_fresh_work_folder_starts_from_the_saved_verdicts_of_the_functions_unc
     meta.unlink()
     assert mutation.seed_from_state("rows", {**saved["rows"], "source": "retrieval/other.py"}) == 0
     assert not meta.exists()
+
+
+def test_retest_on_a_fresh_clone_starts_from_the_saved_state(monkeypatch, tmp_path):
+    monkeypatch.setattr(mutation, "WORK", tmp_path / "work")
+    monkeypatch.setattr(mutation, "STATE", tmp_path / "results" / "mutation-state.json")
+    mutation.write_states({"rows": {"source": "retrieval/rows.py", "functions": {
+        "x_a": {"hash": "h1", "codes": [1, 0, None]}}}})
+    prepared, runs = [], []
+    monkeypatch.setattr(mutation, "prepare", lambda name, resume: prepared.append(resume) or (tmp_path / "work" / name))
+    monkeypatch.setattr(mutation, "_mutmut", lambda name, work, mutants, deadline, children: runs.append(mutants) or True)
+    # read_statuses as mutmut's exit codes say (1 killed, 0 survived, None not checked), without mutmut
+    names = {1: "killed", 0: "survived", None: "not checked"}
+    monkeypatch.setattr(mutation, "read_statuses", lambda name: {
+        k: names[c] for k, c in json.loads(mutation._meta(name).read_text())["exit_code_by_key"].items()}
+        if mutation._meta(name).is_file() else {})
+    assert mutation.retest_module("rows", minutes=1, children=2)
+    assert prepared == [True] and runs == [["retrieval.rows.x_a__mutmut_2"]]  # the survivor, not the untried one
+    # With no saved state either, there is nothing to retest.
+    mutation._meta("rows").unlink()
+    mutation.STATE.unlink()
+    runs.clear()
+    assert not mutation.retest_module("rows", minutes=1, children=2) and runs == []
