@@ -625,3 +625,44 @@ EQUIVALENT.update({
     **{_X + f"xǁAnnIndexǁcandidates__mutmut_{i}": ("FAISS's Python search() converts the queries to float32 itself "
        "(class_wrappers.replacement_search): the same codes are compared") for i in (11, 13)},
 })
+
+# Reviewed on 2026-12-03: features survivors of the full run, after the tests they pointed to
+# (every 16-bit mode, tRNS transparency, the orientations, load_image's messages, spoc, the forward
+# passed in, the preview's quality, the Pipeline's messages, one-pixel content).
+_F_DRAFT_MODE = ("Pillow's JPEG draft() only reads the mode to switch an RGB decode to L or YCbCr; None, "
+                 "'rgb' or any other string leaves the decode in the file's mode, as 'RGB' does")
+_F_SAME_FORWARD = ("embed_batch imports retrieval.networks.forward when given None, the very function "
+                   "iter_features passes")
+_F_PARTS_BY_SCALE = ("parts are (scale index, vector) pairs with distinct indices, so tuples sort on the index "
+                     "alone, as the key does")
+_F_FINAL_FLUSH_ORDER = ("the last buckets are each run once whichever goes first: the same batches and vectors, "
+                        "yielded in another order, and iter_features only promises completion order "
+                        "(every caller collects by position)")
+_F_UPRIGHT_DEFAULT = "a missing orientation tag defaults to 1; None and 2 are not in (5, 6, 7, 8) either"
+_F_AS_FLOAT = ("without dtype numpy keeps the image's integer type (or float32 for F), and multiplying by the "
+               "Python float gives float64, which truncates to the same 8-bit values (checked for all 65536)")
+_F_CLAMPED_COLOUR = "Pillow clamps colour components to 0..255: 256 is stored as 255"
+EQUIVALENT.update({
+    _F + "x__draft_size__mutmut_28": "callers pass need >= THUMBNAIL_SIDE (192), so max(need, 1) and "
+                                    "max(need, 2) are both need",
+    **{_F + f"x__exif_transposes__mutmut_{i}": _F_UPRIGHT_DEFAULT for i in (2, 4, 6)},
+    **{_F + f"x_load_image__mutmut_{i}": _F_DRAFT_MODE for i in (65, 69, 70, 90, 94, 95)},
+    _F + "x_load_image__mutmut_81": _F_DRAFT_ABOVE_FULL,
+    _F + "x_load_image__mutmut_88": _F_NO_ZERO_SIZED_IMAGES,
+    _F + "x_load_image__mutmut_89": "max(w, h, 2) differs from max(w, h, 1) only for a 1x1 JPEG, whose draft "
+                                    "request is then ceil(0.5) = 1 pixel or more: its full size either way",
+    **{_F + f"x_iter_features__mutmut_{i}": _F_SAME_FORWARD for i in (28, 33)},
+    **{_F + f"x_iter_features__mutmut_{i}": _F_PARTS_BY_SCALE for i in (46, 48)},
+    **{_F + f"x_iter_features__mutmut_{i}": _F_FINAL_FLUSH_ORDER for i in (137, 139)},
+    _F + "x_iter_features__mutmut_89": "once the sources run out, next() on the spent iterator raises "
+                                       "StopIteration again each time: the priming loop submits nothing more",
+    _F + "x_pool__mutmut_101": "numpy reads any negative size as the unknown one: reshape(n, -2) is reshape(n, -1)",
+    **{_F + f"x_prepare_image__mutmut_{i}": "paste() with no box puts the image at the top left, (0, 0)"
+       for i in (28, 30)},
+})
+EQUIVALENT.update({
+    **{_F + f"x__to_rgb__mutmut_{i}": _F_AS_FLOAT for i in (25, 27)},
+    _F + "x__to_rgb__mutmut_40": ("left as float64 the clipped array becomes an F image, and Pillow's F to RGB "
+                                  "conversion truncates to whole grey levels as astype(uint8) does"),
+    **{_F + f"x__to_rgb__mutmut_{i}": _F_CLAMPED_COLOUR for i in (80, 81, 82, 83)},
+})

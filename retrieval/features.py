@@ -216,17 +216,18 @@ def _exif_transposes(image: Image.Image) -> bool:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
+    # A PNG's tRNS chunk (a transparent palette index, grey level or RGB colour) is transparency too.
+    transparent = "transparency" in image.info
+    if image.mode == "RGB" and not transparent:
         return image
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         # 16-bit and float greyscale: PIL's convert("RGB") clips, so rescale to 8 bits first.
         arr = np.asarray(image, dtype=np.float32)
         top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
         arr = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return Image.fromarray(arr).convert("RGB")  # a 2-D uint8 array is an "L" image
+    if transparent or image.mode in ("RGBA", "LA", "PA", "RGBa"):
+        # Transparent parts are shown on white, as a browser shows them.
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, image).convert("RGB")

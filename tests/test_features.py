@@ -720,3 +720,150 @@ def test_decoding_uses_as_many_threads_as_workers(tiny, monkeypatch):
     images = [photo(32, 32, seed=s) for s in range(6)]
     assert len(list(iter_features(tiny, images, Pipeline(max_side=32), batch_size=2, workers=1))) == 6
     assert most[0] == 1
+
+
+def test_an_rgb_image_is_used_as_it_is_and_others_are_converted():
+    from retrieval.features import _to_rgb
+
+    rgb = photo(4, 3)
+    assert _to_rgb(rgb) is rgb  # no copy of every decoded photo
+    cmyk = rgb.convert("CMYK")
+    assert _to_rgb(cmyk).mode == "RGB" and _to_rgb(cmyk) is not cmyk
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16L", "I;16B", "I;16N"])
+def test_every_sixteen_bit_mode_is_scaled_from_its_full_range(mode):
+    from retrieval.features import _to_rgb
+
+    # 200 of 65535 is near black, not grey 200; 25600 is 99.6 of 255, not clipped to white.
+    for value, expected in [(200, 0), (25600, 99), (32896, 128), (65535, 255)]:
+        assert _to_rgb(Image.new(mode, (2, 1), value)).getpixel((1, 0)) == (expected,) * 3, (mode, value)
+
+
+def test_int_and_float_images_pick_their_range_from_their_values():
+    from retrieval.features import _to_rgb
+
+    def grey(values, mode):
+        image = Image.fromarray(np.array([values], dtype=np.int32 if mode == "I" else np.float32))
+        assert image.mode == mode
+        return np.asarray(_to_rgb(image))[0, :, 0].tolist()
+
+    assert grey([0, 255], "I") == [0, 255]  # up to 255: already 8 bits
+    assert grey([0, 256], "I") == [0, 0]  # 256 is over it: a 16-bit range, where 256 is near black
+    assert grey([0, 25600.0], "F") == [0, 99]  # a float image over 255 is scaled, not clipped
+    assert grey([-5.0, 100.0], "F") == [0, 100]  # negatives clip to black instead of wrapping round
+    assert grey([131070, 65535], "I") == [255, 255]  # over 16 bits clips to white instead of wrapping
+
+
+def test_transparency_of_every_kind_is_shown_on_white():
+    from retrieval.features import _to_rgb
+
+    palette = Image.new("P", (2, 1), 0)
+    palette.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    for image in [palette, Image.new("L", (2, 1), 0), Image.new("RGB", (2, 1), (0, 0, 0))]:
+        image.putpixel((1, 0), 1 if image.mode == "P" else (90 if image.mode == "L" else (90, 0, 0)))
+        png = encode(image, transparency=(0, 0, 0) if image.mode == "RGB" else 0)  # tRNS: index, grey or colour
+        assert "transparency" in Image.open(io.BytesIO(png)).info
+        loaded = load_image(png)
+        assert loaded.getpixel((0, 0)) == (255, 255, 255), image.mode
+        assert loaded.getpixel((1, 0)) == {"P": (200, 10, 10), "L": (90, 90, 90), "RGB": (90, 0, 0)}[image.mode]
+    assert _to_rgb(palette).getpixel((0, 0)) == (0, 0, 0)  # no tRNS: index 0 is black
+    for mode, clear in [("RGBA", (9, 9, 9, 0)), ("LA", (9, 0)), ("PA", (0, 0)), ("RGBa", (0, 0, 0, 0))]:
+        assert _to_rgb(Image.new(mode, (1, 1), clear)).getpixel((0, 0)) == (255, 255, 255), mode
+
+
+@pytest.mark.parametrize("orientation, transposes", [(None, False)] + [(o, o >= 5) for o in range(1, 9)])
+def test_the_orientations_that_swap_width_and_height(orientation, transposes):
+    from retrieval.features import _exif_transposes
+
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    image = Image.open(io.BytesIO(encode(photo(8, 4), "JPEG", exif=exif.tobytes())))
+    assert _exif_transposes(image) is transposes
+    assert load_image(image).size == ((4, 8) if transposes else (8, 4))
+
+
+def test_a_broken_exif_block_counts_as_upright():
+    from retrieval.features import _exif_transposes
+
+    class Broken:
+        def getexif(self):
+            raise SyntaxError("not a TIFF file")
+
+    assert _exif_transposes(Broken()) is False
+
+
+def test_load_image_names_what_failed(tmp_path, monkeypatch):
+    with pytest.raises(ImageError, match=r"^not a readable image \(IsADirectoryError: "):
+        load_image(tmp_path)
+    whole = encode(photo(64, 64), "JPEG")
+    with pytest.raises(ImageError, match=r"^the image cannot be decoded \(OSError: image file is truncated"):
+        load_image(whole[: len(whole) // 2])
+
+    def bomb(*args, **kwargs):  # Pillow's refusal, were it ever worded without the pixel count
+        raise Image.DecompressionBombError("too big")
+
+    monkeypatch.setattr(Image, "open", bomb)
+    with pytest.raises(ImageError, match=r"megapixels: the image has more pixels than that$"):
+        load_image(whole)
+
+
+def test_spoc_is_the_mean_over_positions():
+    maps = np.arange(2 * 2 * 3 * 2, dtype=np.float32).reshape(2, 2, 3, 2)
+    np.testing.assert_array_equal(pool(maps, "spoc"), maps.mean(axis=(1, 2)))
+    assert pool(maps, "spoc").shape == (2, 2)
+
+
+def test_embed_batch_runs_the_forward_it_is_given():
+    from retrieval.features import embed_batch
+
+    maps = np.zeros((2, 1, 2, 3), dtype=np.float32)
+    maps[0, 0, 0] = [3, 0, 0]
+    maps[1, 0, 1] = [0, 0, 4]
+    seen = []
+
+    def forward(network, batch):
+        seen.append((network, batch.shape))
+        return maps
+
+    out = embed_batch("no network", np.zeros((2, 32, 64, 3), np.float32), Pipeline(pooling="mac"), None, forward=forward)
+    assert seen == [("no network", (2, 32, 64, 3))]
+    np.testing.assert_array_equal(out, [[1, 0, 0], [0, 0, 1]])
+
+
+def test_the_preview_is_a_jpeg_of_the_preview_quality():
+    from retrieval.features import PREVIEW_QUALITY, _decode, make_thumbnail
+
+    image = photo(300, 200)
+    *_, thumb, preview = _decode(image, Pipeline(max_side=64), 32, 128)
+    assert thumb == make_thumbnail(image, 32)
+    assert preview == make_thumbnail(image, 128, quality=PREVIEW_QUALITY) != make_thumbnail(image, 128)
+
+
+def test_more_pipeline_refusals_and_edges():
+    with pytest.raises(ValueError, match=r"^unknown scale combination 'sum'; choose one of mean, max$"):
+        Pipeline(combine="sum")
+    with pytest.raises(ValueError, match=r"^bucket is None or one of resize, pad, with max_side; got 'crop'$"):
+        Pipeline(bucket="crop")
+    with pytest.raises(ValueError, match=r"^gem_p must be positive, got 0$"):
+        Pipeline(pooling="rgem", gem_p=0)
+    assert Pipeline(gem_p=1).gem_p == 1  # p = 1 is the mean: allowed
+    # A one-pixel line keeps one pixel of content in its padded bucket.
+    pad = Pipeline(max_side=384, bucket="pad")
+    assert pad.content_size(10000, 1) == (384, 1) and pad.content_size(1, 10000) == (1, 384)
+
+
+def test_only_pillows_size_warning_is_silenced_while_opening(monkeypatch):
+    real_open = Image.open
+
+    def noisy_open(source):
+        import warnings
+
+        warnings.warn("something else about this file", UserWarning)
+        return real_open(source)
+
+    monkeypatch.setattr(Image, "open", noisy_open)
+    with pytest.warns(UserWarning, match="something else about this file"):
+        assert load_image(encode(photo(8, 4))).size == (8, 4)
