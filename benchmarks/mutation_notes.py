@@ -666,3 +666,15 @@ EQUIVALENT.update({
                                   "conversion truncates to whole grey levels as astype(uint8) does"),
     **{_F + f"x__to_rgb__mutmut_{i}": _F_CLAMPED_COLOUR for i in (80, 81, 82, 83)},
 })
+
+# Reviewed on 2026-12-03: build's survivors of its first full run (all 566 mutants tried).
+EQUIVALENT.update({
+    _B + "xǁ_Cacheǁwrite_shard__mutmut_66": "opened in text mode instead of binary: fsync of its descriptor is the same",
+})
+NOTES.update({
+    _B + "xǁ_Cacheǁcompact__mutmut_8": "missing_ok matters only if another process deletes an old shard between the "
+                                       "listing and this unlink; None is falsy, the same as False",
+    _B + "xǁ_Cacheǁcompact__mutmut_9": "missing_ok matters only if another process deletes an old shard between the "
+                                       "listing and this unlink (concurrent builds into one folder); a single build "
+                                       "always finds it",
+})
