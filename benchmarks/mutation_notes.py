@@ -30,6 +30,7 @@ _SAME_RESULTS = ("both backends return the same rows and scores by design (the t
 _SUPERSET = "a larger candidate set than needed: the same k best after rescoring, only slower"
 _DEFAULT_AXIS = "numpy's default axis is the last, which is axis 1 of these 2-D arrays"
 _UPPER_EINSUM = "einsum subscripts in capitals name the same axes"
+_TEXT_MODE_FSYNC = "opened in text mode instead of binary: fsync of its descriptor is the same"
 _INT_DIVISION = "integer positions or counts: every formula divides them by floats, so the values are the same"
 
 EQUIVALENT: dict[str, str] = {
@@ -59,7 +60,7 @@ EQUIVALENT: dict[str, str] = {
     **{_N + f"xǁSearchEngineǁwarm_up__mutmut_{i}": "the warm-up query's pixels, shape and k do not matter: it "
        "only builds the network's graph before the first user" for i in (9, 12, 17, 18, 19, 20, 21, 22)},
     # index
-    _I + "x__fsync_dir__mutmut_4": "opened in text mode instead of binary: fsync of its descriptor is the same",
+    _I + "x__fsync_dir__mutmut_4": _TEXT_MODE_FSYNC,
     **{_I + f"x_file_sha256__mutmut_{i}": "another chunk size (or the whole file at once): the same sha256"
        for i in (13, 15, 16)},
     **{_I + f"x__versions__mutmut_{i}": "the PyPI name 'tensorflow' is not installed here (tensorflow-cpu is), "
@@ -659,8 +660,6 @@ EQUIVALENT.update({
     _F + "x_pool__mutmut_101": "numpy reads any negative size as the unknown one: reshape(n, -2) is reshape(n, -1)",
     **{_F + f"x_prepare_image__mutmut_{i}": "paste() with no box puts the image at the top left, (0, 0)"
        for i in (28, 30)},
-})
-EQUIVALENT.update({
     **{_F + f"x__to_rgb__mutmut_{i}": _F_AS_FLOAT for i in (25, 27)},
     _F + "x__to_rgb__mutmut_40": ("left as float64 the clipped array becomes an F image, and Pillow's F to RGB "
                                   "conversion truncates to whole grey levels as astype(uint8) does"),
@@ -669,7 +668,7 @@ EQUIVALENT.update({
 
 # Reviewed on 2026-12-03: build's survivors of its first full run (all 566 mutants tried).
 EQUIVALENT.update({
-    _B + "xǁ_Cacheǁwrite_shard__mutmut_66": "opened in text mode instead of binary: fsync of its descriptor is the same",
+    _B + "xǁ_Cacheǁwrite_shard__mutmut_66": _TEXT_MODE_FSYNC,
 })
 NOTES.update({
     _B + "xǁ_Cacheǁcompact__mutmut_8": "missing_ok matters only if another process deletes an old shard between the "
