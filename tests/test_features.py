@@ -755,20 +755,30 @@ def test_int_and_float_images_pick_their_range_from_their_values():
     assert grey([131070, 65535], "I") == [255, 255]  # over 16 bits clips to white instead of wrapping
 
 
-def test_transparency_of_every_kind_is_shown_on_white():
+def _two_pixels(mode, clear, kept):
+    image = Image.new(mode, (2, 1), clear)
+    if mode == "P":
+        image.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    image.putpixel((1, 0), kept)
+    return image
+
+
+@pytest.mark.parametrize("mode, clear, kept, shown", [
+    ("P", 0, 1, (200, 10, 10)),  # a transparent palette index
+    ("L", 0, 90, (90, 90, 90)),  # a transparent grey level
+    ("RGB", (0, 0, 0), (90, 0, 0), (90, 0, 0)),  # a transparent colour
+])
+def test_a_pngs_trns_transparency_is_shown_on_white(mode, clear, kept, shown):
+    png = encode(_two_pixels(mode, clear, kept), transparency=clear)
+    assert "transparency" in Image.open(io.BytesIO(png)).info
+    loaded = load_image(png)
+    assert loaded.getpixel((0, 0)) == (255, 255, 255) and loaded.getpixel((1, 0)) == shown
+
+
+def test_alpha_channels_are_shown_on_white_and_no_trns_means_opaque():
     from retrieval.features import _to_rgb
 
-    palette = Image.new("P", (2, 1), 0)
-    palette.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
-    palette.putpixel((1, 0), 1)
-    for image in [palette, Image.new("L", (2, 1), 0), Image.new("RGB", (2, 1), (0, 0, 0))]:
-        image.putpixel((1, 0), 1 if image.mode == "P" else (90 if image.mode == "L" else (90, 0, 0)))
-        png = encode(image, transparency=(0, 0, 0) if image.mode == "RGB" else 0)  # tRNS: index, grey or colour
-        assert "transparency" in Image.open(io.BytesIO(png)).info
-        loaded = load_image(png)
-        assert loaded.getpixel((0, 0)) == (255, 255, 255), image.mode
-        assert loaded.getpixel((1, 0)) == {"P": (200, 10, 10), "L": (90, 90, 90), "RGB": (90, 0, 0)}[image.mode]
-    assert _to_rgb(palette).getpixel((0, 0)) == (0, 0, 0)  # no tRNS: index 0 is black
+    assert _to_rgb(_two_pixels("P", 0, 1)).getpixel((0, 0)) == (0, 0, 0)  # no tRNS: index 0 is black
     for mode, clear in [("RGBA", (9, 9, 9, 0)), ("LA", (9, 0)), ("PA", (0, 0)), ("RGBa", (0, 0, 0, 0))]:
         assert _to_rgb(Image.new(mode, (1, 1), clear)).getpixel((0, 0)) == (255, 255, 255), mode
 
