@@ -81,7 +81,7 @@ def _build_on_ray(args: argparse.Namespace, pipeline, common: dict):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from retrieval.build import BuildError, build_index
+    from retrieval.build import BuildError, build_index, os_message
     from retrieval.features import ImageError
     from retrieval.networks import NetworkError
 
@@ -120,6 +120,10 @@ def main(argv=None) -> int:
     except (BuildError, FileNotFoundError, ImageError, NetworkError) as e:
         bar.close()
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a read-only or forbidden folder: one line, the previous index intact
+        bar.close()
+        print(f"error: {os_message(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         bar.close()

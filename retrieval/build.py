@@ -8,6 +8,7 @@ the last shard written. The index itself is replaced atomically at the end (`sav
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -32,6 +33,24 @@ CACHE_VERSION = 1
 
 class BuildError(RuntimeError):
     """The build could not produce an index; any previous index is left as it was."""
+
+
+_OS_REMEDIES = {
+    errno.ENOSPC: "the disk is full: free some space, or write the index elsewhere",
+    errno.EDQUOT: "the disk quota is used up: free some space, or write the index elsewhere",
+    errno.EROFS: "the folder is on a read-only file system: write the index elsewhere",
+    errno.EACCES: "permission denied: write the index to a folder you may write to",
+    errno.EPERM: "permission denied: write the index to a folder you may write to",
+}
+
+
+def os_message(error: OSError) -> str:
+    """Returns one line that says what an OSError of a build means and what to do about it."""
+    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+    what = _OS_REMEDIES.get(error.errno)
+    if what is None:
+        return f"{error.strerror or error}{where}"
+    return f"cannot write{where}: {what}"
 
 
 @dataclass
@@ -243,6 +262,7 @@ def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str =
         whitening = learn_whitening(features, shrinkage=whiten_shrinkage)
         features = apply_whitening(features, whitening)
     dba = min(dba, len(features) - 1)
+    own = features
     if dba > 0:
         features = database_augmentation(features, k=dba, alpha=alpha)
     graph = None
@@ -275,10 +295,17 @@ def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str =
             raise BuildError(f"a preview could not be made ({e}); the files changed during the build?") from None
         meta["preview_side"] = preview_side
     save_index(plan.out_dir, features, ids, meta, thumbnails=thumbs, previews=previews, whitening=whitening, dtype=dtype,
-               ann=structure, graph=graph)
+               ann=structure, graph=graph, self_similarity=self_similarity(own, features, dtype))
     report.count = len(ids)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def self_similarity(own: np.ndarray, stored: np.ndarray, dtype: str) -> np.ndarray:
+    """Returns (n,) float32: each row of `own` (the images' descriptors) dotted with its row of
+    `stored` as saved in `dtype`; the cosine at which a query is the indexed image itself."""
+    rows = np.asarray(stored).astype(dtype).astype(np.float32)
+    return np.einsum("ij,ij->i", np.asarray(own, dtype=np.float32), rows).astype(np.float32)
 
 
 def _stamp(stat: os.stat_result) -> tuple[int, int]:
@@ -316,6 +343,8 @@ class _Cache:
                 for shard in self._shards():
                     shard.unlink()
         self.folder.mkdir(parents=True, exist_ok=True)
+        for left in [*self.folder.glob(".shard-*.tmp.npz"), *self.folder.glob(".*.tmp"), *self.folder.glob(".*.tmp.npz")]:
+            left.unlink(missing_ok=True)  # what a killed build was writing
         _atomic_write(state, json.dumps(self.key, indent=2).encode())
         entries: dict[str, _Entry] = {}
         for shard in self._shards():
@@ -340,18 +369,22 @@ class _Cache:
         offsets = np.zeros(len(rels) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(t) for t in thumbs])
         tmp = self.folder / f".shard-{seq:06d}.tmp.npz"
-        np.savez(
-            tmp,
-            relpaths=np.asarray(rels, dtype=str),
-            sizes=np.asarray([entries[r].size for r in rels], dtype=np.int64),
-            mtimes=np.asarray([entries[r].mtime for r in rels], dtype=np.int64),
-            vectors=np.stack([entries[r].vector for r in rels]).astype(np.float32),
-            thumbs=np.frombuffer(b"".join(thumbs), dtype=np.uint8),
-            offsets=offsets,
-        )
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.folder / f"shard-{seq:06d}.npz")
+        try:
+            np.savez(
+                tmp,
+                relpaths=np.asarray(rels, dtype=str),
+                sizes=np.asarray([entries[r].size for r in rels], dtype=np.int64),
+                mtimes=np.asarray([entries[r].mtime for r in rels], dtype=np.int64),
+                vectors=np.stack([entries[r].vector for r in rels]).astype(np.float32),
+                thumbs=np.frombuffer(b"".join(thumbs), dtype=np.uint8),
+                offsets=offsets,
+            )
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.folder / f"shard-{seq:06d}.npz")
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half shard behind
+            raise
 
     def compact(self, entries: dict[str, _Entry]) -> None:
         """Rewrites the cache as one shard of exactly `entries`, when it holds more than that."""
@@ -374,5 +407,9 @@ class _Cache:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -40,6 +40,7 @@ DATA_FILES = ("feature_list.npy", "feature_id.npy", "thumbnails.bin", "thumbnail
 WHITENING_FILES = ("whitening_mean.npy", "whitening_projection.npy")
 PREVIEW_FILES = ("previews.bin", "previews_offsets.npy")
 GRAPH_FILES = ("graph_indptr.npy", "graph_indices.npy", "graph_weights.npy")
+SELF_SIMILARITY_FILE = "self_similarity.npy"
 INDEX_FILES = (META_FILE, *DATA_FILES)
 ANN_FILE = "ann.faiss"
 DTYPES = ("float16", "float32")
@@ -68,6 +69,9 @@ class Index:
         whitening: applied to raw query descriptors before search, or None.
         ann: the index's ANN structure (`retrieval.ann.AnnIndex`), or None.
         graph: the database's diffusion graph (`retrieval.diffusion.Graph`), or None.
+        self_similarity: (n,) float32, the cosine of each image's own descriptor and its stored
+            row (below 1 where DBA mixed in neighbours): a query at that cosine is the image
+            itself. None for an index saved without it.
     """
 
     path: Path
@@ -83,6 +87,7 @@ class Index:
     _preview_offsets: np.ndarray | None = field(default=None, repr=False)
     graph: Graph | None = None
     _preview_file: OpenFile | None = field(default=None, repr=False)
+    self_similarity: np.ndarray | None = None
 
     def __post_init__(self):
         self._rows = {str(i): r for r, i in enumerate(self.ids)}
@@ -166,6 +171,7 @@ def save_index(
     dtype: str = "float16",
     keep: tuple[str, ...] = (".cache",),
     ann=None,
+    self_similarity: np.ndarray | None = None,
 ) -> Path:
     """Writes an index folder atomically and returns its path.
 
@@ -187,6 +193,8 @@ def save_index(
         graph: the diffusion graph of `features`, stored as its CSR arrays.
         dtype: "float16" (half the size) or "float32".
         ann: a `retrieval.ann.AnnIndex` over exactly these rows, saved as ann.faiss.
+        self_similarity: (n,) cosine of each image's descriptor before DBA and its row as stored
+            (see `Index.self_similarity`), or None.
 
     Raises:
         ValueError: on inconsistent inputs.
@@ -211,13 +219,16 @@ def save_index(
             raise ValueError(f"index metadata needs {key!r}")
     if whitening is not None and whitening.dim_out != features.shape[1]:
         raise ValueError("features do not have the whitening's output dimension")
+    if self_similarity is not None and np.shape(self_similarity) != (len(features),):
+        raise ValueError(f"self_similarity has shape {np.shape(self_similarity)} for {len(features)} rows")
     if graph is not None and len(graph) != len(features):
         raise ValueError(f"the graph has {len(graph)} nodes for {len(features)} rows")
     Pipeline.from_meta(meta["pipeline"])  # refuse a pipeline we could not rebuild at load time
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
+    # Named with our pid: a later build removes the folder of a save that was killed (see `recover_index_folder`).
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-{os.getpid()}-", dir=out_dir.parent))
     try:
         _save_rows(tmp / "feature_list.npy", features, dtype)
         np.save(tmp / "feature_id.npy", ids.astype(f"<U{max(1, max((len(i) for i in ids), default=1))}"))
@@ -239,6 +250,9 @@ def save_index(
             for name, array in zip(GRAPH_FILES, (graph.indptr, graph.indices, graph.weights)):
                 np.save(tmp / name, array)
             files += GRAPH_FILES
+        if self_similarity is not None:
+            np.save(tmp / SELF_SIMILARITY_FILE, np.asarray(self_similarity, dtype=np.float32))
+            files.append(SELF_SIMILARITY_FILE)
         full_meta = {
             **meta,
             "format_version": FORMAT_VERSION,
@@ -323,17 +337,42 @@ def _swap_in(new: Path, out_dir: Path, keep: tuple[str, ...]) -> None:
 
 
 def recover_index_folder(out_dir) -> None:
-    """Finishes a swap that a crash interrupted between its two renames (see `save_index`)."""
+    """Finishes a swap that a crash interrupted between its two renames (see `save_index`), then
+    removes what killed saves left beside the index: `.<name>.new-*` and `.<name>.old-*` folders
+    whose process is gone."""
     out_dir = Path(out_dir)
-    if out_dir.exists():
+    if not out_dir.exists():
+        for new in sorted(out_dir.parent.glob(f".{out_dir.name}.new-*")):
+            if (new / META_FILE).is_file() and not _owner_alive(new):
+                os.rename(new, out_dir)
+                break
+        else:
+            for old in sorted(out_dir.parent.glob(f".{out_dir.name}.old-*")):
+                os.rename(old, out_dir)
+                break
+    if not out_dir.exists():
         return
-    for new in sorted(out_dir.parent.glob(f".{out_dir.name}.new-*")):
-        if (new / META_FILE).is_file():
-            os.rename(new, out_dir)
-            return
-    for old in sorted(out_dir.parent.glob(f".{out_dir.name}.old-*")):
-        os.rename(old, out_dir)
-        return
+    for left in [*out_dir.parent.glob(f".{out_dir.name}.new-*"), *out_dir.parent.glob(f".{out_dir.name}.old-*")]:
+        if left.is_dir() and not _owner_alive(left):
+            shutil.rmtree(left, ignore_errors=True)
+
+
+def _owner_alive(folder: Path) -> bool:
+    """Tells whether the process that named `folder` (".x.new-PID-..." or ".x.old-PID") still runs."""
+    tail = folder.name.rsplit(".new-", 1)[-1] if ".new-" in folder.name else folder.name.rsplit(".old-", 1)[-1]
+    head = tail.split("-", 1)[0]
+    if not head.isdigit():
+        return False  # named before pids were: by a process long gone
+    pid = int(head)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, another user's
+        return True
+    return True
 
 
 def read_meta(path) -> dict:
@@ -392,6 +431,8 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
     has_previews = "previews.bin" in meta["files"]
     expected += list(PREVIEW_FILES) if has_previews else []
     expected += list(GRAPH_FILES) if meta.get("graph") else []
+    has_self = SELF_SIMILARITY_FILE in meta["files"]
+    expected += [SELF_SIMILARITY_FILE] if has_self else []
     for name in expected:
         file = path / name
         if not file.is_file():
@@ -462,12 +503,21 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
     # Small indexes keep their thumbnails in memory; a large one reads each by offset when asked.
     thumbs = (path / "thumbnails.bin").read_bytes() if not mapped else b""
     graph = _load_graph(path, meta) if meta.get("graph") else None
+    self_similarity = None
+    if has_self:
+        try:
+            self_similarity = np.load(path / SELF_SIMILARITY_FILE, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise IndexFormatError(f"{path}: {SELF_SIMILARITY_FILE} cannot be read ({e})") from None
+        if self_similarity.shape != (n,) or self_similarity.dtype != np.float32 or not np.isfinite(self_similarity).all():
+            raise IndexFormatError(f"{path}: {SELF_SIMILARITY_FILE} is not {n} finite float32 values")
     # Files read later are opened now: after save_index replaces the folder, this index still reads
     # its own files (the old or the new index, never a mix).
     return Index(path, features, ids, meta, whitening, thumbs, offsets, ann=ann, graph=graph,
                  _thumbnail_file=OpenFile(path / "thumbnails.bin") if mapped else None,
                  _preview_offsets=preview_offsets,
-                 _preview_file=OpenFile(path / "previews.bin") if has_previews else None)
+                 _preview_file=OpenFile(path / "previews.bin") if has_previews else None,
+                 self_similarity=self_similarity)
 
 
 def _load_ann(path: Path, meta: dict):

@@ -76,8 +76,12 @@ def _save(cache_file: Path, side: int, rels: list[str], stamps: list[tuple[int, 
     offsets[1:] = np.cumsum([len(p) for p in previews])
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_name(f".{cache_file.stem}.tmp.npz")
-    np.savez(tmp, side=np.int64(side), relpaths=np.asarray(rels, dtype=str),
-             sizes=np.asarray([s for s, _ in stamps], dtype=np.int64),
-             mtimes=np.asarray([m for _, m in stamps], dtype=np.int64),
-             blob=np.frombuffer(b"".join(previews), dtype=np.uint8), offsets=offsets)
-    os.replace(tmp, cache_file)
+    try:
+        np.savez(tmp, side=np.int64(side), relpaths=np.asarray(rels, dtype=str),
+                 sizes=np.asarray([s for s, _ in stamps], dtype=np.int64),
+                 mtimes=np.asarray([m for _, m in stamps], dtype=np.int64),
+                 blob=np.frombuffer(b"".join(previews), dtype=np.uint8), offsets=offsets)
+        os.replace(tmp, cache_file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half file behind
+        raise

@@ -291,7 +291,7 @@ def test_recover_from_a_crash_after_the_old_index_moved_away(tmp_path):
     (tmp_path / "next" / "idx").rename(tmp_path / ".idx.new-abc")
     recover_index_folder(out)
     assert len(load_index(out)) == 6  # the complete new index wins
-    assert (tmp_path / ".idx.old-123").is_dir()  # left for save_index's next swap to clear
+    assert not (tmp_path / ".idx.old-123").exists()  # its process is gone: removed
 
 
 def test_recover_refuses_a_half_written_new_index_and_restores_the_old_one(tmp_path):
@@ -302,7 +302,32 @@ def test_recover_refuses_a_half_written_new_index_and_restores_the_old_one(tmp_p
     (half / "feature_list.npy").write_bytes(b"partial")  # interrupted before index.json was written
     recover_index_folder(out)
     assert len(load_index(out)) == 4
-    assert half.is_dir() and not (half / "index.json").exists()
+    assert not half.exists()  # a killed save's half-written folder is removed
+
+
+def test_recover_removes_what_a_killed_save_left_beside_a_present_index(tmp_path):
+    import subprocess
+    import sys
+
+    out, *_ = make(tmp_path, n=4)
+    old_style = tmp_path / ".idx.new-k2j4x0"  # named before pids were
+    old_style.mkdir()
+    (old_style / "feature_list.npy").write_bytes(b"partial")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        gone, running = tmp_path / f".idx.new-{dead.pid}-ab12", tmp_path / f".idx.new-{alive.pid}-cd34"
+        for folder in (gone, running):
+            folder.mkdir()
+            (folder / "feature_list.npy").write_bytes(b"partial")
+        recover_index_folder(out)
+        assert not old_style.exists() and not gone.exists()
+        assert running.is_dir()  # another build writing into the same folder right now
+        assert len(load_index(out)) == 4
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 def test_recover_leaves_a_present_index_alone(tmp_path):
