@@ -558,12 +558,22 @@ def extract_features(
     return np.ascontiguousarray(np.stack(out), dtype=np.float32)
 
 
-def embed_image(network, image, pipeline: Pipeline, *, box=None) -> np.ndarray:
+def embed_image(network, image, pipeline: Pipeline, *, box=None, preview_side: int | None = None) -> np.ndarray:
     """Returns the (d,) float32 L2-normalised descriptor of one image, optionally cropped to `box`.
+
+    A whole file (a path or encoded bytes, no box) is decoded as a build decodes it, JPEG draft
+    included, so that an indexed photo sent as a query gets its indexed descriptor. `preview_side`
+    is the preview size that build stored (index.json "preview_side"): it sets how far the
+    decoder may scale a JPEG down.
 
     Raises:
         ImageError: for an undecodable image or an empty crop.
     """
+    if box is None and isinstance(image, (str, Path, bytes)):
+        item = next(iter_features(network, [image], pipeline, batch_size=1, workers=1, preview_side=preview_side))
+        if item.error:
+            raise ImageError(item.error)
+        return item.vector
     image = load_image(image)
     if box is not None:
         image = crop_box(image, box)

@@ -26,8 +26,10 @@ def index(tiny, tmp_path_factory):
 def test_search_is_embedding_then_expanded_exact_search(tiny, index):
     idx, root = index
     engine = SearchEngine(idx, tiny, backend="exact")
-    result = engine.search(root / "p05.png", 4)
-    q = embed_image(tiny, root / "p05.png", PIPE)
+    # A crop: not an indexed photo, so nothing is put first (see test_an_indexed_photo_...).
+    crop = Image.open(root / "p05.png").crop((5, 5, 70, 55))
+    result = engine.search(crop, 4)
+    q = embed_image(tiny, crop, PIPE)
     first = np.argsort(-(idx.features @ q), kind="stable")[:3]
     expanded = alpha_query_expansion(q[None], idx.features, first[None], k=3)[0]
     want = np.argsort(-(idx.features @ expanded), kind="stable")[:4]
@@ -204,9 +206,10 @@ def test_engine_diffusion_ranks_as_the_evaluation_does(tiny, diffusion_index, ba
     queries = np.stack([engine.embed(root / f"p{i:02d}.png") for i in range(12)])
     # The index holds DBA'd rows already; the evaluation rebuilds the graph from them.
     ranks, _ = rank_queries(idx.features, queries, backend=backend, qe=2, dba=0, diffusion=settings)
-    for q, want in zip(queries, ranks):
+    for i, (q, want) in enumerate(zip(queries, ranks)):
+        # Each query is an indexed photo: the engine puts it first, the rest as the evaluation ranks them.
         result = engine._search_vector(q, 12, embed_ms=0.0)
-        assert result.ids == [idx.ids[r] for r in want]
+        assert result.ids == [f"p{i:02d}"] + [idx.ids[r] for r in want if r != idx.row_of(f"p{i:02d}")]
         assert result.scores[0] == 1.0 and result.scores == sorted(result.scores, reverse=True)
     without = SearchEngine(idx, tiny, backend=backend, diffusion=False)._search_vector(queries[0], 12, embed_ms=0.0)
     plain, _ = rank_queries(idx.features, queries[:1], backend=backend, qe=2, dba=0)
@@ -238,26 +241,90 @@ def test_an_index_with_an_ann_structure_is_searched_through_it(tiny, ann_index, 
 
 @pytest.mark.parametrize("raw, want", [
     # Diffusion may rank a neighbour above the image itself: the image is moved to the front.
-    ((["p01", "p03", "p02"], [1.0, 0.9, 0.5]), (["p03", "p01", "p02"], [1.0, 1.0, 0.5])),
+    (([1, 3, 2], [1.0, 0.9, 0.5]), ([3, 1, 2], [1.0, 1.0, 0.5])),
     # The image is not among the k at all: it comes first and the last result drops out.
-    ((["p01", "p02", "p04"], [1.0, 0.8, 0.7]), (["p03", "p01", "p02"], [1.0, 1.0, 0.8])),
+    (([1, 2, 4], [1.0, 0.8, 0.7]), ([3, 1, 2], [1.0, 1.0, 0.8])),
     # Already first: unchanged.
-    ((["p03", "p01", "p02"], [1.0, 0.6, 0.2]), (["p03", "p01", "p02"], [1.0, 0.6, 0.2])),
+    (([3, 1, 2], [1.0, 0.6, 0.2]), ([3, 1, 2], [1.0, 0.6, 0.2])),
 ])
-def test_search_by_id_puts_the_image_itself_first(tiny, index, monkeypatch, raw, want):
-    from retrieval.engine import SearchResult
+def test_put_first_moves_the_image_itself_to_rank_1(raw, want):
+    from retrieval.engine import put_first
 
-    idx, _ = index
+    assert put_first(*raw, 3) == want
+    assert put_first(*raw, None) == raw
+
+
+def test_search_by_id_searches_its_stored_row_and_puts_it_first(tiny, diffusion_index):
+    idx, _, _ = diffusion_index
     engine = SearchEngine(idx, tiny)
-    asked = []
+    for image_id in idx.ids[:6]:
+        result = engine.search_id(str(image_id), 4)
+        assert result.ids[0] == image_id and result.embed_ms == 0.0
+        plain = engine._search_vector(idx.features[idx.row_of(str(image_id))], 4, embed_ms=0.0, same=None)
+        assert set(result.ids[1:]) <= set(plain.ids)
 
-    def ranked(vector, k, *, embed_ms):
-        asked.append((vector, k))
-        return SearchResult(list(raw[0]), list(raw[1]), embed_ms, 1.0)
 
-    monkeypatch.setattr(engine, "_search_vector", ranked)
-    result = engine.search_id("p03", 3)
-    assert (result.ids, result.scores) == want
-    # It searches with the stored descriptor of that image.
-    np.testing.assert_array_equal(asked[0][0], idx.features[idx.row_of("p03")])
-    assert asked[0][1] == 3
+# An indexed photo sent as a query ------------------------------------------------------------------
+
+def test_self_similarity_is_each_photos_own_cosine_with_its_stored_row(tiny, diffusion_index):
+    idx, root, _ = diffusion_index
+    engine = SearchEngine(idx, tiny)
+    assert idx.self_similarity.shape == (12,) and idx.self_similarity.dtype == np.float32
+    for i in range(12):
+        q = engine.embed(root / f"p{i:02d}.png")  # the file as a query: the build's own decoding
+        row = idx.row_of(f"p{i:02d}")
+        assert float(idx.features[row] @ q) == pytest.approx(float(idx.self_similarity[row]), abs=1e-6)
+    assert (idx.self_similarity < 0.9999).any()  # DBA mixed neighbours into the rows
+
+
+def test_an_indexed_photo_sent_as_a_file_comes_first_with_dba_qe_and_diffusion(tiny, diffusion_index, monkeypatch):
+    import retrieval.engine as engine_module
+
+    idx, root, _ = diffusion_index
+    engine = SearchEngine(idx, tiny)
+    firsts = [engine.search(root / f"p{i:02d}.png", 5).ids[0] for i in range(12)]
+    assert firsts == [f"p{i:02d}" for i in range(12)]
+    data = (root / "p07.png").read_bytes()
+    assert engine.search(data, 5).ids[0] == "p07"  # encoded bytes, as POST /api/search sends them
+    # Without the rule, re-ranking puts another photo first for at least one of them: the rule is what holds.
+    monkeypatch.setattr(engine_module, "DUPLICATE_TOLERANCE", -1.0)
+    assert [engine.search(root / f"p{i:02d}.png", 5).ids[0] for i in range(12)] != firsts
+
+
+def test_a_query_that_is_not_an_indexed_photo_is_not_put_first(tiny, diffusion_index):
+    idx, root, _ = diffusion_index
+    engine = SearchEngine(idx, tiny)
+    for i in range(12):
+        crop = Image.open(root / f"p{i:02d}.png").crop((4, 4, 60, 44))
+        q = engine.embed(crop)
+        scores, rows = engine.searcher.search(q, 8)
+        assert engine.duplicate_row(scores[0], rows[0]) is None
+
+
+def test_duplicate_row_picks_the_row_closest_to_its_own_cosine(tiny, diffusion_index):
+    idx, _, _ = diffusion_index
+    engine = SearchEngine(idx, tiny)
+    own = idx.self_similarity
+    rows = np.array([0, 1, 2])
+    # Row 0 is above its own cosine by 5e-5, row 1 exactly at it: row 1 is the photo.
+    scores = np.array([own[0] + 5e-5, own[1], own[2] - 0.3])
+    assert engine.duplicate_row(scores, rows) == 1
+    assert engine.duplicate_row(np.array([own[0] + 2e-4, own[1] - 2e-4, own[2]]), rows) == 2
+    assert engine.duplicate_row(np.array([own[0] + 2e-4, own[1] - 2e-4, own[2] + 0.01]), rows) is None
+    assert engine.duplicate_row(np.array([own[0], own[1]]), np.array([-1, 1])) == 1  # -1: ANN padding
+
+
+def test_without_self_similarities_an_index_without_dba_uses_cosine_1_and_one_with_dba_none(tiny, index,
+                                                                                             diffusion_index):
+    plain, root = index
+    engine = SearchEngine(plain, tiny)
+    plain.self_similarity = None  # as an index saved before self-similarities were
+    assert engine.duplicate_row(np.array([0.99995, 0.98]), np.array([3, 4])) == 3
+    assert engine.duplicate_row(np.array([0.9998, 0.98]), np.array([3, 4])) is None
+    augmented, _, _ = diffusion_index
+    old = SearchEngine(augmented, tiny)
+    kept, augmented.self_similarity = augmented.self_similarity, None
+    try:
+        assert old.duplicate_row(np.array([1.0, 0.98]), np.array([3, 4])) is None
+    finally:
+        augmented.self_similarity = kept
