@@ -19,6 +19,8 @@ import io
 import logging
 import os
 import shutil
+import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -39,13 +41,14 @@ from gradio.data_classes import FileData
 from gradio_client import utils as client_utils
 from PIL import Image
 
-from retrieval.build import BuildError
+from retrieval.build import BuildError, os_message
 from retrieval.engine import SearchEngine
 from retrieval.features import ImageError, crop_box, load_image
 from retrieval.hub import HubError, pull_index
 from retrieval.index import Index, IndexFormatError, load_index
 from retrieval.matchview import match_view
-from retrieval.networks import NetworkError, build_network
+from webapp.guard import (NOT_UPLOADED, NotUploaded, RequestLimits, checked_upload, refuse_non_uploads_in_our_words,
+                          return_freed_memory)
 
 DEFAULT_INDEX = Path(__file__).resolve().parent / "index"
 DEFAULT_K = 20
@@ -186,6 +189,7 @@ DRAG_JS = """
 URL_MESSAGE = ("URLs are not fetched: send the image file itself (gradio_client: handle_file(path) of a local "
                "file; HTTP: multipart field \"image\").")
 EDITOR_KEYS = ("background", "composite", "layers")
+NO_IMAGE = "Upload an image first (or pick one of the examples)."
 log = logging.getLogger("landmark-search")
 
 
@@ -264,23 +268,26 @@ def refuse_urls(component: gr.components.Component) -> gr.components.Component:
 
 
 def uploaded_path(value) -> str | None:
-    """Returns the path of the file a request carries: a FileData dict or the editor's {"background": ...}.
+    """Returns the path of the file a request uploaded: a FileData dict or the editor's {"background": ...}.
 
-    Only dicts Gradio recognised as files (meta "gradio.FileData") count: those it checked to be
-    uploads in its own cache. Anything else is refused, so no request can name a server path.
+    Only files in Gradio's upload folder count (`webapp.guard.checked_upload`): a dict that names
+    any other server path is refused with one message, whether that path exists or not.
 
     Raises:
-        QueryError: a URL, a bare string, or another value that is not an uploaded file.
+        QueryError: a URL, a bare string, a path that is not an upload, or another value.
     """
     if value is None or value == "":
         return None
     if isinstance(value, dict) and not value.get("path") and any(k in value for k in EDITOR_KEYS):
         return uploaded_path(value.get("composite") or value.get("background"))
     if isinstance(value, dict) and (value.get("meta") or {}).get("_type") == "gradio.FileData" and value.get("path"):
-        return str(value["path"])
+        try:
+            return checked_upload(str(value["path"]))
+        except NotUploaded as e:
+            raise QueryError("Not an image", str(e)) from None
     if isinstance(value, str) and client_utils.is_http_url_like(value):
         raise QueryError("Not an image", URL_MESSAGE)
-    raise QueryError("Not an image", "The image must be an uploaded file: handle_file(path) with gradio_client.")
+    raise QueryError("Not an image", NOT_UPLOADED)
 
 
 def query_file() -> Api:
@@ -430,12 +437,14 @@ def run_query(engine: SearchEngine, thumbnails: Thumbnails, image, k=DEFAULT_K, 
     k = check_k(engine, k)
     parsed_box = parse_box(box)
     if image is None:
-        raise QueryError("No image", "Upload an image first (or pick one of the examples).")
+        raise QueryError("No image", NO_IMAGE)
     unedited = (source is not None and source in engine.index and isinstance(image, str)
                 and thumbnails.is_unedited(source, image))
-    picture = decode_query(image)
-    searched = {"id": source if unedited else None, "image": picture}
+    # Decoding is the costliest step in memory (about 0.9 GB for a 99-megapixel PNG): under the gate,
+    # so that no two run at once, whichever way the queries came in.
     with gate or nullcontext():
+        picture = decode_query(image)
+        searched = {"id": source if unedited else None, "image": picture}
         if unedited and parsed_box is None:
             # A whole index image: its stored descriptor is the exact one, made from the full-size photo.
             return engine.search_id(source, k), searched
@@ -445,11 +454,13 @@ def run_query(engine: SearchEngine, thumbnails: Thumbnails, image, k=DEFAULT_K, 
         except ImageError as e:
             raise QueryError("Empty crop", f"The crop is empty: {e}.") from None
         if max(picture.size) > QUERY_MAX_SIDE:
-            picture = picture.copy()
-            picture.thumbnail((QUERY_MAX_SIDE, QUERY_MAX_SIDE), Image.BILINEAR)
+            picture.thumbnail((QUERY_MAX_SIDE, QUERY_MAX_SIDE), Image.BILINEAR)  # in place: no second full copy
         searched["image"] = picture
+        # A whole file goes to the engine as it came, to be decoded as the build decoded it: an indexed
+        # photo sent as a query then has its indexed descriptor, and comes first (SearchEngine.duplicate_row).
+        whole_file = parsed_box is None and isinstance(image, (str, bytes))
         try:
-            return engine.search(picture, k), searched
+            return engine.search(image if whole_file else picture, k), searched
         except ImageError as e:
             raise QueryError("Not a usable image", f"This image cannot be searched: {e}.") from None
 
@@ -527,10 +538,13 @@ def match_api(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, image, b
         on one geometry (RANSAC inliers of a homography, as retrieval/verify.py counts them).
     """
     try:
-        picture = decode_query(uploaded_path(image))
-        parsed = parse_box(box)
-        if parsed is not None:
-            picture = crop_box(picture, parsed)
+        path, parsed = uploaded_path(image), parse_box(box)
+        if path is None:
+            raise QueryError("No image", NO_IMAGE)
+        with gate or nullcontext():
+            picture = decode_query(path)
+            if parsed is not None:
+                picture = crop_box(picture, parsed)
         view, count = match(engine, thumbnails, picture, id, gate=gate)
     except ImageError as e:
         raise refused(QueryError("Empty crop", f"The crop is empty: {e}.")) from None
@@ -573,12 +587,16 @@ def describe(timings: dict | None, searched: dict | None, source: str | None, bo
             gr.update(value=link, visible=bool(link)), gr.update(visible=not link))
 
 
-def check_upload(value: dict | None):
-    """Checks an upload as it arrives: an unusable file is said so at once and cleared from the editor."""
+def check_upload(value: dict | None, gate: Gate | None = None):
+    """Checks an upload as it arrives: an unusable file is said so at once and cleared from the editor.
+
+    The decoding waits for the gate, as a search does: uploads do not decode side by side.
+    """
     try:
         path = uploaded_path(value)
         if path is not None:
-            decode_query(path)
+            with gate or nullcontext():
+                decode_query(path)
     except QueryError as e:
         log.info("refused upload: %s: %s", e.title, e)
         gr.Warning(str(e), title=e.title)
@@ -707,7 +725,10 @@ def build_demo(engine: SearchEngine, thumbnails: Thumbnails, *, concurrency: int
                          preprocess=False)
         gr.on([button.click, box.submit], run, **search_io, api_visibility="private", **engine_limit,
               trigger_mode="always_last").success(**show).success(**full_link)
-        query.upload(check_upload, inputs=query, outputs=[query, box, source], api_visibility="private",
+        def on_upload(value):
+            return check_upload(value, gate)
+
+        query.upload(on_upload, inputs=query, outputs=[query, box, source], api_visibility="private",
                      concurrency_limit=None, preprocess=False)
         query.clear(lambda: ("", None), outputs=[box, source], api_visibility="private", queue=False)
 
@@ -808,6 +829,8 @@ def build_from_images(images: Path, out: Path, network_name: str, weights: str, 
             bar.total = total
             bar.update(done - bar.n)
 
+        from retrieval.networks import build_network
+
         network = build_network(network_name, weights=weights, **(runtime or {}))
         report = build_index(images, out, network, DEFAULT.descriptor,
                              dba=DEFAULT.dba, qe=DEFAULT.qe, alpha=DEFAULT.alpha, diffusion=DEFAULT.diffusion,
@@ -825,6 +848,8 @@ def runtime_kwargs(args: argparse.Namespace) -> dict:
 def load_engine(index: Index, runtime: dict | None = None) -> SearchEngine:
     """Returns a warmed-up engine over `index`, with the network recorded in it, run by the runtime
     that `runtime` (build_network's runtime, precision and cache_dir) names."""
+    from retrieval.networks import build_network  # TensorFlow: imported once the port and the index are known
+
     network = build_network(index.meta["network"], weights=index.meta["weights"], **(runtime or {}))
     print(network.describe(), file=sys.stderr, flush=True)
     engine = SearchEngine(index, network)
@@ -833,67 +858,191 @@ def load_engine(index: Index, runtime: dict | None = None) -> SearchEngine:
 
 
 HTTP_STATUS = {"Not a usable image": 415, "Too large": 413, "Busy": 503}
+# Plain HTTP callers admitted at once: the rest get 503 without a byte of their body read. Each one
+# admitted holds its upload (at most MAX_FILE_BYTES) and a thread while it waits for the gate; 16
+# bound that to 320 MB, and 16 queries are a few seconds of work (benchmarks.abuse, README "Abuse").
+HTTP_MAX_WAITING = 16
+# A request body may carry one file of MAX_FILE_BYTES and a little multipart framing; an address
+# (path or query string) 8 KiB, as most servers allow.
+MAX_BODY_BYTES = MAX_FILE_BYTES + 256 * 1024
+MAX_URL_BYTES = 8 * 1024
 
 
-def http_search(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, data: bytes | None, k, box) -> tuple[int, dict]:
+def http_search(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, data: bytes | None, k, box, *,
+                admitted: bool = False) -> tuple[int, dict]:
     """Runs one query of the plain HTTP endpoint; returns (status, JSON body).
 
     The same checks and messages as /search; errors are {"error", "title"} with an HTTP status.
+    `admitted`: the caller already holds a place in the gate's waiting room (see `add_http_api`).
     """
     try:
         if data is not None and len(data) > MAX_FILE_BYTES:
             raise QueryError("Too large", f"The file is over the {MAX_FILE_SIZE} upload limit.")
-        if not gate.try_wait():
-            raise QueryError("Busy", f"{gate.max_waiting} queries are already waiting; try again in a moment.")
+        if not admitted and not gate.try_wait():
+            raise QueryError("Busy", busy_message(gate))
         try:
             k = int(k) if str(k).strip().isascii() and str(k).strip().isdigit() else k  # not "²"
             result, _ = run_query(engine, thumbnails, data or None, k, box, gate=gate)
         finally:
-            gate.done_waiting()
+            if not admitted:
+                gate.done_waiting()
     except QueryError as e:
-        log.info("refused (HTTP): %s: %s", e.title, e)
-        return HTTP_STATUS.get(e.title, 400), {"error": str(e), "title": e.title}
+        return http_error(e)
     return 200, {"results": result.to_records(), "timings": timings_of(result, engine)}
 
 
+def busy_message(gate: Gate) -> str:
+    return f"{gate.max_waiting} queries are already waiting; try again in a moment."
+
+
+def http_error(e: QueryError) -> tuple[int, dict]:
+    """Returns (status, {"error", "title"}) of a refused HTTP query, after one log line."""
+    log.info("refused (HTTP): %s: %s", e.title, e)
+    return HTTP_STATUS.get(e.title, 400), {"error": str(e), "title": e.title}
+
+
+async def read_image_field(request: fastapi.Request):
+    """Returns the multipart field "image" of a request as an UploadFile, or None when there is none.
+
+    Raises:
+        QueryError: the body is not multipart form data, or "image" is text, not a file.
+    """
+    from starlette.datastructures import UploadFile as StarletteUpload
+    from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException
+
+    try:
+        form = await request.form(max_files=1, max_fields=16)
+    except (MultiPartException, HTTPException, AssertionError, ValueError) as e:
+        why = getattr(e, "detail", None) or getattr(e, "message", None) or str(e)
+        raise QueryError("Bad request", f"Send the image as multipart form data, field \"image\" ({why}).") from None
+    image = form.get("image")
+    if image is None:
+        others = [name for name, value in form.multi_items() if isinstance(value, StarletteUpload)]
+        if others:
+            raise QueryError("No image", f"The file must be sent as the multipart field \"image\", not "
+                             f"{others[0][:40]!r} (curl -F image=@photo.jpg).")
+        return None
+    if not isinstance(image, StarletteUpload):
+        raise QueryError("No image", "The field \"image\" must be a file, not text (curl -F image=@photo.jpg).")
+    return image
+
+
 def add_http_api(app, engine: SearchEngine, thumbnails: Thumbnails, gate: Gate) -> None:
-    """Adds POST /api/search?k=&box= with a multipart "image" file: [{rank, id, score}] and timings in one request."""
+    """Adds POST /api/search?k=&box= with a multipart "image" file: [{rank, id, score}] and timings in one request.
+
+    A caller beyond the gate's `max_waiting` admitted ones gets 503 at once, before its body is
+    read; the admitted ones wait for the gate in threads of their own, not in the server's shared pool.
+    """
+    import anyio
+    from fastapi.exceptions import RequestValidationError
+
+    gate = gate
+    threads = anyio.CapacityLimiter(max(1, gate.max_waiting))
+
     @app.post("/api/search")
-    def api_search(image: UploadFile | None = File(None), k: str | None = Query(None), box: str = Query("")):
-        data = None if image is None else image.file.read(MAX_FILE_BYTES + 1)
-        k = min(DEFAULT_K, max_k(engine)) if k is None else k  # as /search: 20, or every image of a smaller index
-        status, body = http_search(engine, thumbnails, gate, data, k, box)
+    async def api_search(request: fastapi.Request, k: str | None = Query(None), box: str = Query("")):
+        if not gate.try_wait():
+            status, body = http_error(QueryError("Busy", busy_message(gate)))
+            return JSONResponse(body, status_code=status, headers={"Retry-After": "1"})
+        try:
+            try:
+                image = await read_image_field(request)
+                data = None if image is None else await image.read(MAX_FILE_BYTES + 1)
+            except QueryError as e:
+                status, body = http_error(e)
+                return JSONResponse(body, status_code=status)
+            k = min(DEFAULT_K, max_k(engine)) if k is None else k  # as /search: 20, or every image of a smaller index
+            status, body = await anyio.to_thread.run_sync(
+                partial(http_search, engine, thumbnails, gate, data, k, box, admitted=True), limiter=threads)
+            return JSONResponse(body, status_code=status)
+        finally:
+            gate.done_waiting()
+
+    @app.get("/api/search")
+    def api_search_get():
+        status, body = http_error(QueryError(
+            "Use POST", "Search with POST /api/search and the image as the multipart field \"image\" "
+            "(curl -F image=@photo.jpg 'http://HOST/api/search?k=10')."))
+        return JSONResponse(body, status_code=405, headers={"Allow": "POST"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc):  # never FastAPI's 422, which echoes the input back
+        status, body = http_error(QueryError("Bad request", "The request is not what this endpoint takes: "
+                                             "POST /api/search?k=&box= with the multipart field \"image\"."))
         return JSONResponse(body, status_code=status)
 
 
-def serve(engine: SearchEngine, *, host: str, port: int, concurrency: int) -> None:
-    """Serves the UI, its Gradio API and the plain HTTP endpoint on one port, sharing one engine budget."""
+def bind(host: str, port: int) -> socket.socket:
+    """Returns a socket bound to host:port, for the server to listen on once the index is loaded.
+
+    Bound first, before anything slow: a port in use is said at once, and nothing claims to serve.
+
+    Raises:
+        SystemExit: the port cannot be had; one line, exit status 1.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise SystemExit(f"Cannot serve on {host}:{port}: {e.strerror or e}. Is another program using it? "
+                         "Choose another with --port.") from None
+    return sock
+
+
+def serve(engine: SearchEngine, *, sock: socket.socket, concurrency: int) -> None:
+    """Serves the UI, its Gradio API and the plain HTTP endpoint on one port, sharing one engine budget.
+
+    The thumbnail folder is removed however the server stops: Ctrl-C, SIGTERM (as a Space stops
+    it) or an error.
+    """
     folder = Path(tempfile.mkdtemp(prefix="landmark-thumbnails-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    thumbnails = Thumbnails(engine.index, folder)
-    gate = Gate(concurrency, QUEUE_MAX_SIZE)
-    demo = build_demo(engine, thumbnails, concurrency=concurrency, gate=gate)
-    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=concurrency)
-    app = fastapi.FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    add_http_api(app, engine, thumbnails, gate)  # before the mount, which takes every other path
-    app = gr.mount_gradio_app(
-        app, demo, path="", max_file_size=MAX_FILE_SIZE, allowed_paths=[], ssr_mode=False, show_error=False,
-        footer_links=["api", "gradio"], css=CSS, theme=gr.themes.Soft(), js=DRAG_JS,
-    )
-    print(f"Serving on http://{host}:{port} (HTTP API: POST /api/search)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # uvicorn re-raises the signal that stopped it; as SystemExit, not the default handler's
+    # immediate exit, it runs the `finally` below and the atexit handlers.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    try:
+        thumbnails = Thumbnails(engine.index, folder)
+        gate = Gate(concurrency, HTTP_MAX_WAITING)
+        demo = build_demo(engine, thumbnails, concurrency=concurrency, gate=gate)
+        demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=concurrency)
+        app = fastapi.FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+        add_http_api(app, engine, thumbnails, gate)  # before the mount, which takes every other path
+        app = gr.mount_gradio_app(
+            app, demo, path="", max_file_size=MAX_FILE_SIZE, allowed_paths=[], ssr_mode=False, show_error=False,
+            footer_links=["api", "gradio"], css=CSS, theme=gr.themes.Soft(), js=DRAG_JS,
+        )
+        # Gradio checks that inputs are uploads and outputs allowed files only once it has
+        # launched, which mounting never says: say it, so its own checks run too.
+        demo.has_launched = True
+        refuse_non_uploads_in_our_words()
+        guarded = RequestLimits(app, max_body=MAX_BODY_BYTES, max_url=MAX_URL_BYTES)
+        host, port = sock.getsockname()[:2]
+        print(f"Serving on http://{host}:{port} (HTTP API: POST /api/search)", file=sys.stderr, flush=True)
+        uvicorn.Server(uvicorn.Config(guarded, log_level="warning")).run(sockets=[sock])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    sock = bind(args.host, args.port)
+    return_freed_memory()
+    from retrieval.networks import NetworkError  # imports TensorFlow: after the port is ours
+
     started = time.perf_counter()
     try:
         engine = load_engine(open_index(args, os.environ), runtime_kwargs(args))
     except (IndexFormatError, FileNotFoundError, NetworkError, BuildError, HubError) as e:
         raise SystemExit(f"Cannot serve this index: {e}") from None
+    except OSError as e:  # a full disk, a read-only or forbidden folder while indexing --images
+        raise SystemExit(f"Cannot serve this index: {os_message(e)}") from None
     print(f"Loaded {len(engine)} images in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
-    serve(engine, host=args.host, port=args.port, concurrency=args.concurrency)
+    serve(engine, sock=sock, concurrency=args.concurrency)
 
 
 if __name__ == "__main__":

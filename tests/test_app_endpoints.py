@@ -25,7 +25,7 @@ from PIL import Image
 import app
 from retrieval.matchview import match_view
 
-from tests.test_app_handlers import N, served  # noqa: F401  (the same tiny 12-photo index, one fixture)
+from tests.test_app_handlers import N, served, uploads_under_pytest_temp  # noqa: F401  (the same tiny index; uploads)
 
 LOGGER = "landmark-search"
 
@@ -228,8 +228,7 @@ def test_search_api_refuses_urls_paths_and_bad_k(served, caplog):
     gate = app.Gate(1, 1)
     assert refusal(app.search_api, engine, thumbs, gate, "https://example.com/a.jpg", 3) == (
         "Not an image", app.URL_MESSAGE)
-    assert refusal(app.search_api, engine, thumbs, gate, str(root / "p01.png"), 3) == (
-        "Not an image", "The image must be an uploaded file: handle_file(path) with gradio_client.")
+    assert refusal(app.search_api, engine, thumbs, gate, str(root / "p01.png"), 3) == ("Not an image", app.NOT_UPLOADED)
     assert refusal(app.search_api, engine, thumbs, gate, None, 3) == (
         "No image", "Upload an image first (or pick one of the examples).")
     assert refusal(app.search_api, engine, thumbs, gate, upload(root / "p01.png"), 0) == (
@@ -323,7 +322,7 @@ def test_match_api_holds_the_gate_while_matching(served, monkeypatch):
     log = []
     monkeypatch.setattr(app, "match_view", spy(log, app.match_view))
     app.match_api(engine, thumbs, RecordingGate(log), upload(root / "p04.png"), "", "p04")
-    assert log == ["enter", "work", "exit"]
+    assert log == ["enter", "exit", "enter", "work", "exit"]  # decoding, then matching: each under the gate
 
 
 def test_show_match_opens_the_view_of_the_clicked_result(served):

@@ -27,6 +27,16 @@ PIPE = Pipeline(max_side=64)
 N = 12
 
 
+@pytest.fixture(autouse=True)
+def uploads_under_pytest_temp(tmp_path_factory, monkeypatch):
+    """Gradio's upload folder is pytest's temporary folder here: the files these tests make count as uploads.
+
+    The handlers open only files under GRADIO_TEMP_DIR (webapp.guard.checked_upload); tests/test_abuse.py
+    checks that anything else is refused.
+    """
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.getbasetemp()))
+
+
 @pytest.fixture(scope="module")
 def served(tiny, tmp_path_factory):
     """(engine, thumbnails, photos folder) over 12 random photos, thumbnails as the app serves them."""
@@ -110,9 +120,8 @@ def test_big_queries_are_downscaled_to_2048_pixels(served, tmp_path):
     big.save(tmp_path / "big.png")
     _, records, _, searched = app.search(engine, thumbs, editor(tmp_path / "big.png"), 3)
     assert searched["image"].size == (2048, 1536)
-    small = big.copy()
-    small.thumbnail((2048, 2048), Image.BILINEAR)
-    assert records == engine.search(small, 3).to_records()
+    # The search itself decodes the whole file as the build does (an indexed photo then matches itself).
+    assert records == engine.search(str(tmp_path / "big.png"), 3).to_records()
     for size, searched_size in (((2048, 1536), (2048, 1536)), ((1537, 2049), (1536, 2048))):
         Image.open(root / "p02.png").resize(size, Image.NEAREST).save(tmp_path / "edge.png")
         assert app.search(engine, thumbs, editor(tmp_path / "edge.png"), 3)[3]["image"].size == searched_size
@@ -159,12 +168,13 @@ def test_parse_box():
 def test_the_editor_value_shown_is_the_one_searched(tmp_path):
     # editor_image is gone: the UI hands the file unprocessed and uploaded_path picks composite over background.
     def fd(name):
+        (tmp_path / name).write_bytes(b"")  # an upload, under Gradio's upload folder (see uploads_under_pytest_temp)
         return {"path": str(tmp_path / name), "meta": {"_type": "gradio.FileData"}}
     assert app.uploaded_path({"background": fd("bg.png"), "composite": fd("c.png")}) == str(tmp_path / "c.png")
     assert app.uploaded_path({"background": fd("bg.png"), "layers": []}) == str(tmp_path / "bg.png")
     assert app.uploaded_path(fd("bg.png")) == str(tmp_path / "bg.png")
     assert app.uploaded_path(None) is None and app.uploaded_path({"background": None}) is None
-    with pytest.raises(app.QueryError, match="must be an uploaded file"):
+    with pytest.raises(app.QueryError, match="must be a file uploaded with this request"):
         app.uploaded_path({"background": "not a dict"})
 
 
@@ -574,13 +584,15 @@ def test_the_ui_searches_the_file_the_editor_holds(served):
 
 
 def test_uploaded_path_takes_only_files_gradio_checked(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"a")
+    (tmp_path / "b.png").write_bytes(b"b")
     a, b = file_data(tmp_path / "a.png"), file_data(tmp_path / "b.png")
     # The image editor's full value: the composite, else the background.
     assert app.uploaded_path({"background": a, "layers": [], "composite": b}) == str(tmp_path / "b.png")
     assert app.uploaded_path({"background": a, "layers": [], "composite": None}) == str(tmp_path / "a.png")
     # A file dict is that file, whatever other keys it carries.
     assert app.uploaded_path({**a, "background": b, "layers": []}) == str(tmp_path / "a.png")
-    not_uploaded = ("Not an image", "The image must be an uploaded file: handle_file(path) with gradio_client.")
+    not_uploaded = ("Not an image", app.NOT_UPLOADED)
     for value in ({}, {"path": "/etc/passwd"}, {"meta": {"_type": "gradio.FileData"}}, "/etc/passwd",
                   "/srv/background.png", 3):
         assert refusal(app.uploaded_path, value) == not_uploaded, value
