@@ -17,6 +17,8 @@ from gradio import utils as gradio_utils
 
 log = logging.getLogger("landmark-search")
 
+# What is read and dropped after a body was refused at the cap, before the connection closes.
+LINGER_BYTES = 1024 * 1024
 NOT_UPLOADED = ("The image must be a file uploaded with this request (gradio_client: handle_file(path); "
                 "HTTP: POST /api/search with the multipart field \"image\").")
 
@@ -51,12 +53,15 @@ def checked_upload(path: str) -> str:
     return str(resolved)
 
 
-def json_error(status: int, title: str, message: str) -> tuple[dict, bytes]:
-    """Returns the ASGI start message and body of the JSON error {"error", "title"} with this status."""
+def json_error(status: int, title: str, message: str, *, close: bool = True) -> tuple[dict, bytes]:
+    """Returns the ASGI start message and body of the JSON error {"error", "title"} with this status.
+
+    `close`: the server closes the connection once the answer is sent (the rest of a body unread).
+    """
     body = json.dumps({"error": message, "title": title}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     start = {"type": "http.response.start", "status": status,
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                         (b"connection", b"close")]}
+             "headers": headers + ([(b"connection", b"close")] if close else [])}
     return start, body
 
 
@@ -90,7 +95,12 @@ class RequestLimits:
         except ValueError:
             return await self._refuse(send, 400, "Bad request", "The Content-Length header is not a number.")
         if declared is not None and declared > self.max_body:
-            return await self._refuse(send, 413, "Too large", self._too_large())
+            # A body a little over the cap (a photo too large) is read and dropped, so that the client,
+            # which sends it whole before it reads the answer, gets the 413 instead of a reset
+            # connection. A larger one is not read at all: the connection closes after the answer.
+            polite = declared <= 2 * self.max_body
+            await self._refuse(send, 413, "Too large", self._too_large(), close=not polite)
+            return await self._drain(receive, declared if polite else 0, seconds=10.0)
         received, answered, started = 0, False, False
 
         async def limited_receive():
@@ -115,14 +125,32 @@ class RequestLimits:
             await send(message)
 
         await self.app(scope, limited_receive, guarded_send)
+        if answered:
+            await self._drain(receive, LINGER_BYTES)
+
+    @staticmethod
+    async def _drain(receive, most: int, seconds: float = 2.0) -> None:
+        """Reads and drops up to `most` bytes of body (at most `seconds`): closing a connection on
+        unread data resets it, and the client may lose the answer already sent."""
+        import anyio
+
+        dropped = 0
+        with anyio.move_on_after(seconds):
+            while dropped < most:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                dropped += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
 
     def _too_large(self) -> str:
         return f"The request is over the {self.max_body // (1024 * 1024)} MB limit."
 
     @staticmethod
-    async def _refuse(send, status: int, title: str, message: str, read: int = 0) -> None:
+    async def _refuse(send, status: int, title: str, message: str, read: int = 0, close: bool = True) -> None:
         log.info("refused (HTTP %d): %s (%d bytes of body read)", status, message, read)
-        start, body = json_error(status, title, message)
+        start, body = json_error(status, title, message, close=close)
         await send(start)
         await send({"type": "http.response.body", "body": body})
 
