@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 import fastapi
 import gradio as gr
 import uvicorn
-from fastapi import File, Query, UploadFile
+from fastapi import Query
 from fastapi.responses import JSONResponse
 from gradio.components.api_component import Api
 from gradio.context import get_blocks_context

@@ -43,7 +43,7 @@ SURVIVORS_DOC = ROOT / "docs" / "mutation-survivors.md"
 STATE = ROOT / "results" / "mutation-state.json"
 # What a mutated copy needs to import and test: the library, the app, the commands the tests call and
 # the README (tests check that it states what the code enforces).
-COPIED = ("retrieval", "precompute", "benchmarks", "app.py", "pytest.ini", "README.md")
+COPIED = ("retrieval", "precompute", "benchmarks", "webapp", "app.py", "pyproject.toml", "README.md")
 
 # module -> (file mutated, tests meant for it, process isolation). "forkserver" for tests that run
 # TensorFlow: a worker forked from a process that already ran TensorFlow can hang.
@@ -96,7 +96,7 @@ def prepare(name: str, *, resume: bool) -> Path:
         "[mutmut]\n"
         f"source_paths =\n    {sources}\n"
         f"only_mutate =\n    {source}\n"
-        "also_copy =\n    pytest.ini\n    README.md\n"
+        "also_copy =\n    pyproject.toml\n    README.md\n"
         "pytest_add_cli_args_test_selection =\n    " + "\n    ".join(tests) + "\n"
         "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n"
         f"process_isolation = {isolation}\n"

@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 import app
-from tests.appserver.process import ROOT, app_env, free_port, running_app
+from tests.appserver.process import ROOT, app_env, running_app
 
 pytest_plugins = ["tests.appserver.fixtures"]
 

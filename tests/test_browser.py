@@ -6,8 +6,6 @@ Without it the tests skip, except under CI (env CI set), where they fail.
 
 from __future__ import annotations
 
-import io
-import os
 import re
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit

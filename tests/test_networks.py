@@ -123,7 +123,7 @@ def test_local_copy_of_keras_imagenet_file_normalises_like_weights_imagenet(tmp_
     # Keras' ImageNet files store the RGB std as the Normalization variance, and only
     # weights="imagenet" adds the compensating layer; B0 stands in for B7 (same stem).
     source = keras.applications.EfficientNetB0(include_top=False, weights=None)
-    norm = next(l for l in source.layers if isinstance(l, keras.layers.Normalization))
+    norm = next(layer for layer in source.layers if isinstance(layer, keras.layers.Normalization))
     norm.adapt_mean.assign([0.485, 0.456, 0.406])
     norm.adapt_variance.assign([0.229, 0.224, 0.225])
     path = tmp_path / "b0.weights.h5"
