@@ -67,14 +67,17 @@ def _build_on_ray(args: argparse.Namespace, pipeline, common: dict):
     import logging
 
     try:
-        import ray.data  # the engine imports it lazily; fail here, with the remedy
+        import ray.data  # noqa: F401  (the engine imports it lazily; fail here, with the remedy)
     except ImportError as e:
         raise SystemExit(f"error: --engine ray needs Ray: pip install -r requirements-ray.txt ({e})") from None
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our progress bar instead of Ray Data's log lines
     from retrieval.build_ray import build_index_ray
     from retrieval.networks import build_network
 
-    make_network = partial(build_network, args.network, weights=args.weights)
+    from precompute.options import runtime_kwargs
+
+    # The actors run the network as the local build would: the same runtime, precision and cache.
+    make_network = partial(build_network, args.network, weights=args.weights, **runtime_kwargs(args))
     return build_index_ray(args.images, args.out, make_network, pipeline, address=args.address,
                            actors=args.actors, **common)
 

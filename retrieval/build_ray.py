@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.build import BuildReport, assemble_index, plan_build, record_results
+from retrieval.build import BuildReport, assemble_index, plan_build, previews_in_pass, record_results
 from retrieval.features import (
     THUMBNAIL_SIDE, Embedded, Pipeline, _decode, _draft_size, decode_error, descriptor_dim, embed_batch,
 )
+from retrieval.previews import PREVIEW_MAX_IMAGES, PREVIEW_SIDE
 from retrieval.search import l2_normalize
 
 # Images per decode task and per probe task: enough to amortise a task's start, few enough to spread.
@@ -49,29 +50,36 @@ def probe_shapes(batch: dict, pipeline: Pipeline) -> dict:
     return {**batch, "shape": np.asarray([shape_key(p, pipeline) for p in batch["path"]])}
 
 
-def decode_images(batch: dict, pipeline: Pipeline, thumbnail_side: int) -> dict:
+def decode_images(batch: dict, pipeline: Pipeline, thumbnail_side: int, preview_side: int | None = None) -> dict:
     """Ray task: reads and decodes a batch of files with the default engine's decoding and skipping.
 
-    Returns the batch with "error" (empty when decoded), "thumb" (JPEG bytes), and per scale i
-    "pixels_i" ((h, w, 3) uint8, exactly the network input) and "content_i" ((width, height)).
+    `preview_side` is the default engine's (`retrieval.build.previews_in_pass`): it decides how far
+    a JPEG is draft-decoded, so the same value gives the same pixels, and the same descriptors.
+
+    Returns the batch with "error" (empty when decoded), "thumb" and "preview" (JPEG bytes, b"" for
+    none), and per scale i "pixels_i" ((h, w, 3) uint8, exactly the network input: its values are
+    whole numbers) and "content_i" ((width, height)).
     """
     n_scales = len(pipeline.scales)
-    errors, thumbs = [], []
+    errors, thumbs, previews = [], [], []
     pixels = [[] for _ in range(n_scales)]
     contents = [[] for _ in range(n_scales)]
     for path in batch["path"]:
         try:
-            arrays, sizes, thumb, _ = _decode(str(path), pipeline, thumbnail_side)
+            arrays, sizes, thumb, preview = _decode(str(path), pipeline, thumbnail_side, preview_side)
             error = ""
         except Exception as e:  # one bad file is reported, never stops the job
-            arrays, sizes, thumb, error = [np.zeros((1, 1, 3))] * n_scales, [(1, 1)] * n_scales, b"", decode_error(e)
+            arrays, sizes, thumb, preview = [np.zeros((1, 1, 3))] * n_scales, [(1, 1)] * n_scales, b"", b""
+            error = decode_error(e)
         errors.append(error)
         thumbs.append(thumb or b"")
+        previews.append(preview or b"")
         for i in range(n_scales):
             # The network input is a resized uint8 image: a quarter of float32's bytes on the way, and exact.
             pixels[i].append(arrays[i].astype(np.uint8))
             contents[i].append(sizes[i])
-    out = {"rel": batch["rel"], "error": np.asarray(errors), "thumb": np.asarray(thumbs, dtype=object)}
+    out = {"rel": batch["rel"], "error": np.asarray(errors), "thumb": np.asarray(thumbs, dtype=object),
+           "preview": np.asarray(previews, dtype=object)}
     for i in range(n_scales):
         out[f"pixels_{i}"] = pixels[i]
         out[f"content_{i}"] = np.asarray(contents[i], dtype=np.int64)
@@ -97,7 +105,8 @@ class Embedder:
         if ok:
             # Multi-scale: the normalised mean of the normalised scales, as `iter_features` gives.
             vectors[ok] = l2_normalize(total / len(self.pipeline.scales))
-        return {"rel": batch["rel"], "error": batch["error"], "thumb": batch["thumb"], "vector": vectors}
+        return {"rel": batch["rel"], "error": batch["error"], "thumb": batch["thumb"], "preview": batch["preview"],
+                "vector": vectors}
 
     def _embed_scale(self, images: list[np.ndarray], contents: np.ndarray) -> np.ndarray:
         out = [None] * len(images)
@@ -148,7 +157,7 @@ def plan_actors(actors: int | None = None) -> tuple[int, float]:
 
 
 def embed_with_ray(rels: list[str], paths: list[str], make_network: Callable, pipeline: Pipeline, *,
-                   batch_size: int = 32, thumbnail_side: int = THUMBNAIL_SIDE,
+                   batch_size: int = 32, thumbnail_side: int = THUMBNAIL_SIDE, preview_side: int | None = None,
                    actors: int | None = None) -> Iterator[tuple[str, Embedded]]:
     """Yields (relative path, Embedded) for every file, in completion order, embedded on the Ray cluster.
 
@@ -168,15 +177,18 @@ def embed_with_ray(rels: list[str], paths: list[str], make_network: Callable, pi
                         batch_format="numpy")
     # Files of one input shape next to each other: the actors' batches are then one shape, and full.
     ds = ds.sort("shape")
-    ds = ds.map_batches(decode_images, fn_kwargs={"pipeline": pipeline, "thumbnail_side": thumbnail_side},
+    ds = ds.map_batches(decode_images, fn_kwargs={"pipeline": pipeline, "thumbnail_side": thumbnail_side,
+                                                  "preview_side": preview_side},
                         batch_size=DECODE_BATCH, batch_format="numpy", num_cpus=1)
     ds = ds.map_batches(Embedder, fn_constructor_kwargs={"make_network": make_network, "pipeline": pipeline},
                         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_actors),
                         num_gpus=gpus or None, num_cpus=1 if gpus else ACTOR_CPUS)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for rel, error, thumb, vector in zip(batch["rel"], batch["error"], batch["thumb"], batch["vector"]):
+        for rel, error, thumb, preview, vector in zip(batch["rel"], batch["error"], batch["thumb"], batch["preview"],
+                                                      batch["vector"]):
             yield str(rel), Embedded(0, vector=None if error else np.asarray(vector, dtype=np.float32),
-                                     error=str(error) or None, thumbnail=bytes(thumb) or None)
+                                     error=str(error) or None, thumbnail=bytes(thumb) or None,
+                                     preview=bytes(preview) or None)
 
 
 def build_index_ray(
@@ -192,6 +204,8 @@ def build_index_ray(
     shard_size: int = 256,
     flush_seconds: float = 30.0,
     thumbnail_side: int = THUMBNAIL_SIDE,
+    preview_side: int | None = PREVIEW_SIDE,
+    max_previews: int = PREVIEW_MAX_IMAGES,
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
     **assemble,
@@ -209,6 +223,8 @@ def build_index_ray(
         num_cpus: CPUs of a local Ray (default: all).
         actors: embedding actors; default one per GPU, or one per 8 CPUs without GPUs.
         batch_size: images per network call.
+        preview_side, max_previews: as `build_index` takes them; they also set the JPEG draft size
+            of the decoding, as in the default engine.
         assemble: dtype, whiten, whiten_shrinkage, dba, qe, alpha, extra_meta, as `build_index` takes them.
 
     Returns the `BuildReport`; raises `BuildError` when no image at all could be indexed.
@@ -220,11 +236,13 @@ def build_index_ray(
     started = connect(address, num_cpus=num_cpus) if plan.todo else False
     try:
         stream = embed_with_ray(plan.todo, [str(plan.files[r]) for r in plan.todo], make_network, pipeline,
-                                batch_size=batch_size, thumbnail_side=thumbnail_side, actors=actors)
+                                batch_size=batch_size, thumbnail_side=thumbnail_side,
+                                preview_side=previews_in_pass(plan, preview_side, max_previews), actors=actors)
         record_results(plan, stream, shard_size=shard_size, flush_seconds=flush_seconds, progress=progress, log=say)
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    return assemble_index(plan, network, pipeline, thumbnail_side=thumbnail_side, log=say, started=t0, **assemble)
+    return assemble_index(plan, network, pipeline, thumbnail_side=thumbnail_side, preview_side=preview_side,
+                          max_previews=max_previews, log=say, started=t0, **assemble)

@@ -147,10 +147,15 @@ def test_command_hands_the_ray_engine_its_options(monkeypatch, tmp_path, capsys)
     monkeypatch.setattr(build_ray, "build_index_ray", fake)
     rc = build_cmd.main(["--images", str(tmp_path), "--out", str(tmp_path / "o"), "--network", "efficientnet-lite0",
                          "--engine", "ray", "--address", "auto", "--actors", "3", "--batch-size", "32",
-                         "--bucket", "pad", "--dba", "0"])
+                         "--bucket", "pad", "--dba", "0", "--runtime", "onnxruntime", "--runtime-cache",
+                         str(tmp_path / "nets")])
     assert rc == 0
     assert (calls["address"], calls["actors"], calls["batch_size"], calls["dba"]) == ("auto", 3, 32, 0)
     assert calls["pipeline"].bucket == "pad" and calls["make_network"].args == ("efficientnet-lite0",)
+    # The actors build the network with the runtime, precision and cache the command was given.
+    assert calls["make_network"].keywords == {"weights": "imagenet", "runtime": "onnxruntime", "precision": "float32",
+                                              "cache_dir": tmp_path / "nets"}
+    assert (calls["preview_side"], calls["max_previews"]) == (512, build_cmd.PREVIEW_MAX_IMAGES)
     assert "3 images (2 embedded, 1 reused, 0 removed, 1 skipped)" in capsys.readouterr().out
 
 
@@ -163,3 +168,27 @@ def test_ray_stays_out_of_the_library_until_the_engine_is_chosen():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.strip() == "False"
+
+
+def test_ray_and_local_builds_of_real_photos_agree_row_by_row(lite0, rparis_dir, tmp_path):
+    """30 Paris photos (1024 px JPEGs, which the decoder drafts) with Lite0's real weights and the default
+    recipe: the test that would have caught the Ray engine's 118 rows below cosine 0.999."""
+    from retrieval.defaults import DEFAULT
+    from retrieval.networks import build_network
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted((rparis_dir / "jpg").glob("*.jpg"))[::14][:30]:
+        (photos / path.name).symlink_to(path)
+    recipe = dict(dba=DEFAULT.dba, qe=DEFAULT.qe, alpha=DEFAULT.alpha, diffusion=DEFAULT.diffusion, dtype="float32")
+    build_index(photos, tmp_path / "local", lite0, DEFAULT.descriptor, **recipe)
+    make = functools.partial(build_network, "efficientnet-lite0", weights="imagenet", runtime=lite0.runtime)
+    build_index_ray(photos, tmp_path / "ray", make, DEFAULT.descriptor, batch_size=8, **recipe)
+    local, on_ray = load_index(tmp_path / "local"), load_index(tmp_path / "ray")
+    assert len(local) == 30 and list(local.ids) == list(on_ray.ids)
+    cosines = np.einsum("ij,ij->i", local.features, on_ray.features)
+    assert cosines.min() >= 0.9999, (local.ids[cosines.argmin()], cosines.min())
+    np.testing.assert_allclose(local.self_similarity, on_ray.self_similarity, atol=1e-4)
+    assert local.meta["preview_side"] == on_ray.meta["preview_side"] == 512
+    for image_id in local.ids[:3]:
+        assert local.preview(str(image_id)) == on_ray.preview(str(image_id))
