@@ -42,11 +42,11 @@ from precompute.options import (
 from retrieval.ann import ann_neighbours
 from retrieval.database import add_distractors, augment_database, full_ranking, make_searcher, trained_ann
 from retrieval.datasets import Dataset, DatasetError, load_dataset
-from retrieval.defaults import DEFAULT
+from retrieval.defaults import approximate
 from retrieval.diffusion import Diffusion, DiffusionSettings, build_graph, graph_from_knn
 from retrieval.evaluate import KAPPAS, PROTOCOLS, evaluate_ranks, precision_recall, protocol_gnd
 from retrieval.features import Pipeline, embed_image, extract_features
-from retrieval.rerank import alpha_query_expansion
+from retrieval.query import QueryPath, self_similarity
 from retrieval.search import BACKENDS
 from retrieval.whitening import apply_whitening, learn_whitening
 
@@ -299,28 +299,24 @@ def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree"
     """
     if whitening is not None:
         db = apply_whitening(db, whitening)
+    own = db
     if dba:
         db = augment_database(db, k=dba, alpha=alpha, ann=ann)
     searcher = make_searcher(db, backend, ann)
-    diffuser = diffusion_for(db, diffusion, ann)
+    # The app's own query path (retrieval.query), over the database as an index would store it.
+    path = QueryPath(db, searcher, qe=qe, alpha=alpha, diffusion=diffusion_for(db, diffusion, ann),
+                     self_similarity=self_similarity(own, db) if dba else None, augmented=bool(dba))
     n = len(searcher)
     depth = min(ann_k, n) if backend == "ann" else n
     ranks = np.empty((len(queries), n), dtype=np.int64)
     seconds = np.empty(len(queries))
     for i, query in enumerate(queries):
         t0 = time.perf_counter()
-        q = apply_whitening(query, whitening) if whitening is not None else query[None]
-        scores, rows = searcher.search(q, depth)
-        if qe:
-            q = alpha_query_expansion(q, db, rows, k=min(qe, depth), alpha=alpha)
-            scores, rows = searcher.search(q, depth)
-        if diffuser is not None and seed_ranks is not None:
-            rows = seed_ranks[i][None]
-            scores = q @ db[rows[0, : diffuser.settings.seeds]].T
-        if diffuser is not None:
-            rows = diffuser.rerank(rows[0], scores[0])[None]
+        q = apply_whitening(query, whitening)[0] if whitening is not None else query
+        seeds = seed_ranks[i] if seed_ranks is not None and path.diffusion is not None else None
+        rows = path.rank(q, depth, seed_rows=seeds).rows
         seconds[i] = time.perf_counter() - t0
-        ranks[i] = full_ranking(rows[0], n) if depth < n else rows[0]
+        ranks[i] = full_ranking(rows, n) if len(rows) < n else rows
     return ranks, seconds
 
 
@@ -333,7 +329,7 @@ def diffusion_for(db: np.ndarray, settings: DiffusionSettings | None, ann=None) 
     """
     if settings is None:
         return None
-    if len(db) < DEFAULT.ann_rows:
+    if not approximate(len(db)):
         return Diffusion(build_graph(db, k=settings.k, gamma=settings.gamma), settings)
     # The mutual graph keeps an edge only when both ends find each other: deeper than DBA's search.
     structure = trained_ann(db, ann)

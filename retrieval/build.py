@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.ann import build_ann
-from retrieval.defaults import DEFAULT
+from retrieval.defaults import Recipe, approximate
 from retrieval.diffusion import DiffusionSettings, build_graph
 from retrieval.features import THUMBNAIL_SIDE, Embedded, ImageError, Pipeline, find_images, iter_features
 from retrieval.index import recover_index_folder, save_index
 from retrieval.previews import PREVIEW_MAX_IMAGES, PREVIEW_SIDE, build_previews
+from retrieval.query import self_similarity
 from retrieval.rerank import database_augmentation
 from retrieval.whitening import apply_whitening, learn_whitening
 
@@ -134,8 +135,7 @@ def build_index(
     t0 = time.perf_counter()
     say = log or (lambda _msg: None)
     plan = plan_build(images_dir, out_dir, network, pipeline, thumbnail_side=thumbnail_side, log=say)
-    # Previews come out of the same decoding pass as the network inputs, when the index will keep them.
-    previews_here = preview_side if preview_side and len(plan.files) <= max_previews else None
+    previews_here = previews_in_pass(plan, preview_side, max_previews)
     stream = iter_features(
         network, [plan.files[rel] for rel in plan.todo], pipeline,
         batch_size=batch_size, workers=workers, thumbnail_side=thumbnail_side, preview_side=previews_here,
@@ -146,6 +146,16 @@ def build_index(
                           dba=dba, qe=qe, alpha=alpha, ann=ann, diffusion=diffusion, thumbnail_side=thumbnail_side,
                           preview_side=preview_side, max_previews=max_previews, workers=workers,
                           extra_meta=extra_meta, log=say, started=t0)
+
+
+def previews_in_pass(plan: "BuildPlan", preview_side: int | None, max_previews: int) -> int | None:
+    """Returns the preview side the decoding pass makes previews at, or None: every build engine asks here.
+
+    Previews come out of the same decoding pass as the network inputs when the index will keep
+    them. This side also sets how far a JPEG may be draft-decoded, so it decides the descriptors:
+    every engine must pass the same one to `retrieval.features` (and a query, the index's own).
+    """
+    return preview_side if preview_side and len(plan.files) <= max_previews else None
 
 
 @dataclass
@@ -270,19 +280,17 @@ def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str =
         # Built from the rows as stored (after rounding to dtype), so that a graph built again
         # from a loaded index is this one exactly.
         graph = build_graph(features.astype(dtype).astype(np.float32), k=diffusion.k, gamma=diffusion.gamma)
+    recipe = Recipe(descriptor=pipeline, dba=dba, qe=qe, alpha=alpha, diffusion=diffusion if graph is not None else None)
     meta = {
         "network": network.name,
         "weights": network.weights,
-        "pipeline": pipeline.to_meta(),
+        **recipe.to_meta(),
         "thumbnail_side": thumbnail_side,
         "preview_side": None,
-        "dba": {"k": dba, "alpha": alpha} if dba > 0 else None,
-        "query_expansion": {"k": qe, "alpha": alpha} if qe > 0 else None,
-        "diffusion": diffusion.to_meta() if graph is not None else None,
         **(extra_meta or {}),
     }
     structure = None
-    if ann or (ann is None and len(features) >= DEFAULT.ann_rows):
+    if approximate(len(features), ann):
         say(f"building the ANN structure over {len(features)} images")
         structure = build_ann(features.astype(dtype).astype(np.float32), log=say)  # the rows as stored
     previews = None
@@ -299,13 +307,6 @@ def assemble_index(plan: BuildPlan, network, pipeline: Pipeline, *, dtype: str =
     report.count = len(ids)
     report.seconds = time.perf_counter() - started
     return report
-
-
-def self_similarity(own: np.ndarray, stored: np.ndarray, dtype: str) -> np.ndarray:
-    """Returns (n,) float32: each row of `own` (the images' descriptors) dotted with its row of
-    `stored` as saved in `dtype`; the cosine at which a query is the indexed image itself."""
-    rows = np.asarray(stored).astype(dtype).astype(np.float32)
-    return np.einsum("ij,ij->i", np.asarray(own, dtype=np.float32), rows).astype(np.float32)
 
 
 def _stamp(stat: os.stat_result) -> tuple[int, int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from retrieval.ann import AnnIndex, ann_neighbours, build_ann, copy_trained, refill
-from retrieval.defaults import DEFAULT
+from retrieval.defaults import approximate
 from retrieval.features import Pipeline
 from retrieval.index import IndexFormatError, load_index
 from retrieval.rerank import augment_with_neighbours, database_augmentation
@@ -65,7 +65,7 @@ def augment_database(db: np.ndarray, *, k: int, alpha: float, ann: AnnIndex | No
 
     `ann`, when given, is refilled with `db` for the neighbour search (see `trained_ann`).
     """
-    if len(db) < DEFAULT.ann_rows:
+    if not approximate(len(db)):
         return database_augmentation(db, k=k, alpha=alpha)
     structure = trained_ann(db, ann)
     return augment_with_neighbours(db, ann_neighbours(structure, db, k), alpha=alpha)

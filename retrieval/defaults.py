@@ -32,6 +32,30 @@ class Recipe:
     ann_rows: int = 50_000
     diffusion: DiffusionSettings | None = None
 
+    def to_meta(self) -> dict:
+        """Returns the index.json entries that record this recipe: pipeline, dba, query_expansion, diffusion.
+
+        The one place a recipe is written into an index; `from_meta` reads it back.
+        """
+        return {
+            "pipeline": self.descriptor.to_meta(),
+            "dba": {"k": self.dba, "alpha": self.alpha} if self.dba > 0 else None,
+            "query_expansion": {"k": self.qe, "alpha": self.alpha} if self.qe > 0 else None,
+            "diffusion": self.diffusion.to_meta() if self.diffusion is not None else None,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> Recipe:
+        """Returns the recipe an index.json records (today's and earlier ones: absent entries are "none")."""
+        dba, qe, diffusion = meta.get("dba") or {}, meta.get("query_expansion") or {}, meta.get("diffusion")
+        return cls(
+            descriptor=Pipeline.from_meta(meta["pipeline"]),
+            dba=int(dba.get("k", 0)),
+            qe=int(qe.get("k", 0)),
+            alpha=float(qe.get("alpha", dba.get("alpha", 3.0))),
+            diffusion=DiffusionSettings.from_meta(diffusion) if diffusion else None,
+        )
+
 
 # Chosen by measurement with EfficientNet-Lite0 on the mini RParis (README, "Evaluation"): max side 384
 # was best of 224-1024 on Easy and Medium, within noise on Hard; DBA k=3 and alpha QE k=5 (alpha 3) are
@@ -44,6 +68,16 @@ class Recipe:
 # GeM p=4.6, R-MAC regions, max over scales and whitening did not gain beyond noise everywhere.
 DEFAULT = Recipe(descriptor=Pipeline(pooling="gem", max_side=384, gem_p=3.0, bucket="resize"), dba=3, qe=5, alpha=3.0,
                  diffusion=DiffusionSettings(k=20, seeds=10, alpha=0.95, gamma=3.0))
+
+def approximate(rows: int, asked: bool | None = None) -> bool:
+    """Tells whether `rows` descriptors are searched through an ANN structure (and their DBA and
+    diffusion graph find neighbours through it): `asked` when given, else from DEFAULT.ann_rows rows up.
+
+    The one place this rule is written: the build, the --vectors build, the evaluation and the
+    distractor database all call it.
+    """
+    return bool(asked) if asked is not None else rows >= DEFAULT.ann_rows
+
 
 # The student report's pipeline: 224x224 squash, flattened feature map, no re-ranking.
 REPORT = Recipe(descriptor=REPORT_PIPELINE, dba=0, qe=0, alpha=3.0)

@@ -103,6 +103,13 @@ class Index:
     def pipeline(self) -> Pipeline:
         return Pipeline.from_meta(self.meta["pipeline"])
 
+    @property
+    def recipe(self):
+        """The `retrieval.defaults.Recipe` the index was built with, as index.json records it."""
+        from retrieval.defaults import Recipe
+
+        return Recipe.from_meta(self.meta)
+
     def __contains__(self, image_id) -> bool:
         return str(image_id) in self._rows
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.ann import ann_neighbours, build_ann, refill
-from retrieval.defaults import DEFAULT
+from retrieval.defaults import approximate
 from retrieval.features import Pipeline, descriptor_dim
 from retrieval.index import recover_index_folder, save_index
 from retrieval.rerank import augment_with_neighbours, database_augmentation
@@ -116,8 +116,8 @@ def build_from_vectors(
             block = np.asarray(vectors[start : start + _BLOCK], dtype=np.float32)
             rows[start : start + len(block)] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
         seconds["normalise"] = time.perf_counter() - t0
-        large = n >= DEFAULT.ann_rows
-        use_ann = large if ann is None else ann
+        large = approximate(n)
+        use_ann = approximate(n, ann)
         structure, seconds["ann"], seconds["dba"] = None, 0.0, 0.0
         if use_ann or (dba and large):
             t0 = time.perf_counter()

@@ -89,13 +89,14 @@ def test_a_large_database_gets_its_diffusion_graph_through_the_ann(data, monkeyp
     import dataclasses
 
     import precompute.evaluate as evaluate
+    import retrieval.defaults as defaults
     from retrieval.defaults import DEFAULT
     from retrieval.diffusion import DiffusionSettings
 
     db = data[0][:4000]
     settings = DiffusionSettings(k=10, seeds=5, alpha=0.9, gamma=3)
     exact = evaluate.diffusion_for(db, settings)
-    monkeypatch.setattr(evaluate, "DEFAULT", dataclasses.replace(DEFAULT, ann_rows=1000))
+    monkeypatch.setattr(defaults, "DEFAULT", dataclasses.replace(DEFAULT, ann_rows=1000))  # read by approximate()
     approximate = evaluate.diffusion_for(db, settings)
     assert exact.graph.knn == "exact" and approximate.graph.knn == "ann"
     a, b = exact.graph.affinity(), approximate.graph.affinity()

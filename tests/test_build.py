@@ -11,6 +11,7 @@ from PIL import Image
 from precompute import build_index as build_cmd
 from retrieval import build as build_module
 from retrieval.build import BuildError, assemble_index, build_index, plan_build, record_results
+import retrieval.defaults as defaults
 from retrieval.defaults import DEFAULT
 from retrieval.diffusion import DiffusionSettings, build_graph
 from retrieval.features import Pipeline, embed_image, iter_features
@@ -465,12 +466,12 @@ def test_the_ann_structure_is_built_when_asked_or_from_ann_rows_images(tiny, fol
     from retrieval.ann import build_ann
 
     out = tmp_path / "idx"
-    monkeypatch.setattr(build_module, "DEFAULT", dataclasses.replace(DEFAULT, ann_rows=7))
+    monkeypatch.setattr(defaults, "DEFAULT", dataclasses.replace(DEFAULT, ann_rows=7))  # read by approximate()
     build_index(folder, out, tiny, PIPE)
     assert load_index(out).meta["ann"] is None  # 6 images, under ann_rows
     build_index(folder, out, tiny, PIPE, ann=True)
     assert load_index(out).meta["ann"]["count"] == 6
-    monkeypatch.setattr(build_module, "DEFAULT", dataclasses.replace(DEFAULT, ann_rows=6))
+    monkeypatch.setattr(defaults, "DEFAULT", dataclasses.replace(DEFAULT, ann_rows=6))
     build_index(folder, out, tiny, PIPE, ann=False)
     assert load_index(out).meta["ann"] is None
     msgs = []

@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -248,7 +251,7 @@ def test_an_index_with_an_ann_structure_is_searched_through_it(tiny, ann_index, 
     (([3, 1, 2], [1.0, 0.6, 0.2]), ([3, 1, 2], [1.0, 0.6, 0.2])),
 ])
 def test_put_first_moves_the_image_itself_to_rank_1(raw, want):
-    from retrieval.engine import put_first
+    from retrieval.query import put_first
 
     assert put_first(*raw, 3) == want
     assert put_first(*raw, None) == raw
@@ -278,7 +281,7 @@ def test_self_similarity_is_each_photos_own_cosine_with_its_stored_row(tiny, dif
 
 
 def test_an_indexed_photo_sent_as_a_file_comes_first_with_dba_qe_and_diffusion(tiny, diffusion_index, monkeypatch):
-    import retrieval.engine as engine_module
+    import retrieval.query as query_module
 
     idx, root, _ = diffusion_index
     engine = SearchEngine(idx, tiny)
@@ -287,7 +290,7 @@ def test_an_indexed_photo_sent_as_a_file_comes_first_with_dba_qe_and_diffusion(t
     data = (root / "p07.png").read_bytes()
     assert engine.search(data, 5).ids[0] == "p07"  # encoded bytes, as POST /api/search sends them
     # Without the rule, re-ranking puts another photo first for at least one of them: the rule is what holds.
-    monkeypatch.setattr(engine_module, "DUPLICATE_TOLERANCE", -1.0)
+    monkeypatch.setattr(query_module, "DUPLICATE_TOLERANCE", -1.0)
     assert [engine.search(root / f"p{i:02d}.png", 5).ids[0] for i in range(12)] != firsts
 
 
@@ -328,3 +331,40 @@ def test_without_self_similarities_an_index_without_dba_uses_cosine_1_and_one_wi
         assert old.duplicate_row(np.array([1.0, 0.98]), np.array([3, 4])) is None
     finally:
         augmented.self_similarity = kept
+
+
+# The recipe in index.json, and indexes written before the shared query path ------------------------
+
+OLD = Path(__file__).parent / "data" / "index-3e381b5"
+
+
+def test_a_recipe_round_trips_through_index_json(tiny, diffusion_index):
+    from retrieval.defaults import DEFAULT, REPORT, Recipe
+    from retrieval.diffusion import DiffusionSettings
+
+    for recipe in (DEFAULT, REPORT, Recipe(descriptor=PIPE, dba=0, qe=4, alpha=2.5),
+                   Recipe(descriptor=PIPE, dba=2, qe=0, alpha=1.5, diffusion=DiffusionSettings(k=5))):
+        meta = json.loads(json.dumps(recipe.to_meta()))
+        assert Recipe.from_meta(meta) == recipe
+    idx, _, settings = diffusion_index  # built with PIPE, qe=2, dba=1 and these diffusion settings
+    assert idx.recipe == Recipe(descriptor=PIPE, dba=1, qe=2, alpha=3.0, diffusion=settings)
+
+
+def test_an_index_written_before_the_shared_query_path_loads_and_ranks_as_it_did(tiny):
+    from retrieval.defaults import Recipe
+
+    expected = json.loads((OLD / "rankings.json").read_text())
+    idx = load_index(OLD / "index")
+    assert idx.self_similarity is None and idx.recipe == Recipe(
+        descriptor=Pipeline(max_side=64), dba=1, qe=2, alpha=3.0, diffusion=idx.recipe.diffusion)
+    engine = SearchEngine(idx, tiny, backend="exact")
+    for name, query in expected["queries"].items():
+        vector = np.asarray(query["vector"], dtype=np.float32)
+        assert engine._search_vector(vector, expected["k"], embed_ms=0.0).ids == query["ids"], name
+
+
+def test_approximate_is_the_one_rule_for_exact_or_ann():
+    from retrieval.defaults import DEFAULT, approximate
+
+    assert not approximate(DEFAULT.ann_rows - 1) and approximate(DEFAULT.ann_rows)
+    assert approximate(10, True) and not approximate(10**7, False)
