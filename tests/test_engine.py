@@ -368,3 +368,20 @@ def test_approximate_is_the_one_rule_for_exact_or_ann():
 
     assert not approximate(DEFAULT.ann_rows - 1) and approximate(DEFAULT.ann_rows)
     assert approximate(10, True) and not approximate(10**7, False)
+
+
+def test_the_evaluation_and_the_app_engine_rank_the_19_paris_crops_alike(lite0_index, lite0, rparis_dir):
+    """One query path: the evaluation's rankings over an index's rows are the engine's, query by query."""
+    from precompute.evaluate import rank_queries
+    from retrieval.datasets import load_dataset
+
+    idx = load_index(lite0_index)
+    engine = SearchEngine(idx, lite0, backend="exact")
+    dataset = load_dataset("rparis6k", rparis_dir.parent)
+    queries = np.stack([engine.embed(dataset.query_image(i)) for i in range(len(dataset.query_ids))])
+    recipe = idx.recipe
+    # The index's rows are augmented already, and its graph is the one built from them.
+    ranks, _ = rank_queries(idx.features, queries, backend="exact", qe=recipe.qe, alpha=recipe.alpha, dba=0,
+                            diffusion=recipe.diffusion)
+    for q, want in zip(queries, ranks):
+        assert engine._search_vector(q, 20, embed_ms=0.0).ids == [str(idx.ids[r]) for r in want[:20]]
