@@ -257,7 +257,7 @@ def part_save_weights(cfg: dict) -> dict:
     """Saves a network's random weights to a file, so that fresh processes build the same network."""
     from retrieval.networks import build_network
 
-    network = build_network(cfg["network"], weights="none")
+    network = build_network(cfg["network"], weights="none", runtime="keras")  # only its weights are needed
     network.model.save_weights(cfg["out"])
     return {"network": network.name, "path": cfg["out"], "bytes": Path(cfg["out"]).stat().st_size}
 

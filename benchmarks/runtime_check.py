@@ -32,7 +32,7 @@ def check(dataset, network_name: str, weights: str, *, variants=VARIANTS, say=la
     from precompute.evaluate import dataset_descriptors, run_evaluation
     from retrieval.networks import build_network, with_runtime
 
-    keras = build_network(network_name, weights=weights)
+    keras = build_network(network_name, weights=weights, runtime="keras")  # the reference every runtime is checked against
     rows, reference = [], None
     with tempfile.TemporaryDirectory(prefix="runtime-check-") as tmp:
         for runtime, precision in variants:

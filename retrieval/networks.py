@@ -110,7 +110,7 @@ class Network:
 
 
 def build_network(name: str = "efficientnet-b7", *, weights: str | os.PathLike = "imagenet",
-                  runtime: str = "keras", precision: str = "float32", cache_dir: str | os.PathLike | None = None,
+                  runtime: str = "auto", precision: str = "float32", cache_dir: str | os.PathLike | None = None,
                   ) -> Network:
     """Return the named network with its weights loaded, run by the named runtime.
 
@@ -119,8 +119,9 @@ def build_network(name: str = "efficientnet-b7", *, weights: str | os.PathLike =
         weights: "imagenet"; "none" for random weights (smoke runs only); or the path to a
             weights file: a Keras ``.h5`` / ``.weights.h5`` for efficientnet-b7, a legacy
             PyTorch ``.pth`` state dict for efficientnet-lite0.
-        runtime: "keras", "onnxruntime", "openvino", or "auto" (the fastest of ``RUNTIMES``:
-            onnxruntime, or openvino for bfloat16; keras if that cannot load).
+        runtime: "keras", "onnxruntime", "openvino", or "auto" (the default, as every command's and
+            the app's: the fastest of ``RUNTIMES``, onnxruntime, or openvino for bfloat16; keras
+            if that cannot load).
         precision: "float32", or "bfloat16" (openvino only: faster, descriptors less exact).
         cache_dir: where a runtime keeps its conversions; None converts at every build.
 

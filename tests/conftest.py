@@ -54,7 +54,7 @@ def tiny():
 def lite0():
     from retrieval.networks import build_network
 
-    return build_network("efficientnet-lite0", weights="imagenet")
+    return build_network("efficientnet-lite0", weights="imagenet", runtime="keras")  # the reference runtime
 
 
 @pytest.fixture(scope="session")

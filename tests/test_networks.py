@@ -16,7 +16,7 @@ EGYPTIAN_CAT, TIGER_CAT, TABBY, LYNX = 285, 282, 281, 287
 
 @pytest.fixture(scope="module")
 def lite0():
-    return build_network("efficientnet-lite0", weights="imagenet")
+    return build_network("efficientnet-lite0", weights="imagenet", runtime="keras")
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +64,12 @@ def test_lite0_feature_map_has_1280_channels_at_stride_32(lite0):
 
 
 def test_lite0_from_a_local_pth_file_is_the_same_network(lite0):
-    local = build_network("efficientnet-lite0", weights=str(LITE0_PTH))
+    local = build_network("efficientnet-lite0", weights=str(LITE0_PTH), runtime="keras")
     assert local.weights == "file:efficientnet-lite0-57934424.pth"
     batch = chelsea_224()
     np.testing.assert_array_equal(forward(local, batch), forward(lite0, batch))
 
-    random = build_network("efficientnet-lite0", weights="none")
+    random = build_network("efficientnet-lite0", weights="none", runtime="keras")
     assert random.weights == "none"
     assert not np.allclose(forward(random, batch), forward(lite0, batch), atol=1e-2)
 
@@ -93,7 +93,7 @@ def test_forward_refuses_a_batch_that_is_not_rgb_images():
 
 
 def test_efficientnet_b7_without_weights_gives_2560_channels_at_stride_32():
-    net = build_network("efficientnet-b7", weights="none")
+    net = build_network("efficientnet-b7", weights="none", runtime="keras")
     out = forward(net, np.zeros((1, 64, 100, 3), dtype=np.float32))
     # Keras pads B7's strided layers for even sizes: 100 -> 50, 25, 12, 6, 3.
     assert out.shape == (1, 2, 3, 2560)
