@@ -860,7 +860,7 @@ def load_engine(index: Index, runtime: dict | None = None) -> SearchEngine:
 HTTP_STATUS = {"Not a usable image": 415, "Too large": 413, "Busy": 503}
 # Plain HTTP callers admitted at once: the rest get 503 without a byte of their body read. Each one
 # admitted holds its upload (at most MAX_FILE_BYTES) and a thread while it waits for the gate; 16
-# bound that to 320 MB, and 16 queries are a few seconds of work (benchmarks.abuse, README "Abuse").
+# bound that to 320 MB, and 16 queries are a few seconds of work (benchmarks.abuse; docs/app.md, "What a stranger can send").
 HTTP_MAX_WAITING = 16
 # A request body may carry one file of MAX_FILE_BYTES and a little multipart framing; an address
 # (path or query string) 8 KiB, as most servers allow.

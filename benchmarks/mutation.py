@@ -96,7 +96,7 @@ def prepare(name: str, *, resume: bool) -> Path:
         "[mutmut]\n"
         f"source_paths =\n    {sources}\n"
         f"only_mutate =\n    {source}\n"
-        "also_copy =\n    pyproject.toml\n    README.md\n"
+        "also_copy =\n    pyproject.toml\n    README.md\n    docs\n"
         "pytest_add_cli_args_test_selection =\n    " + "\n    ".join(tests) + "\n"
         "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n"
         f"process_isolation = {isolation}\n"
@@ -177,6 +177,8 @@ def _saved_states() -> dict:
 def _copy_tests(work: Path) -> None:
     shutil.copytree(ROOT / "tests", work / "tests", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(ROOT / "README.md", work / "README.md")
+    # Tests check that the docs state what the code enforces.
+    shutil.copytree(ROOT / "docs", work / "docs", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.png"))
 
 
 def retest_module(name: str, *, minutes: float, children: int) -> bool:

@@ -1,6 +1,6 @@
-"""README tables generated from the results files that the commands wrote.
+"""README and docs/ tables generated from the results files that the commands wrote.
 
-    python -m benchmarks.readme_tables            # rewrite every generated table in README.md
+    python -m benchmarks.readme_tables            # rewrite every generated table in README.md and docs/*.md
     python -m benchmarks.readme_tables --check    # exit 1 if any table differs from its results file
 
 A generated table sits between two markers in the README:
@@ -75,19 +75,37 @@ def regenerate(text: str, *, root: Path = ROOT) -> tuple[str, list[str]]:
     return MARKER.sub(replace, text), changed
 
 
+def documents(root: Path = ROOT) -> list[Path]:
+    """Returns the files whose tables are generated: README.md and every page of docs/."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def regenerate_file(path: Path, *, root: Path = ROOT, check: bool = False) -> list[str]:
+    """Re-renders one file's tables (relative paths in markers are from `root`); returns the stale ones.
+
+    With `check` nothing is written.
+    """
+    new, changed = regenerate(path.read_text(), root=root)
+    if changed and not check:
+        path.write_text(new)
+    return changed
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.readme_tables", description=__doc__.split("\n")[0])
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="only this file (results paths relative to its folder); default README.md and docs/*.md")
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if a table is stale")
     args = parser.parse_args(argv)
-    text = args.readme.read_text()
-    new, changed = regenerate(text, root=args.readme.parent)
+    files = [(args.readme, args.readme.parent)] if args.readme else [(path, ROOT) for path in documents()]
+    changed = []
+    for path, root in files:
+        stale = regenerate_file(path, root=root, check=args.check)
+        changed += [f"{path.name}: {label}" for label in stale]
     if args.check:
         for label in changed:
-            print(f"stale README table: {label} (run python -m benchmarks.readme_tables)", file=sys.stderr)
+            print(f"stale table: {label} (run python -m benchmarks.readme_tables)", file=sys.stderr)
         return 1 if changed else 0
-    if changed:
-        args.readme.write_text(new)
     print(f"{len(changed)} table(s) rewritten: {', '.join(changed) or 'none'}")
     return 0
 

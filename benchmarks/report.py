@@ -134,7 +134,7 @@ def build_table(results: dict) -> dict:
 
 
 # B7's pure forward at batch 8 (384x288) on one NVIDIA H200, measured by `python -m benchmarks.gpu` in an
-# earlier session (README, "Benchmark"); no GPU was lent to the session that wrote this table.
+# earlier session (docs/benchmarks.md); no GPU was lent to the session that wrote this table.
 GPU_B7_IMAGES_PER_S = 38.8
 COST_WORKERS = (1, 8, 64)
 

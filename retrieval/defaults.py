@@ -27,7 +27,7 @@ class Recipe:
     dba: int = 0
     qe: int = 0
     alpha: float = 3.0
-    # Measured (README, "A million images"): from about 50,000 rows of 2,560 dimensions exact search
+    # Measured (docs/scale.md, "A million images"): from about 50,000 rows of 2,560 dimensions exact search
     # passes 15 ms a query on 2 cores and all-pairs DBA a minute, while the ANN stays near 1 ms.
     ann_rows: int = 50_000
     diffusion: DiffusionSettings | None = None
@@ -57,12 +57,12 @@ class Recipe:
         )
 
 
-# Chosen by measurement with EfficientNet-Lite0 on the mini RParis (README, "Evaluation"): max side 384
+# Chosen by measurement with EfficientNet-Lite0 on the mini RParis (docs/evaluation.md): max side 384
 # was best of 224-1024 on Easy and Medium, within noise on Hard; DBA k=3 and alpha QE k=5 (alpha 3) are
-# where the measured grid levels off. Fixed-shape buckets by resizing (README, "Fixed-shape batches") keep
+# where the measured grid levels off. Fixed-shape buckets by resizing (docs/build.md, "Fixed-shape batches") keep
 # the mAP without diffusion (+0.7 Medium, +1.0 Hard; padding +0.9, +0.8) and make every batch one of
 # 10 shapes; with diffusion, padding lost 3.0 Medium and 3.9 Hard against no buckets where resizing
-# gained 1.0 and 1.6 (README, "Evaluation"), so the default resizes. Diffusion (README, "Stability"): k=20, 10 seeds and alpha 0.95
+# gained 1.0 and 1.6 (docs/evaluation.md), so the default resizes. Diffusion (docs/evaluation.md, "Stability"): k=20, 10 seeds and alpha 0.95
 # gain on Medium and Hard on the full set, on both random halves and with 10k distractors; alpha 0.99
 # scores higher on the full set but loses on one half, k=10 and k=50 lose on one setting or another.
 # GeM p=4.6, R-MAC regions, max over scales and whitening did not gain beyond noise everywhere.

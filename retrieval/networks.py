@@ -39,7 +39,7 @@ __all__ = ["NETWORKS", "RUNTIMES", "Network", "NetworkError", "build_network", "
            "with_runtime"]
 
 NETWORKS = ("efficientnet-b7", "efficientnet-lite0")
-# Fastest first (measured in README, "CPU runtime"): "auto" takes the first that runs the precision.
+# Fastest first (measured in docs/runtimes.md): "auto" takes the first that runs the precision.
 RUNTIMES = ("onnxruntime", "openvino", "keras")
 # Precisions other than float32, and the runtimes that run them.
 _REDUCED = {"bfloat16": ("openvino",)}

@@ -22,7 +22,7 @@ import numpy as np
 
 from retrieval.features import load_image
 
-# Chosen by measurement on the mini RParis, top 100 of Lite0's rankings (README, "Spatial
+# Chosen by measurement on the mini RParis, top 100 of Lite0's rankings (docs/evaluation.md, "Spatial
 # verification"). Of max sides 384 to 1024 and 1000 to all keypoints, 512 and 1000 verify as
 # many true matches as the largest settings, which are 2 to 4 times slower. With the ratio test
 # and the mutual check no non-matching image reached 7 homography inliers at 4 pixels; affine

@@ -287,7 +287,8 @@ def test_readme_states_the_pixel_limit_the_code_enforces():
 
     from retrieval.features import MAX_PIXELS
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    root = Path(__file__).resolve().parents[1]
+    readme = "".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
     stated = {int(m) for m in re.findall(r"over (\d+)\s+megapixels", readme)}
     assert stated == {MAX_PIXELS // 1_000_000}
 

@@ -7,10 +7,24 @@ import pytest
 from benchmarks import readme_tables as rt
 
 
-def test_readme_tables_match_their_results_files():
-    text = (rt.ROOT / "README.md").read_text()
-    _, changed = rt.regenerate(text)
-    assert changed == [], f"README tables out of step with their results files: {changed}; run python -m benchmarks.readme_tables"
+def test_readme_and_docs_tables_match_their_results_files():
+    files = rt.documents()
+    assert {p.name for p in files} >= {"README.md", "app.md", "evaluation.md", "scale.md", "runtimes.md"}
+    tables = 0
+    for path in files:
+        text = path.read_text()
+        tables += text.count("<!-- table ")
+        _, changed = rt.regenerate(text)
+        assert changed == [], f"{path.name}: tables out of step with their results files: {changed}; run python -m benchmarks.readme_tables"
+    assert tables >= 12  # every generated table is checked, wherever it now lives
+
+
+def test_relative_links_of_the_readme_and_docs_lead_somewhere():
+    import re
+
+    for path in rt.documents():
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", path.read_text()):
+            assert (path.parent / target).exists(), f"{path.name} links to {target}, which does not exist"
 
 
 def test_render_and_stale_detection(tmp_path):
