@@ -31,6 +31,10 @@ from retrieval.search import l2_normalize
 # Images per decode task and per probe task: enough to amortise a task's start, few enough to spread.
 DECODE_BATCH = 16
 PROBE_BATCH = 512
+# Sorting by input shape is a shuffle of the whole dataset: on 409 photos and 2 cores it cost more
+# (about 5 s of 17) than the full one-shape batches it buys (benchmarks.ray_build); below this many
+# files the actors group each batch by shape themselves (`Embedder`) and the order stays as listed.
+SORT_FROM = 10_000
 # A CPU actor's reservation: TensorFlow uses every core anyway, and a reservation unlike the decode
 # tasks' keeps Ray from fusing decoding into the actor, where it would wait for the network.
 ACTOR_CPUS = 0.5
@@ -175,8 +179,9 @@ def embed_with_ray(rels: list[str], paths: list[str], make_network: Callable, pi
     ds = ray.data.from_items([{"rel": r, "path": p} for r, p in zip(rels, paths)], override_num_blocks=blocks)
     ds = ds.map_batches(probe_shapes, fn_kwargs={"pipeline": pipeline}, batch_size=PROBE_BATCH,
                         batch_format="numpy")
-    # Files of one input shape next to each other: the actors' batches are then one shape, and full.
-    ds = ds.sort("shape")
+    if len(rels) >= SORT_FROM:
+        # Files of one input shape next to each other: the actors' batches are then one shape, and full.
+        ds = ds.sort("shape")
     ds = ds.map_batches(decode_images, fn_kwargs={"pipeline": pipeline, "thumbnail_side": thumbnail_side,
                                                   "preview_side": preview_side},
                         batch_size=DECODE_BATCH, batch_format="numpy", num_cpus=1)

@@ -192,3 +192,19 @@ def test_ray_and_local_builds_of_real_photos_agree_row_by_row(lite0, rparis_dir,
     assert local.meta["preview_side"] == on_ray.meta["preview_side"] == 512
     for image_id in local.ids[:3]:
         assert local.preview(str(image_id)) == on_ray.preview(str(image_id))
+
+
+def test_from_sort_from_files_the_rows_are_sorted_by_shape_and_the_index_is_the_same(photos, both, tmp_path,
+                                                                                   monkeypatch):
+    import retrieval.build_ray as build_ray
+
+    monkeypatch.setattr(build_ray, "SORT_FROM", 1)
+    sorted_calls = []
+    real_sort = ray.data.Dataset.sort
+    monkeypatch.setattr(ray.data.Dataset, "sort", lambda self, key, **kw: sorted_calls.append(key) or real_sort(self, key, **kw))
+    build_index_ray(photos, tmp_path / "sorted", MAKE_TINY, PIPE, batch_size=4, dtype="float32", dba=2, qe=3)
+    assert sorted_calls == ["shape"]
+    local = both["local"][1]
+    on_ray = load_index(tmp_path / "sorted")
+    assert list(on_ray.ids) == list(local.ids)
+    np.testing.assert_allclose(on_ray.features, local.features, atol=1e-5)
