@@ -59,7 +59,7 @@ QUERY_MAX_SIDE = 2048
 N_EXAMPLES = 8
 PREVIEW_SIDE = 320
 PLACEHOLDER_SIDE = 192  # the longest side of a thumbnail (retrieval.features.THUMBNAIL_SIDE)
-# Measured on 2 CPU cores (tests/appserver/latency.py): 20 queries at once finish as soon with
+# Measured on 2 CPU cores (benchmarks/app_latency.py): 20 queries at once finish as soon with
 # 1 as with 2 or 4 running together, and each waits least with 1; TensorFlow already spreads one
 # forward pass over the cores. 64 queued queries are about 15 s of work.
 CONCURRENCY_LIMIT = 1
@@ -1032,6 +1032,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     sock = bind(args.host, args.port)
     return_freed_memory()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up notices, unless chosen
     from retrieval.networks import NetworkError  # imports TensorFlow: after the port is ours
 
     started = time.perf_counter()

@@ -18,22 +18,17 @@ always builds the network, so the weights are the same whatever runs them.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-# Quietens TensorFlow's C++ start-up notices unless the user chose a level (TF 2.21 still
-# prints its oneDNN notice, which only TF_ENABLE_ONEDNN_OPTS=0 would silence).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import importlib.resources  # noqa: E402
-import warnings  # noqa: E402
-from dataclasses import dataclass, field, replace  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from retrieval.torch_state import load_legacy_state_dict  # noqa: E402
+from retrieval.torch_state import load_legacy_state_dict
 
 __all__ = ["NETWORKS", "RUNTIMES", "Network", "NetworkError", "build_network", "forward", "tiny_network",
            "with_runtime"]

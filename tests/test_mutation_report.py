@@ -1,4 +1,4 @@
-"""The mutation report (benchmarks.mutation) over hand-made results: no mutmut run needed."""
+"""The mutation report (tests.mutation) over hand-made results: no mutmut run needed."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import mutation
+from tests import mutation
 
 
 def result(killed, survived, equivalent, *, no_tests=0, survivors=(), untested=None, not_tried=0):
@@ -43,7 +43,7 @@ def test_report_counts_untested_mutants_as_survivors_and_lists_them_per_function
 
 
 def test_stale_notes_are_the_noted_mutants_now_killed_or_gone(monkeypatch):
-    from benchmarks import mutation_notes
+    from tests import mutation_notes
 
     monkeypatch.setattr(mutation_notes, "EQUIVALENT", {"retrieval.rows.x_a__mutmut_1": "same",
                                                        "retrieval.rows.x_a__mutmut_2": "same",
@@ -62,7 +62,7 @@ def test_a_mutant_name_gives_its_function_or_method():
 
 
 def test_a_note_written_for_another_change_under_the_same_name_is_not_applied(monkeypatch):
-    from benchmarks import mutation_notes
+    from tests import mutation_notes
 
     name = "retrieval.rows.x_a__mutmut_1"
     monkeypatch.setattr(mutation_notes, "EQUIVALENT", {name: "same", "retrieval.rows.x_a__mutmut_2": "same too"})
@@ -104,7 +104,7 @@ def test_resume_tries_the_mutants_without_a_result_then_retests_the_survivors_th
 
 
 def test_a_note_keeps_the_change_it_was_written_for_through_a_run_that_did_not_reach_it(monkeypatch):
-    from benchmarks import mutation_notes
+    from tests import mutation_notes
 
     name = "retrieval.rows.x_a__mutmut_1"
     monkeypatch.setattr(mutation_notes, "EQUIVALENT", {name: "same"})

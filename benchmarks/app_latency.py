@@ -1,13 +1,13 @@
 """Measures the app through each way of calling it: launch-to-first-answer, warm latency, concurrency.
 
-    python -m tests.appserver.latency --index DIR [--queries 40] [--clients 20] [--concurrency 1] [--json FILE]
+    python -m benchmarks.app_latency --index DIR [--queries 40] [--clients 20] [--concurrency 1] [--json FILE]
 
 Starts app.py on a free local port for each --concurrency value, as the tests do. Warm, k = 20,
 sequential calls cycling over the query crops, each way of calling in turn:
 
 - the plain HTTP endpoint, POST /api/search (httpx, one kept-alive connection);
 - Gradio's protocol by hand (httpx): upload, queue join, event stream, each timed;
-- the JavaScript client, @gradio/client from npm, run by node (tests/appserver/js; `npm ci` there);
+- the JavaScript client, @gradio/client from npm, run by node (benchmarks/js; `npm ci` there);
 - Python's gradio_client with download_files=False, and with the 20 result thumbnails downloaded;
 - /match through the JavaScript client (the match view of the first result).
 
@@ -238,7 +238,7 @@ def main(argv=None) -> None:
         runs.append(measure(args.index, concurrency, args.queries, args.clients, crops))
         print("\n".join(report_lines(runs[-1])), flush=True)
     if args.json:
-        command = ("python -m tests.appserver.latency --index INDEX --queries "
+        command = ("python -m benchmarks.app_latency --index INDEX --queries "
                    f"{args.queries} --concurrency {' '.join(map(str, args.concurrency))}")
         info = {"command": command, "index_count": json.loads((args.index / "index.json").read_text())["count"],
                 "network": json.loads((args.index / "index.json").read_text())["network"],

@@ -1,4 +1,4 @@
-"""Hand-written notes on surviving mutants, read by `benchmarks.mutation`.
+"""Hand-written notes on surviving mutants, read by `tests.mutation`.
 
 EQUIVALENT: mutants that cannot change any outcome, with the reason; they do not count against
 the score. NOTES: survivors that could matter, with why no test catches them yet. Keys are
