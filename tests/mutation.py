@@ -56,7 +56,12 @@ MODULES = {
     "build": ("retrieval/build.py", ["tests/test_build.py"], "forkserver"),
     "verify": ("retrieval/verify.py", ["tests/test_verify.py"], "fork"),
     "features": ("retrieval/features.py", ["tests/test_features.py"], "forkserver"),
-    "app": ("app.py", ["tests/test_app_handlers.py", "tests/test_app_endpoints.py"], "forkserver"),
+    "query": ("retrieval/query.py", ["tests/test_engine.py"], "forkserver"),
+    # The app's parts (app.py itself is start-up only, exercised through a live server).
+    "queries": ("webapp/queries.py", ["tests/test_app_handlers.py", "tests/test_app_endpoints.py"], "forkserver"),
+    "handlers": ("webapp/handlers.py", ["tests/test_app_handlers.py", "tests/test_app_endpoints.py"], "forkserver"),
+    "http_api": ("webapp/http_api.py", ["tests/test_app_endpoints.py", "tests/test_abuse.py"], "forkserver"),
+    "guard": ("webapp/guard.py", ["tests/test_abuse.py"], "forkserver"),
     # The million-image backends, diffusion and the runtimes (FAISS runs OpenMP threads: forkserver).
     "rows": ("retrieval/rows.py", ["tests/test_rows.py"], "fork"),
     "diffusion": ("retrieval/diffusion.py", ["tests/test_diffusion.py"], "fork"),
@@ -64,10 +69,10 @@ MODULES = {
     "onnx_export": ("retrieval/onnx_export.py", ["tests/test_onnx_export.py"], "forkserver"),
     "runtimes": ("retrieval/runtimes.py", ["tests/test_runtimes.py"], "forkserver"),
 }
-# Functions left out of a module's score: app.py's UI layout and process start-up (serve runs uvicorn
-# and does not return), which the live-app and browser tests (tests/test_app.py, tests/test_browser.py)
-# exercise through a server, not in-process.
-OUT_OF_SCOPE = {"app": ("build_demo", "main", "load_engine", "build_from_images", "serve")}
+# Functions left out of a module's score. The UI layout (webapp/ui.py) and process start-up
+# (app.py, webapp/server.py: serve runs uvicorn and does not return) are not mutated at all: the
+# live-app and browser tests (tests/test_app.py, tests/test_browser.py) exercise them through a server.
+OUT_OF_SCOPE: dict[str, tuple[str, ...]] = {}
 # The modules with the 90% target; the rest count towards the 80% over all core modules.
 STRICT = ("search", "rerank", "evaluate", "index", "engine")
 DETECTED = {"killed", "timeout", "caught by type check", "segfault"}

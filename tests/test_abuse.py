@@ -24,7 +24,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import app
+import webapp.gate
+import webapp.guard
+import webapp.handlers
+import webapp.http_api
+import webapp.queries
+import webapp.thumbnails
 from tests.appserver.process import ROOT, app_env, running_app
 
 pytest_plugins = ["tests.appserver.fixtures"]
@@ -95,7 +100,7 @@ def test_no_handler_opens_a_server_path_and_none_tells_which_paths_exist(app_url
             message = call(app_url, fn, [file_data(path), *data[1:]])
             text = json.dumps(message)
             assert message["success"] is False, (name, text[:300])
-            assert (message["title"], message["output"]["error"]) == ("Not an image", app.NOT_UPLOADED)
+            assert (message["title"], message["output"]["error"]) == ("Not an image", webapp.guard.NOT_UPLOADED)
             assert "photo" not in text and "/file=" not in text and str(planted.parent) not in text, (name, text[:300])
             answers.append(json.dumps({k: v for k, v in message.items() if k not in ("event_id", "time")},
                                       sort_keys=True))
@@ -159,7 +164,7 @@ def test_a_long_address_gets_414_and_one_log_line(app_url, app_log):
     for target in ("", "api/search", "gradio_api/info"):
         response = httpx.get(app_url + target + "?q=" + "a" * 20_000, timeout=30)
         assert response.status_code == 414, target
-        assert response.json() == {"error": f"The address is over {app.MAX_URL_BYTES} bytes: send the query in "
+        assert response.json() == {"error": f"The address is over {webapp.http_api.MAX_URL_BYTES} bytes: send the query in "
                                    "the body.", "title": "Address too long"}
     # Past 64 KB, where the server used to answer 500 with a traceback (httpx will not send it: a raw request).
     host, port = app_url.split("//")[1].strip("/").split(":")
@@ -237,9 +242,9 @@ def test_callers_beyond_the_waiting_room_get_503_at_once(lite0_index, lite0):
     from retrieval.index import load_index
 
     engine = SearchEngine(load_index(lite0_index), lite0)
-    gate = app.Gate(1, 3)
+    gate = webapp.gate.Gate(1, 3)
     server = fastapi.FastAPI()
-    app.add_http_api(server, engine, app.Thumbnails(engine.index, Path(lite0_index)), gate)
+    webapp.http_api.add_http_api(server, engine, webapp.thumbnails.Thumbnails(engine.index, Path(lite0_index)), gate)
     photo = Image.new("RGB", (64, 48), (90, 120, 200))
     buffer = io.BytesIO()
     photo.save(buffer, format="PNG")
@@ -261,7 +266,7 @@ def test_decoding_waits_for_the_gate_on_every_way_in(monkeypatch, tmp_path):
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     order = []
 
-    class Watch(app.Gate):
+    class Watch(webapp.gate.Gate):
         def __enter__(self):
             order.append("enter")
             return super().__enter__()
@@ -272,16 +277,16 @@ def test_decoding_waits_for_the_gate_on_every_way_in(monkeypatch, tmp_path):
 
     def decode(source, name="the file"):
         order.append("decode")
-        raise app.QueryError("Not a usable image", "stop here")
+        raise webapp.queries.QueryError("Not a usable image", "stop here")
 
-    monkeypatch.setattr(app, "decode_query", decode)
+    monkeypatch.setattr(webapp.queries, "decode_query", decode)
     (tmp_path / "q.png").write_bytes(b"x")
     gate = Watch(1, 2)
     engine = type("Engine", (), {"__len__": lambda self: 12, "index": {}})()
-    app.http_search(engine, None, gate, b"x", 3, "")
+    webapp.http_api.http_search(engine, None, gate, b"x", 3, "")
     with pytest.raises(Exception):
-        app.search(engine, None, str(tmp_path / "q.png"), 3, "", gate=gate)
-    app.check_upload(file_data(tmp_path / "q.png"), gate)
+        webapp.handlers.search(engine, None, str(tmp_path / "q.png"), 3, "", gate=gate)
+    webapp.handlers.check_upload(file_data(tmp_path / "q.png"), gate)
     assert order == ["enter", "decode", "exit"] * 3
 
 
@@ -309,7 +314,7 @@ def test_sigterm_removes_the_thumbnail_folder(lite0_index, tmp_path, monkeypatch
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(private_tmp))
-    with running_app(["--index", str(lite0_index)], tmp_path / "app.log", timeout=180) as url:
+    with running_app(["--index", str(lite0_index)], tmp_path / "webapp.queries.log", timeout=180) as url:
         assert httpx.get(url + "gradio_api/info", timeout=30).status_code == 200
         folders = list(private_tmp.glob("landmark-thumbnails-*"))
         assert len(folders) == 1

@@ -157,7 +157,7 @@ def test_a_big_image_is_searched(client, rparis, tmp_path):
     crop = Image.open(crop_path(rparis, query))
     big = tmp_path / "big.jpg"
     crop.resize((crop.width * 8, crop.height * 8), Image.BILINEAR).save(big, quality=90)
-    assert max(Image.open(big).size) > 2048  # app.QUERY_MAX_SIDE: the app downscales it first
+    assert max(Image.open(big).size) > 2048  # webapp.queries.QUERY_MAX_SIDE: the app downscales it first
     _, results, _ = search(client, big, k=5)
     assert results[0]["id"] in positives(rparis, query)
 
@@ -274,7 +274,7 @@ def test_expected_errors_are_one_log_line_each(client, rparis, app_log, tmp_path
 def test_an_upload_over_the_size_limit_is_refused_by_the_server(app_url, tmp_path):
     import httpx
 
-    huge = bytes(21 * 1024 * 1024)  # app.MAX_FILE_SIZE is 20 MB
+    huge = bytes(21 * 1024 * 1024)  # webapp.http_api.MAX_FILE_SIZE is 20 MB
     # Straight to the upload route: gradio_client would refuse it before sending.
     response = httpx.post(app_url + "gradio_api/upload", files={"files": ("huge.png", huge, "image/png")}, timeout=60)
     # Refused while read, by the cap on every request body (webapp.guard.RequestLimits), before Gradio's own.
@@ -335,11 +335,11 @@ def test_an_image_folder_is_indexed_then_served(rparis, tmp_path):
         shutil.copy(rparis.image_path(name), photos / f"{name}.jpg")
     shutil.copy(rparis.image_path(names[2]), photos / "sub" / f"{names[2]}.jpg")
     args = ["--images", str(photos), "--network", "efficientnet-lite0", "--out", str(tmp_path / "index")]
-    with running_app(args, tmp_path / "app.log") as url:
+    with running_app(args, tmp_path / "webapp.queries.log") as url:
         _, results, _ = search(Client(url, verbose=False), rparis.image_path("paris_louvre_000050"), k=3)
     assert sorted(r["id"] for r in results) == sorted(names[:2] + [f"sub/{names[2]}"])
     assert results[0]["id"] == "paris_louvre_000050"
-    assert "3 images (3 embedded, 0 reused, 0 skipped)" in (tmp_path / "app.log").read_text()
+    assert "3 images (3 embedded, 0 reused, 0 skipped)" in (tmp_path / "webapp.queries.log").read_text()
 
     # The quick start's index is the one precompute.build_index makes: the same default pipeline.
     assert build_index.main(["--images", str(photos), "--out", str(tmp_path / "built"),
@@ -433,7 +433,7 @@ def test_http_endpoint_refuses_with_the_same_messages_as_json(app_url, rparis, t
 def test_http_endpoint_refuses_a_file_over_the_size_limit(app_url):
     import httpx
 
-    huge = bytes(21 * 1024 * 1024)  # app.MAX_FILE_BYTES is 20 MB
+    huge = bytes(21 * 1024 * 1024)  # webapp.http_api.MAX_FILE_BYTES is 20 MB
     response = httpx.post(app_url + "api/search", files={"image": ("huge.jpg", huge, "image/jpeg")}, timeout=60)
     assert response.status_code == 413 and response.json() == {"error": "The request is over the 20 MB limit.",
                                                                "title": "Too large"}
@@ -471,29 +471,33 @@ def test_http_and_gradio_callers_share_one_engine_budget(app_url, rparis):
 
 
 def test_http_callers_beyond_the_waiting_limit_are_told_busy():
-    import app
+    import webapp.gate
+    import webapp.http_api
+    import webapp.queries
 
-    gate = app.Gate(1, max_waiting=0)
-    status, body = app.http_search(None, None, gate, b"whatever", 5, "")
+    gate = webapp.gate.Gate(1, max_waiting=0)
+    status, body = webapp.http_api.http_search(None, None, gate, b"whatever", 5, "")
     assert status == 503 and body["title"] == "Busy"
 
 
 def test_only_files_gradio_checked_are_opened(tmp_path, monkeypatch):
-    import app
+    import webapp.gate
+    import webapp.http_api
+    import webapp.queries
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     (tmp_path / "abc").mkdir()
     (tmp_path / "abc" / "photo.jpg").write_bytes(b"x")
     upload = {"path": str(tmp_path / "abc" / "photo.jpg"), "meta": {"_type": "gradio.FileData"}}
-    assert app.uploaded_path(upload) == upload["path"]
-    assert app.uploaded_path({"background": upload, "layers": [], "composite": None}) == upload["path"]
-    assert app.uploaded_path({"background": None, "composite": upload}) == upload["path"]
-    assert app.uploaded_path(None) is None and app.uploaded_path({"background": None}) is None
+    assert webapp.queries.uploaded_path(upload) == upload["path"]
+    assert webapp.queries.uploaded_path({"background": upload, "layers": [], "composite": None}) == upload["path"]
+    assert webapp.queries.uploaded_path({"background": None, "composite": upload}) == upload["path"]
+    assert webapp.queries.uploaded_path(None) is None and webapp.queries.uploaded_path({"background": None}) is None
     for value, message in (("https://example.com/a.jpg", "URLs are not fetched"),
                            ("/etc/hostname", "must be a file uploaded"),
                            ({"path": "/etc/hostname"}, "must be a file uploaded"),
                            ({"path": "/etc/hostname", "meta": {"_type": "other"}}, "must be a file uploaded"),
                            ({"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "must be a file uploaded"),
                            (42, "must be a file uploaded")):
-        with pytest.raises(app.QueryError, match=message):
-            app.uploaded_path(value)
+        with pytest.raises(webapp.queries.QueryError, match=message):
+            webapp.queries.uploaded_path(value)

@@ -18,6 +18,11 @@ import pytest
 from PIL import Image
 
 import app
+import webapp.gate
+import webapp.guard
+import webapp.handlers
+import webapp.queries
+import webapp.thumbnails
 from retrieval.build import build_index
 from retrieval.engine import SearchEngine
 from retrieval.features import Pipeline, embed_image
@@ -47,7 +52,7 @@ def served(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("idx") / "index"
     build_index(root, out, tiny, PIPE, dtype="float32", qe=2)
     engine = SearchEngine(load_index(out), tiny, backend="exact")
-    return engine, app.Thumbnails(engine.index, tmp_path_factory.mktemp("thumbs")), root
+    return engine, webapp.thumbnails.Thumbnails(engine.index, tmp_path_factory.mktemp("thumbs")), root
 
 
 def editor(path) -> str:
@@ -61,14 +66,14 @@ def shown(thumbs, image_id):
 
 
 def describe(*args):
-    """app.describe's (line, preview, share link): the share field is now a gr.update, plus a deep-link button."""
-    line, preview, share, _deep = app.describe(*args)
+    """webapp.handlers.describe's (line, preview, share link): the share field is now a gr.update, plus a deep-link button."""
+    line, preview, share, _deep = webapp.handlers.describe(*args)
     return line, preview, share["value"] if isinstance(share, dict) else share
 
 
 def test_an_unedited_example_is_searched_by_its_stored_descriptor(served):
     engine, thumbs, _ = served
-    gallery, records, timings, searched = app.search(engine, thumbs, editor(thumbs.preview("p03")), 5, "", "p03")
+    gallery, records, timings, searched = webapp.handlers.search(engine, thumbs, editor(thumbs.preview("p03")), 5, "", "p03")
     stored = engine.search_id("p03", 5)
     assert [r["id"] for r in records] == stored.ids and records == stored.to_records()
     assert timings["embed_ms"] == 0.0 and timings["total_ms"] == timings["search_ms"]
@@ -87,7 +92,7 @@ def test_a_crop_or_upload_after_an_example_is_searched_as_the_new_image(served, 
     crop = shown(thumbs, "p03").crop((0, 0, 40, 30))
     crop.save(tmp_path / "crop.png")
     for picture, path in ((crop, tmp_path / "crop.png"), (Image.open(root / "p07.png"), root / "p07.png")):
-        _, records, timings, searched = app.search(engine, thumbs, editor(path), 4, "", "p03")
+        _, records, timings, searched = webapp.handlers.search(engine, thumbs, editor(path), 4, "", "p03")
         embedded = engine.search(picture, 4)
         assert records == embedded.to_records()
         assert records != engine.search_id("p03", 4).to_records()
@@ -98,7 +103,7 @@ def test_a_crop_or_upload_after_an_example_is_searched_as_the_new_image(served, 
     edited = shown(thumbs, "p03")
     edited.putpixel((0, 0), tuple(255 - v for v in edited.getpixel((0, 0))))
     edited.save(tmp_path / "edited.png")
-    assert app.search(engine, thumbs, editor(tmp_path / "edited.png"), 4, "", "p03")[3]["id"] is None
+    assert webapp.handlers.search(engine, thumbs, editor(tmp_path / "edited.png"), 4, "", "p03")[3]["id"] is None
     assert not thumbs.is_unedited("p03", thumbs.preview("p04"))
     shown(thumbs, "p03").resize((40, 30)).save(tmp_path / "small.png")
     assert not thumbs.is_unedited("p03", str(tmp_path / "small.png"))
@@ -106,7 +111,7 @@ def test_a_crop_or_upload_after_an_example_is_searched_as_the_new_image(served, 
 
 def test_an_example_with_a_box_is_embedded_and_its_link_keeps_the_box(served):
     engine, thumbs, _ = served
-    _, records, timings, searched = app.search(engine, thumbs, editor(thumbs.preview("p05")), 3, "0,0,40,30", "p05")
+    _, records, timings, searched = webapp.handlers.search(engine, thumbs, editor(thumbs.preview("p05")), 3, "0,0,40,30", "p05")
     assert records == engine.search(shown(thumbs, "p05").crop((0, 0, 40, 30)), 3).to_records()
     assert searched["id"] == "p05" and searched["image"].size == (40, 30) and timings["embed_ms"] > 0
     line, _, share = describe(timings, searched, "p05", "0,0,40,30", 3)
@@ -118,51 +123,51 @@ def test_big_queries_are_downscaled_to_2048_pixels(served, tmp_path):
     engine, thumbs, root = served
     big = Image.open(root / "p02.png").resize((3000, 2250), Image.NEAREST)
     big.save(tmp_path / "big.png")
-    _, records, _, searched = app.search(engine, thumbs, editor(tmp_path / "big.png"), 3)
+    _, records, _, searched = webapp.handlers.search(engine, thumbs, editor(tmp_path / "big.png"), 3)
     assert searched["image"].size == (2048, 1536)
     # The search itself decodes the whole file as the build does (an indexed photo then matches itself).
     assert records == engine.search(str(tmp_path / "big.png"), 3).to_records()
     for size, searched_size in (((2048, 1536), (2048, 1536)), ((1537, 2049), (1536, 2048))):
         Image.open(root / "p02.png").resize(size, Image.NEAREST).save(tmp_path / "edge.png")
-        assert app.search(engine, thumbs, editor(tmp_path / "edge.png"), 3)[3]["image"].size == searched_size
+        assert webapp.handlers.search(engine, thumbs, editor(tmp_path / "edge.png"), 3)[3]["image"].size == searched_size
 
 
 @pytest.mark.parametrize("k", [2.5, 0, 13, "3", None, True])
 def test_bad_k_is_refused_with_its_range(served, k):
     engine, thumbs, _ = served
     with pytest.raises(gr.Error, match=r"K must be a whole number from 1 to 12; got"):
-        app.search(engine, thumbs, editor(thumbs.preview("p01")), k)
+        webapp.handlers.search(engine, thumbs, editor(thumbs.preview("p01")), k)
 
 
 def test_whole_float_k_and_the_largest_k_are_accepted(served):
     engine, thumbs, _ = served
-    assert app.check_k(engine, 4.0) == 4 and type(app.check_k(engine, 4.0)) is int
-    assert app.check_k(engine, 12) == 12 and app.check_k(engine, 1) == 1
-    assert app.max_k(engine) == 12
+    assert webapp.queries.check_k(engine, 4.0) == 4 and type(webapp.queries.check_k(engine, 4.0)) is int
+    assert webapp.queries.check_k(engine, 12) == 12 and webapp.queries.check_k(engine, 1) == 1
+    assert webapp.queries.max_k(engine) == 12
 
 
 def test_bad_queries_are_refused_with_their_message(served, tmp_path):
     engine, thumbs, _ = served
     with pytest.raises(gr.Error, match="Upload an image first"):
-        app.search(engine, thumbs, None, 3)
+        webapp.handlers.search(engine, thumbs, None, 3)
     with pytest.raises(gr.Error, match="Upload an image first"):
-        app.search_ui(engine, thumbs, None, "", 3, "", None)  # the UI's empty query image
+        webapp.handlers.search_ui(engine, thumbs, None, "", 3, "", None)  # the UI's empty query image
     (tmp_path / "notes.png").write_text("not a picture")
     with pytest.raises(gr.Error, match="This file cannot be used as a query: not a readable image"):
-        app.search(engine, thumbs, editor(tmp_path / "notes.png"), 3)
+        webapp.handlers.search(engine, thumbs, editor(tmp_path / "notes.png"), 3)
     with pytest.raises(gr.Error, match="The crop is empty"):
-        app.search(engine, thumbs, editor(thumbs.preview("p01")), 3, "10,10,10,20")
+        webapp.handlers.search(engine, thumbs, editor(thumbs.preview("p01")), 3, "10,10,10,20")
     with pytest.raises(gr.Error, match="four whole numbers"):
-        app.search(engine, thumbs, editor(thumbs.preview("p01")), 3, "1,2,3")
+        webapp.handlers.search(engine, thumbs, editor(thumbs.preview("p01")), 3, "1,2,3")
 
 
 def test_parse_box():
-    assert app.parse_box(None) is None and app.parse_box("  ") is None
-    assert app.parse_box("1,2,3,4") == (1, 2, 3, 4)
-    assert app.parse_box(" 1 2  3.7 4 ") == (1, 2, 3, 4)
+    assert webapp.queries.parse_box(None) is None and webapp.queries.parse_box("  ") is None
+    assert webapp.queries.parse_box("1,2,3,4") == (1, 2, 3, 4)
+    assert webapp.queries.parse_box(" 1 2  3.7 4 ") == (1, 2, 3, 4)
     for bad in ("1,2,3", "1,2,3,4,5", "a,b,c,d"):
-        with pytest.raises(app.QueryError, match=f"four whole numbers x0,y0,x1,y1 in pixels; got '{bad}'"):
-            app.parse_box(bad)
+        with pytest.raises(webapp.queries.QueryError, match=f"four whole numbers x0,y0,x1,y1 in pixels; got '{bad}'"):
+            webapp.queries.parse_box(bad)
 
 
 def test_the_editor_value_shown_is_the_one_searched(tmp_path):
@@ -170,12 +175,12 @@ def test_the_editor_value_shown_is_the_one_searched(tmp_path):
     def fd(name):
         (tmp_path / name).write_bytes(b"")  # an upload, under Gradio's upload folder (see uploads_under_pytest_temp)
         return {"path": str(tmp_path / name), "meta": {"_type": "gradio.FileData"}}
-    assert app.uploaded_path({"background": fd("bg.png"), "composite": fd("c.png")}) == str(tmp_path / "c.png")
-    assert app.uploaded_path({"background": fd("bg.png"), "layers": []}) == str(tmp_path / "bg.png")
-    assert app.uploaded_path(fd("bg.png")) == str(tmp_path / "bg.png")
-    assert app.uploaded_path(None) is None and app.uploaded_path({"background": None}) is None
-    with pytest.raises(app.QueryError, match="must be a file uploaded with this request"):
-        app.uploaded_path({"background": "not a dict"})
+    assert webapp.queries.uploaded_path({"background": fd("bg.png"), "composite": fd("c.png")}) == str(tmp_path / "c.png")
+    assert webapp.queries.uploaded_path({"background": fd("bg.png"), "layers": []}) == str(tmp_path / "bg.png")
+    assert webapp.queries.uploaded_path(fd("bg.png")) == str(tmp_path / "bg.png")
+    assert webapp.queries.uploaded_path(None) is None and webapp.queries.uploaded_path({"background": None}) is None
+    with pytest.raises(webapp.queries.QueryError, match="must be a file uploaded with this request"):
+        webapp.queries.uploaded_path({"background": "not a dict"})
 
 
 def warned(fn, *args):
@@ -187,32 +192,32 @@ def warned(fn, *args):
 
 def test_read_link_takes_a_good_link_as_it_is(served):
     engine, _, _ = served
-    assert warned(app.read_link, engine, {"id": "p04", "k": "7", "box": "1,2,30,40"}) == (
+    assert warned(webapp.handlers.read_link, engine, {"id": "p04", "k": "7", "box": "1,2,30,40"}) == (
         {"id": "p04", "k": 7, "box": "1,2,30,40"}, [])
-    assert warned(app.read_link, engine, {"id": "p04"}) == ({"id": "p04", "k": 12, "box": ""}, [])
-    assert app.read_link(engine, {}) is None and app.read_link(engine, {"id": ""}) is None
+    assert warned(webapp.handlers.read_link, engine, {"id": "p04"}) == ({"id": "p04", "k": 12, "box": ""}, [])
+    assert webapp.handlers.read_link(engine, {}) is None and webapp.handlers.read_link(engine, {"id": ""}) is None
 
 
 @pytest.mark.parametrize("k", ["abc", "0", "13", "2.5", ""])
 def test_read_link_replaces_a_bad_k_and_says_so(served, k):
     engine, _, _ = served
-    link, messages = warned(app.read_link, engine, {"id": "p04", "k": k})
+    link, messages = warned(webapp.handlers.read_link, engine, {"id": "p04", "k": k})
     assert link == {"id": "p04", "k": 12, "box": ""}
     assert messages == ["k must be a whole number from 1 to 12; using 12."]
 
 
 def test_read_link_drops_a_bad_box_and_refuses_an_unknown_id(served):
     engine, _, _ = served
-    link, messages = warned(app.read_link, engine, {"id": "p04", "k": "3", "box": "1,2"})
+    link, messages = warned(webapp.handlers.read_link, engine, {"id": "p04", "k": "3", "box": "1,2"})
     assert link == {"id": "p04", "k": 3, "box": ""}
     assert messages == ["Ignoring the box '1,2': it must be four whole numbers x0,y0,x1,y1."]
-    link, messages = warned(app.read_link, engine, {"id": "../../etc/passwd"})
+    link, messages = warned(webapp.handlers.read_link, engine, {"id": "../../etc/passwd"})
     assert link is None and messages == ["The link names an image that is not in this index ('../../etc/passwd')."]
 
 
 def test_run_link_shows_the_linked_image_and_its_results(served):
     engine, thumbs, _ = served
-    out = app.run_link(engine, thumbs, None, {"id": "p06", "k": 4, "box": ""})
+    out = webapp.handlers.run_link(engine, thumbs, None, {"id": "p06", "k": 4, "box": ""})
     editor_png, k, box, source, gallery, records, timings, searched, line, preview, share, _deep = out
     share = share["value"]
     assert Image.open(editor_png).size == shown(thumbs, "p06").size and (k, box, source) == (4, "", "p06")
@@ -222,14 +227,14 @@ def test_run_link_shows_the_linked_image_and_its_results(served):
 
 def test_examples_are_spread_over_the_index_and_picking_one_loads_it(served):
     engine, thumbs, _ = served
-    assert app.example_ids(engine.index) == ["p00", "p01", "p03", "p04", "p06", "p07", "p09", "p10"]
-    assert app.example_ids(engine.index, n=3) == ["p00", "p04", "p08"]
-    assert app.example_ids(engine.index, n=20) == [f"p{i:02d}" for i in range(N)]
+    assert webapp.handlers.example_ids(engine.index) == ["p00", "p01", "p03", "p04", "p06", "p07", "p09", "p10"]
+    assert webapp.handlers.example_ids(engine.index, n=3) == ["p00", "p04", "p08"]
+    assert webapp.handlers.example_ids(engine.index, n=20) == [f"p{i:02d}" for i in range(N)]
 
     class Selected:
         index = 2
 
-    png, box, source = app.pick_example(thumbs, ["p00", "p05", "p09"], Selected())
+    png, box, source = webapp.handlers.pick_example(thumbs, ["p00", "p05", "p09"], Selected())
     assert (box, source) == ("", "p09")
     assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), np.asarray(shown(thumbs, "p09")))
 
@@ -247,23 +252,23 @@ def test_thumbnail_files_are_written_once_and_named_by_row(served):
 
 
 def test_the_preview_is_an_inline_jpeg_of_at_most_320_pixels():
-    html = app.preview_html(Image.new("RGB", (1000, 500)))
+    html = webapp.thumbnails.preview_html(Image.new("RGB", (1000, 500)))
     assert "Query as searched: 1000 × 500 px" in html
     import base64
     import re
 
     data = base64.b64decode(re.search(r"base64,([^\"]+)\"", html).group(1))
     assert Image.open(io.BytesIO(data)).size == (320, 160)
-    assert app.preview_html(None) == ""
+    assert webapp.thumbnails.preview_html(None) == ""
 
 
 def test_share_query_only_for_the_unedited_index_image():
     searched = {"id": "p01"}
-    assert app.share_query("p01", "", 5, searched) == "?id=p01&k=5"
-    assert app.share_query("p01", "", 5.0, searched) == "?id=p01&k=5"
-    assert app.share_query("p01", "", 5, {"id": None}) == ""
-    assert app.share_query("p01", "", 5, {"id": "p02"}) == ""
-    assert app.share_query(None, "", 5, searched) == "" and app.share_query("p01", "", 5, None) == ""
+    assert webapp.handlers.share_query("p01", "", 5, searched) == "?id=p01&k=5"
+    assert webapp.handlers.share_query("p01", "", 5.0, searched) == "?id=p01&k=5"
+    assert webapp.handlers.share_query("p01", "", 5, {"id": None}) == ""
+    assert webapp.handlers.share_query("p01", "", 5, {"id": "p02"}) == ""
+    assert webapp.handlers.share_query(None, "", 5, searched) == "" and webapp.handlers.share_query("p01", "", 5, None) == ""
 
 
 class Args:
@@ -322,21 +327,21 @@ def test_the_stored_descriptor_is_the_one_embedded_from_the_full_photo(served):
 
 def refusal(fn, *args) -> tuple[str, str]:
     """Returns the (title, message) of the gr.Error that fn(*args) raises: what the user's toast shows."""
-    with pytest.raises((gr.Error, app.QueryError)) as caught:
+    with pytest.raises((gr.Error, webapp.queries.QueryError)) as caught:
         fn(*args)
     return caught.value.title, getattr(caught.value, "message", str(caught.value))
 
 
 def test_every_refusal_has_its_title_and_message(served, tmp_path, monkeypatch):
     engine, thumbs, _ = served
-    assert refusal(app.check_k, engine, 0) == ("Bad K", "K must be a whole number from 1 to 12; got '0'.")
-    assert refusal(app.parse_box, "1,2") == ("Bad box", "A box is four whole numbers x0,y0,x1,y1 in pixels; got '1,2'.")
+    assert refusal(webapp.queries.check_k, engine, 0) == ("Bad K", "K must be a whole number from 1 to 12; got '0'.")
+    assert refusal(webapp.queries.parse_box, "1,2") == ("Bad box", "A box is four whole numbers x0,y0,x1,y1 in pixels; got '1,2'.")
     (tmp_path / "notes.png").write_text("not a picture")
-    title, message = refusal(app.decode_query, str(tmp_path / "notes.png"))
+    title, message = refusal(webapp.queries.decode_query, str(tmp_path / "notes.png"))
     assert title == "Not a usable image" and message.startswith("This file cannot be used as a query: not a readable")
-    assert refusal(app.search, engine, thumbs, None, 3) == (
+    assert refusal(webapp.handlers.search, engine, thumbs, None, 3) == (
         "No image", "Upload an image first (or pick one of the examples).")
-    title, message = refusal(app.search, engine, thumbs, editor(thumbs.preview("p01")), 3, "10,10,10,20")
+    title, message = refusal(webapp.handlers.search, engine, thumbs, editor(thumbs.preview("p01")), 3, "10,10,10,20")
     assert title == "Empty crop" and message.startswith("The crop is empty: the crop (10, 10, 10, 20) is empty")
     from retrieval.features import ImageError
 
@@ -344,7 +349,7 @@ def test_every_refusal_has_its_title_and_message(served, tmp_path, monkeypatch):
         raise ImageError("too strange")
 
     monkeypatch.setattr(engine, "search", unusable)
-    assert refusal(app.search, engine, thumbs, Image.new("RGB", (40, 40)), 3) == (
+    assert refusal(webapp.handlers.search, engine, thumbs, Image.new("RGB", (40, 40)), 3) == (
         "Not a usable image", "This image cannot be searched: too strange.")
 
 
@@ -353,7 +358,7 @@ def test_timings_are_rounded_to_hundredths_of_a_millisecond(served, monkeypatch)
 
     engine, thumbs, _ = served
     monkeypatch.setattr(engine, "search", lambda image, k: SearchResult(["p00"], [0.5], 12.3456, 0.6789))
-    _, records, timings, _ = app.search(engine, thumbs, Image.new("RGB", (40, 40)), 1)
+    _, records, timings, _ = webapp.handlers.search(engine, thumbs, Image.new("RGB", (40, 40)), 1)
     assert timings == {"embed_ms": 12.35, "search_ms": 0.68, "total_ms": 13.02, "runtime": "keras"}
     assert records == [{"rank": 1, "id": "p00", "score": 0.5}]
 
@@ -371,10 +376,10 @@ class Recorder:
 def test_link_warnings_have_their_titles_and_cut_long_values(served, monkeypatch):
     engine, _, _ = served
     shown = Recorder()
-    monkeypatch.setattr(app.gr, "Warning", shown)
+    monkeypatch.setattr(webapp.handlers.gr, "Warning", shown)
     long_id, long_box = "x" * 100, "9" * 100
-    assert app.read_link(engine, {"id": long_id}) is None
-    assert app.read_link(engine, {"id": "p01", "k": "0", "box": long_box}) == {"id": "p01", "k": 12, "box": ""}
+    assert webapp.handlers.read_link(engine, {"id": long_id}) is None
+    assert webapp.handlers.read_link(engine, {"id": "p01", "k": "0", "box": long_box}) == {"id": "p01", "k": 12, "box": ""}
     assert shown.shown == [
         ("Unknown image", f"The link names an image that is not in this index ({'x' * 80!r})."),
         ("Bad k", "k must be a whole number from 1 to 12; using 12."),
@@ -386,13 +391,13 @@ def test_link_warnings_have_their_titles_and_cut_long_values(served, monkeypatch
 def test_read_link_takes_every_k_in_range(served, k, monkeypatch):
     engine, _, _ = served
     shown = Recorder()
-    monkeypatch.setattr(app.gr, "Warning", shown)
-    assert app.read_link(engine, {"id": "p01", "k": k})["k"] == int(k) and shown.shown == []
+    monkeypatch.setattr(webapp.handlers.gr, "Warning", shown)
+    assert webapp.handlers.read_link(engine, {"id": "p01", "k": k})["k"] == int(k) and shown.shown == []
 
 
 def test_run_link_with_a_box_searches_the_crop_and_shares_the_box(served):
     engine, thumbs, _ = served
-    out = app.run_link(engine, thumbs, None, {"id": "p06", "k": 3, "box": "0,0,40,30"})
+    out = webapp.handlers.run_link(engine, thumbs, None, {"id": "p06", "k": 3, "box": "0,0,40,30"})
     records, line, share = out[5], out[8], out[10]["value"]
     assert records == engine.search(shown(thumbs, "p06").crop((0, 0, 40, 30)), 3).to_records()
     assert share == "?id=p06&k=3&box=0%2C0%2C40%2C30" and "stored descriptor" not in line
@@ -413,7 +418,7 @@ def test_max_k_is_100_or_the_index_size():
         def __len__(self):
             return self.n
 
-    assert [app.max_k(Sized(n)) for n in (0, 1, 7, 100, 5000)] == [1, 1, 7, 100, 100]
+    assert [webapp.queries.max_k(Sized(n)) for n in (0, 1, 7, 100, 5000)] == [1, 1, 7, 100, 100]
 
 
 def test_no_index_at_all_says_where_one_can_come_from(monkeypatch, tmp_path):
@@ -454,7 +459,7 @@ def test_the_preview_is_the_query_as_a_bilinear_jpeg_at_quality_85():
     small.thumbnail((320, 320), Image.BILINEAR)
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=85)
-    html = app.preview_html(image)
+    html = webapp.thumbnails.preview_html(image)
     assert base64.b64decode(re.search(r"base64,([^\"]+)\"", html).group(1)) == buffer.getvalue()
 
 
@@ -495,51 +500,51 @@ def test_runtime_options_and_their_defaults(monkeypatch, capsys):
 
 def test_refusals_quote_at_most_40_or_80_characters_of_a_bad_value(served):
     engine, _, _ = served
-    assert refusal(app.check_k, engine, "9" * 50) == ("Bad K", f"K must be a whole number from 1 to 12; got {'9' * 40!r}.")
-    assert refusal(app.check_k, engine, "") == ("Bad K", "K must be a whole number from 1 to 12; got ''.")
-    assert refusal(app.parse_box, "9" * 100) == (
+    assert refusal(webapp.queries.check_k, engine, "9" * 50) == ("Bad K", f"K must be a whole number from 1 to 12; got {'9' * 40!r}.")
+    assert refusal(webapp.queries.check_k, engine, "") == ("Bad K", "K must be a whole number from 1 to 12; got ''.")
+    assert refusal(webapp.queries.parse_box, "9" * 100) == (
         "Bad box", f"A box is four whole numbers x0,y0,x1,y1 in pixels; got {'9' * 80!r}.")
 
 
 def test_an_unreadable_query_is_refused_without_naming_its_path(tmp_path):
     missing = tmp_path / "gone.png"
     for source in (str(missing), missing):
-        title, message = refusal(app.decode_query, source)
+        title, message = refusal(webapp.queries.decode_query, source)
         assert title == "Not a usable image" and message.startswith("This file cannot be used as a query: ")
         assert message.endswith(": 'the file'.") and str(tmp_path) not in message
-    assert refusal(app.decode_query, str(missing), "photo.png")[1].endswith(": 'photo.png'.")
-    assert refusal(app.decode_query, b"not an image") == (
+    assert refusal(webapp.queries.decode_query, str(missing), "photo.png")[1].endswith(": 'photo.png'.")
+    assert refusal(webapp.queries.decode_query, b"not an image") == (
         "Not a usable image", "This file cannot be used as a query: not a readable image (no image format recognised).")
 
 
 def test_describe_shows_exactly_one_share_control():
     hidden = gr.update(value="", visible=False)
-    assert app.describe(None, None, None, "", 5) == ("", "", hidden, gr.update(visible=False))
+    assert webapp.handlers.describe(None, None, None, "", 5) == ("", "", hidden, gr.update(visible=False))
     timings = {"total_ms": 3.0, "embed_ms": 2.0, "search_ms": 1.0, "runtime": "openvino"}
-    line, _, share, deep = app.describe(timings, {"id": None}, "p01", "", 5)  # an upload: Gradio's deep link
+    line, _, share, deep = webapp.handlers.describe(timings, {"id": None}, "p01", "", 5)  # an upload: Gradio's deep link
     assert line == "**Query time 3.0 ms**: embedding 2.0 ms (openvino) + search 1.0 ms"
     assert (share, deep) == (hidden, gr.update(visible=True))
-    _, _, share, deep = app.describe(timings, {"id": "p01"}, "p01", "", 5)  # an index image: its short link
+    _, _, share, deep = webapp.handlers.describe(timings, {"id": "p01"}, "p01", "", 5)  # an index image: its short link
     assert (share, deep) == (gr.update(value="?id=p01&k=5", visible=True), gr.update(visible=False))
-    line, _, share, deep = app.describe(timings, {"id": "p01"}, "p01", "1,2", 5)  # a box no link can carry
+    line, _, share, deep = webapp.handlers.describe(timings, {"id": "p01"}, "p01", "1,2", 5)  # a box no link can carry
     assert line == "**Query time 3.0 ms**: embedding 2.0 ms (openvino) + search 1.0 ms"
     assert (share, deep) == (hidden, gr.update(visible=True))
 
 
 def test_the_preview_says_what_it_shows():
-    assert 'alt="the query as searched"><figcaption>' in app.preview_html(Image.new("RGB", (10, 10)))
+    assert 'alt="the query as searched"><figcaption>' in webapp.thumbnails.preview_html(Image.new("RGB", (10, 10)))
 
 
 def test_a_refusal_is_logged_as_one_line_without_a_traceback(caplog):
     caplog.set_level(logging.INFO, logger="landmark-search")
-    error = app.refused(app.QueryError("Bad K", "K must be a whole number from 1 to 12; got '0'."))
+    error = webapp.queries.refused(webapp.queries.QueryError("Bad K", "K must be a whole number from 1 to 12; got '0'."))
     assert (error.title, error.message) == ("Bad K", "K must be a whole number from 1 to 12; got '0'.")
     assert not error.print_exception
     assert [r.getMessage() for r in caplog.records if r.name == "landmark-search"] == [
         "refused: Bad K: K must be a whole number from 1 to 12; got '0'."]
 
 
-class Watched(app.Gate):
+class Watched(webapp.gate.Gate):
     """The engine's gate, telling how many hold it."""
 
     def __init__(self):
@@ -562,25 +567,25 @@ def test_every_search_path_runs_the_engine_inside_the_gate(served, monkeypatch):
         work = getattr(engine, name)
         monkeypatch.setattr(engine, name, lambda *a, work=work, name=name, **kw: seen.append((name, gate.held))
                             or work(*a, **kw))
-    app.search(engine, thumbs, editor(root / "p01.png"), 3, gate=gate)
-    app.search_ui(engine, thumbs, gate, file_data(root / "p02.png"), 3, "", None)
-    app.run_link(engine, thumbs, gate, {"id": "p06", "k": 3, "box": ""})
+    webapp.handlers.search(engine, thumbs, editor(root / "p01.png"), 3, gate=gate)
+    webapp.handlers.search_ui(engine, thumbs, gate, file_data(root / "p02.png"), 3, "", None)
+    webapp.handlers.run_link(engine, thumbs, gate, {"id": "p06", "k": 3, "box": ""})
     assert seen == [("search", 1), ("search", 1), ("search_id", 1)] and gate.held == 0
 
 
 def test_the_ui_searches_the_file_the_editor_holds(served):
     engine, thumbs, root = served
     # An example the app put in the editor, unedited: searched by its stored descriptor.
-    _, records, _, searched = app.search_ui(engine, thumbs, None, file_data(thumbs.preview("p03")), 4, "", "p03")
+    _, records, _, searched = webapp.handlers.search_ui(engine, thumbs, None, file_data(thumbs.preview("p03")), 4, "", "p03")
     assert records == engine.search_id("p03", 4).to_records() and searched["id"] == "p03"
     # An upload in the editor's full value, with a box: its crop.
     value = {"background": file_data(root / "p07.png"), "layers": [], "composite": None}
-    _, records, _, searched = app.search_ui(engine, thumbs, None, value, 3, "0,0,40,30", None)
+    _, records, _, searched = webapp.handlers.search_ui(engine, thumbs, None, value, 3, "0,0,40,30", None)
     assert records == engine.search(Image.open(root / "p07.png").convert("RGB").crop((0, 0, 40, 30)), 3).to_records()
     assert searched["image"].size == (40, 30) and searched["id"] is None
     with pytest.raises(gr.Error) as caught:
-        app.search_ui(engine, thumbs, None, "https://example.com/a.jpg", 3, "", None)
-    assert (caught.value.title, caught.value.message) == ("Not an image", app.URL_MESSAGE)
+        webapp.handlers.search_ui(engine, thumbs, None, "https://example.com/a.jpg", 3, "", None)
+    assert (caught.value.title, caught.value.message) == ("Not an image", webapp.queries.URL_MESSAGE)
 
 
 def test_uploaded_path_takes_only_files_gradio_checked(tmp_path):
@@ -588,16 +593,16 @@ def test_uploaded_path_takes_only_files_gradio_checked(tmp_path):
     (tmp_path / "b.png").write_bytes(b"b")
     a, b = file_data(tmp_path / "a.png"), file_data(tmp_path / "b.png")
     # The image editor's full value: the composite, else the background.
-    assert app.uploaded_path({"background": a, "layers": [], "composite": b}) == str(tmp_path / "b.png")
-    assert app.uploaded_path({"background": a, "layers": [], "composite": None}) == str(tmp_path / "a.png")
+    assert webapp.queries.uploaded_path({"background": a, "layers": [], "composite": b}) == str(tmp_path / "b.png")
+    assert webapp.queries.uploaded_path({"background": a, "layers": [], "composite": None}) == str(tmp_path / "a.png")
     # A file dict is that file, whatever other keys it carries.
-    assert app.uploaded_path({**a, "background": b, "layers": []}) == str(tmp_path / "a.png")
-    not_uploaded = ("Not an image", app.NOT_UPLOADED)
+    assert webapp.queries.uploaded_path({**a, "background": b, "layers": []}) == str(tmp_path / "a.png")
+    not_uploaded = ("Not an image", webapp.guard.NOT_UPLOADED)
     for value in ({}, {"path": "/etc/passwd"}, {"meta": {"_type": "gradio.FileData"}}, "/etc/passwd",
                   "/srv/background.png", 3):
-        assert refusal(app.uploaded_path, value) == not_uploaded, value
+        assert refusal(webapp.queries.uploaded_path, value) == not_uploaded, value
     for url in ("https://example.com/a.jpg", "http://example.com/composite.png"):
-        assert refusal(app.uploaded_path, url) == ("Not an image", app.URL_MESSAGE)
+        assert refusal(webapp.queries.uploaded_path, url) == ("Not an image", webapp.queries.URL_MESSAGE)
 
 
 def test_thumbnails_are_staged_in_their_own_folder(served, tmp_path, monkeypatch):
@@ -605,7 +610,7 @@ def test_thumbnails_are_staged_in_their_own_folder(served, tmp_path, monkeypatch
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-temp"))  # the system temp folder unusable
     folder = tmp_path / "thumbs"
     folder.mkdir()
-    thumbs = app.Thumbnails(engine.index, folder)
+    thumbs = webapp.thumbnails.Thumbnails(engine.index, folder)
     assert Path(thumbs.jpeg("p05")).read_bytes() == engine.index.thumbnail("p05")
     assert Path(thumbs.preview("p05")).read_bytes() == engine.index.preview("p05")
     row = engine.index.row_of("p05")
@@ -616,5 +621,5 @@ def test_thumbnails_are_staged_in_their_own_folder(served, tmp_path, monkeypatch
 def test_run_query_defaults_to_no_crop(served):
     engine, thumbs, root = served
     picture = Image.open(root / "p01.png").convert("RGB")
-    result, searched = app.run_query(engine, thumbs, picture, 3)
+    result, searched = webapp.queries.run_query(engine, thumbs, picture, 3)
     assert result.to_records() == engine.search(picture, 3).to_records() and searched["image"].size == (80, 60)

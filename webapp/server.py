@@ -1,0 +1,75 @@
+"""One port for the UI, its Gradio API and the HTTP endpoint: bound first, guarded, and cleaned up however it stops."""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import fastapi
+import gradio as gr
+import uvicorn
+
+from retrieval.engine import SearchEngine
+from webapp.guard import (RequestLimits, refuse_non_uploads_in_our_words)
+from webapp.gate import Gate
+from webapp.http_api import HTTP_MAX_WAITING, MAX_BODY_BYTES, MAX_FILE_SIZE, MAX_URL_BYTES, add_http_api
+from webapp.thumbnails import Thumbnails
+from webapp.ui import CSS, DRAG_JS, QUEUE_MAX_SIZE, build_demo
+
+def bind(host: str, port: int) -> socket.socket:
+    """Returns a socket bound to host:port, for the server to listen on once the index is loaded.
+
+    Bound first, before anything slow: a port in use is said at once, and nothing claims to serve.
+
+    Raises:
+        SystemExit: the port cannot be had; one line, exit status 1.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise SystemExit(f"Cannot serve on {host}:{port}: {e.strerror or e}. Is another program using it? "
+                         "Choose another with --port.") from None
+    return sock
+
+
+def serve(engine: SearchEngine, *, sock: socket.socket, concurrency: int) -> None:
+    """Serves the UI, its Gradio API and the plain HTTP endpoint on one port, sharing one engine budget.
+
+    The thumbnail folder is removed however the server stops: Ctrl-C, SIGTERM (as a Space stops
+    it) or an error.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="landmark-thumbnails-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    # uvicorn re-raises the signal that stopped it; as SystemExit, not the default handler's
+    # immediate exit, it runs the `finally` below and the atexit handlers.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    try:
+        thumbnails = Thumbnails(engine.index, folder)
+        gate = Gate(concurrency, HTTP_MAX_WAITING)
+        demo = build_demo(engine, thumbnails, concurrency=concurrency, gate=gate)
+        demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=concurrency)
+        app = fastapi.FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+        add_http_api(app, engine, thumbnails, gate)  # before the mount, which takes every other path
+        app = gr.mount_gradio_app(
+            app, demo, path="", max_file_size=MAX_FILE_SIZE, allowed_paths=[], ssr_mode=False, show_error=False,
+            footer_links=["api", "gradio"], css=CSS, theme=gr.themes.Soft(), js=DRAG_JS,
+        )
+        # Gradio checks that inputs are uploads and outputs allowed files only once it has
+        # launched, which mounting never says: say it, so its own checks run too.
+        demo.has_launched = True
+        refuse_non_uploads_in_our_words()
+        guarded = RequestLimits(app, max_body=MAX_BODY_BYTES, max_url=MAX_URL_BYTES)
+        host, port = sock.getsockname()[:2]
+        print(f"Serving on http://{host}:{port} (HTTP API: POST /api/search)", file=sys.stderr, flush=True)
+        uvicorn.Server(uvicorn.Config(guarded, log_level="warning")).run(sockets=[sock])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
