@@ -21,24 +21,24 @@ def test_report_counts_untested_mutants_as_survivors_and_lists_them_per_function
     monkeypatch.setattr(mutation, "RESULTS", tmp_path / "mutation.json")
     monkeypatch.setattr(mutation, "SURVIVORS_DOC", tmp_path / "survivors.md")
     monkeypatch.setattr(mutation, "_mutmut_version", lambda: "3.8.1")
-    survivor = {"name": "app.x_search__mutmut_3", "status": "survived", "diff": "- a < b\n+ a <= b",
+    survivor = {"name": "webapp.queries.x_run_query__mutmut_3", "status": "survived", "diff": "- a < b\n+ a <= b",
                 "equivalent": False, "note": ""}
     modules = {
-        "app": {**result(6, 4, 1, no_tests=3, survivors=[survivor], untested={"serve": 2, "match": 1}),
+        "queries": {**result(6, 4, 1, no_tests=3, survivors=[survivor], untested={"decode_query": 2, "check_k": 1}),
                 "ran": "2026-12-02"},
         "features": result(0, 0, 0, not_tried=7),  # a run stopped before any mutant was tried: no score
     }
-    data = mutation.write_results(modules, seconds={"app": 1.0})
+    data = mutation.write_results(modules, seconds={"queries": 1.0})
     rows = {row[0]: row for row in data["tables"]["mutation"]["rows"]}
-    assert rows["`app`"] == ["`app`", 6, 4, 3, 1, 0, "60.0%", "80% overall", "2026-12-02"]
+    assert rows["`queries`"] == ["`queries`", 6, 4, 3, 1, 0, "60.0%", "80% overall", "2026-12-02"]
     assert rows["`features`"][5:] == [7, "no result", "80% overall", "before 2026-12"]
     assert rows["`search`"][-3] == "not run"
     assert rows["**all core modules**"] == ["**all core modules**", 6, 4, 3, 1, 7, "**60.0%**", "80%", ""]
     assert data["overall"] == {"killed": 6, "survived": 4, "equivalent": 1, "score": 0.6}
     assert json.loads((tmp_path / "mutation.json").read_text()) == data
     doc = (tmp_path / "survivors.md").read_text()
-    assert "- `serve`: 2 mutants that no test of `app` reaches (no tests)." in doc
-    assert "- `app.x_search__mutmut_3` (survived): `- a < b` / `+ a <= b`. Not reviewed yet." in doc
+    assert "- `decode_query`: 2 mutants that no test of `queries` reaches (no tests)." in doc
+    assert "- `webapp.queries.x_run_query__mutmut_3` (survived): `- a < b` / `+ a <= b`. Not reviewed yet." in doc
     assert "## `features` (retrieval/x.py): 0 killed, 0 survived, 0 equivalent\n\nNo survivors." in doc
 
 
