@@ -96,8 +96,7 @@ def build_from_images(images: Path, out: Path, network_name: str, weights: str, 
         from retrieval.networks import build_network
 
         network = build_network(network_name, weights=weights, **(runtime or {}))
-        report = build_index(images, out, network, DEFAULT.descriptor,
-                             dba=DEFAULT.dba, qe=DEFAULT.qe, alpha=DEFAULT.alpha, diffusion=DEFAULT.diffusion,
+        report = build_index(images, out, network, DEFAULT.descriptor, **DEFAULT.build_options(),
                              progress=progress, log=tqdm.write)
     print(f"{report.count} images ({report.embedded} embedded, {report.reused} reused, "
           f"{len(report.skipped)} skipped)", file=sys.stderr, flush=True)

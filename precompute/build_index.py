@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from precompute.options import (
     add_diffusion_options, add_extraction_options, add_network_options, add_pipeline_options, add_rerank_options,
-    diffusion_from_args, network_from_args, nonnegative_int, pipeline_from_args, positive_int, rerank_from_args,
+    network_from_args, nonnegative_int, positive_int, recipe_from_args,
 )
 from retrieval.previews import PREVIEW_MAX_IMAGES, PREVIEW_SIDE
 
@@ -89,15 +89,13 @@ def main(argv=None) -> int:
     from retrieval.networks import NetworkError
 
     try:
-        pipeline = pipeline_from_args(args)
-        qe, dba = rerank_from_args(args)
-        diffusion = diffusion_from_args(args)
+        recipe = recipe_from_args(args)
         network = None if args.vectors or args.engine == "ray" else network_from_args(args)
     except (ValueError, NetworkError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.vectors:
-        code = build_vectors(args, pipeline, qe, dba)
+        code = build_vectors(args, recipe.descriptor, recipe.qe, recipe.dba)
         if code == 0 and args.push:
             _push(args)
         return code
@@ -112,14 +110,13 @@ def main(argv=None) -> int:
     # Only the folder name: a local path would end up in the public dataset card.
     extra = {"source": args.source or Path(args.images).resolve().name}
     try:
-        common = dict(batch_size=args.batch_size, dtype=args.dtype, whiten=args.whiten, qe=qe, dba=dba,
-                      alpha=args.alpha, ann=args.ann, diffusion=diffusion,
-                      preview_side=args.preview_side or None, max_previews=args.max_previews,
+        common = dict(batch_size=args.batch_size, dtype=args.dtype, whiten=args.whiten, **recipe.build_options(),
+                      ann=args.ann, preview_side=args.preview_side or None, max_previews=args.max_previews,
                       extra_meta=extra, progress=progress, log=lambda msg: tqdm.write(msg))
         if args.engine == "ray":
-            report = _build_on_ray(args, pipeline, common)
+            report = _build_on_ray(args, recipe.descriptor, common)
         else:
-            report = build_index(args.images, args.out, network, pipeline, workers=args.workers, **common)
+            report = build_index(args.images, args.out, network, recipe.descriptor, workers=args.workers, **common)
     except (BuildError, FileNotFoundError, ImageError, NetworkError) as e:
         bar.close()
         print(f"error: {e}", file=sys.stderr)

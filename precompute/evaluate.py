@@ -36,8 +36,7 @@ import numpy as np
 
 from precompute.options import (
     ALPHA, add_diffusion_options, add_extraction_options, add_network_options, add_pipeline_options,
-    add_rerank_options, diffusion_from_args, network_from_args, nonnegative_int, pipeline_from_args, positive_int,
-    rerank_from_args,
+    add_rerank_options, network_from_args, nonnegative_int, positive_int, recipe_from_args,
 )
 from retrieval.ann import ann_neighbours
 from retrieval.database import add_distractors, augment_database, full_ranking, make_searcher, trained_ann
@@ -631,9 +630,7 @@ def main(argv=None) -> int:
     from retrieval.networks import NetworkError
 
     try:
-        pipeline = pipeline_from_args(args)
-        qe, dba = rerank_from_args(args)
-        diffusion = diffusion_from_args(args)
+        recipe = recipe_from_args(args)
         dataset = load_dataset(args.dataset, args.data_root, images_dir=args.images_dir, crops_dir=args.crops_dir)
         network = network_from_args(args)
     except (ValueError, FileNotFoundError, DatasetError, NetworkError) as e:
@@ -650,10 +647,10 @@ def main(argv=None) -> int:
             for desc, off in (("embedding database", False), ("local features (SV)", not args.sv))]
     try:
         evaluation = run_evaluation(
-            dataset, network, pipeline, backend=args.backend, whiten=args.whiten,
-            whiten_shrinkage=args.whiten_shrinkage, qe=qe, dba=dba, alpha=args.alpha, sv=args.sv,
+            dataset, network, recipe.descriptor, backend=args.backend, whiten=args.whiten,
+            whiten_shrinkage=args.whiten_shrinkage, **recipe.build_options(), sv=args.sv,
             sv_min_inliers=args.sv_min_inliers, distractors=args.distractors, ann_k=args.ann_k,
-            diffusion=diffusion, diffusion_then_sv=args.diffusion_then_sv,
+            diffusion_then_sv=args.diffusion_then_sv,
             cache_dir=args.cache_dir, batch_size=args.batch_size,
             workers=args.workers, progress=bars[0].update, sv_progress=bars[1].update,
         )

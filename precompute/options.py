@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from retrieval.defaults import DEFAULT
+from retrieval.defaults import DEFAULT, Recipe
 from retrieval.diffusion import DiffusionSettings
 from retrieval.features import BUCKET_FITS, POOLINGS, REPORT_PIPELINE, SCALE_COMBINATIONS, Pipeline
 
@@ -178,3 +178,14 @@ def rerank_from_args(args: argparse.Namespace) -> tuple[int, int]:
     qe = args.qe if args.qe is not None else (0 if report else DEFAULT_QE)
     dba = args.dba if args.dba is not None else (0 if report else DEFAULT_DBA)
     return qe, dba
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    """Returns the whole `Recipe` the options describe: the descriptor, DBA, αQE and diffusion.
+
+    Raises:
+        ValueError: for options out of range or that do not go together.
+    """
+    qe, dba = rerank_from_args(args)
+    return Recipe(descriptor=pipeline_from_args(args), dba=dba, qe=qe, alpha=args.alpha,
+                  diffusion=diffusion_from_args(args))

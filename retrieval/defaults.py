@@ -32,6 +32,11 @@ class Recipe:
     ann_rows: int = 50_000
     diffusion: DiffusionSettings | None = None
 
+    def build_options(self) -> dict:
+        """Returns the build's re-ranking options (dba, qe, alpha, diffusion), for `build_index(...,
+        recipe.descriptor, **recipe.build_options())`: every build engine takes the recipe whole."""
+        return {"dba": self.dba, "qe": self.qe, "alpha": self.alpha, "diffusion": self.diffusion}
+
     def to_meta(self) -> dict:
         """Returns the index.json entries that record this recipe: pipeline, dba, query_expansion, diffusion.
 

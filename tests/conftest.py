@@ -70,6 +70,5 @@ def lite0_index(tmp_path_factory, lite0, rparis_dir):
     from retrieval.defaults import DEFAULT
 
     out = tmp_path_factory.mktemp("lite0") / "index"
-    build_index(rparis_dir / "jpg", out, lite0, DEFAULT.descriptor, batch_size=8,
-                dba=DEFAULT.dba, qe=DEFAULT.qe, alpha=DEFAULT.alpha, diffusion=DEFAULT.diffusion)
+    build_index(rparis_dir / "jpg", out, lite0, DEFAULT.descriptor, batch_size=8, **DEFAULT.build_options())
     return out

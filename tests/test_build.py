@@ -537,3 +537,18 @@ def test_the_report_times_the_whole_build_not_only_its_last_step(tiny, folder, t
 
     report = build_index(folder, tmp_path / "idx", tiny, PIPE, progress=lambda done, total: time.sleep(0.05))
     assert report.embedded == 6 and report.seconds >= 0.3
+
+
+def test_the_commands_read_the_recipe_whole():
+    from precompute.build_index import parse_args
+    from precompute.evaluate import parse_args as evaluate_args
+    from precompute.options import recipe_from_args
+    from retrieval.defaults import REPORT
+
+    base = ["--images", "photos", "--out", "index"]
+    assert recipe_from_args(parse_args(base)) == DEFAULT
+    assert recipe_from_args(parse_args([*base, "--preset", "report"])) == REPORT
+    assert recipe_from_args(evaluate_args(["--dataset", "rparis6k", "--data-root", "data"])) == DEFAULT
+    chosen = recipe_from_args(parse_args([*base, "--qe", "0", "--dba", "2", "--no-diffusion", "--alpha", "2"]))
+    assert (chosen.qe, chosen.dba, chosen.alpha, chosen.diffusion) == (0, 2, 2.0, None)
+    assert chosen.build_options() == {"dba": 2, "qe": 0, "alpha": 2.0, "diffusion": None}
