@@ -22,7 +22,7 @@ from pathlib import Path
 from retrieval.build import BuildError, os_message
 from retrieval.engine import SearchEngine
 from retrieval.hub import HubError, pull_index
-from retrieval.index import Index, IndexFormatError, load_index
+from retrieval.index import Index, IndexFormatError, load_index, read_meta
 from webapp.guard import return_freed_memory
 from webapp.server import bind, serve
 from webapp.ui import CONCURRENCY_LIMIT
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--index", type=Path, help="an index folder (default: the embedded one, ./index)")
     source.add_argument("--images", type=Path, help="a folder of images to index, then serve")
-    parser.add_argument("--out", type=Path, help="with --images: where the index goes (default: indexes/<folder>)")
+    parser.add_argument("--out", type=Path, help="with --images: where the index goes (default: indexes/<folder>-<network>)")
     parser.add_argument("--network", default="efficientnet-b7",
                         help="with --images: efficientnet-b7 or efficientnet-lite0 (works offline)")
     parser.add_argument("--weights", default="imagenet", help="with --images: imagenet or a weights file")
@@ -77,6 +77,23 @@ def open_index(args: argparse.Namespace, environ) -> Index:
     if DEFAULT_INDEX.is_dir():
         return load_index(DEFAULT_INDEX)
     raise SystemExit(NO_INDEX_MESSAGE.format(default=DEFAULT_INDEX))
+
+
+def check_source(args: argparse.Namespace, environ) -> None:
+    """Refuses, before anything slow is imported, a source that `open_index` would refuse later:
+    no source at all, a missing image folder, an --index folder that is not an index.
+
+    Raises:
+        SystemExit: no index to serve.
+        IndexFormatError, FileNotFoundError: as `open_index` would, with the same messages.
+    """
+    if args.index is not None:
+        read_meta(args.index)
+    elif args.images is not None:
+        if not args.images.is_dir():
+            raise FileNotFoundError(f"image folder not found: {args.images}")
+    elif not environ.get("INDEX_REPO") and not DEFAULT_INDEX.is_dir():
+        raise SystemExit(NO_INDEX_MESSAGE.format(default=DEFAULT_INDEX))
 
 
 def build_from_images(images: Path, out: Path, network_name: str, weights: str, runtime: dict | None = None) -> Path:
@@ -124,6 +141,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     sock = bind(args.host, args.port)
+    try:
+        check_source(args, os.environ)  # seconds before TensorFlow would be imported
+    except (IndexFormatError, FileNotFoundError) as e:
+        raise SystemExit(f"Cannot serve this index: {e}") from None
     return_freed_memory()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up notices, unless chosen
     from retrieval.networks import NetworkError  # imports TensorFlow: after the port is ours

@@ -301,21 +301,24 @@ def test_twenty_concurrent_clients_all_get_their_answer(app_url, rparis, engine)
         assert [Path(g["image"]).read_bytes() for g in gallery] == [engine.index.thumbnail(r["id"]) for r in results]
 
 
-def test_an_index_that_cannot_be_served_gives_one_message(tmp_path):
+@pytest.mark.parametrize("option, message", [
+    ("--index", "{path} is not an index folder (it does not exist or is not a folder)"),
+    ("--images", "image folder not found: {path}"),
+])
+def test_an_index_that_cannot_be_served_gives_one_line_before_anything_else(tmp_path, option, message):
     import subprocess
     import sys
 
-    from tests.appserver.process import app_env
+    from tests.appserver.process import app_env, free_port
 
     done = subprocess.run(
-        [sys.executable, str(ROOT / "app.py"), "--index", str(tmp_path / "missing")],
+        [sys.executable, str(ROOT / "app.py"), option, str(tmp_path / "missing"), "--port", str(free_port())],
         cwd=ROOT, env=app_env(tmp_path), capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 1
-    lines = [line for line in done.stderr.splitlines() if line.startswith("Cannot serve")]
-    assert lines == [f"Cannot serve this index: {tmp_path / 'missing'} is not an index folder "
-                     "(it does not exist or is not a folder)"]
-    assert "Traceback" not in done.stderr
+    # One line, and the only one: refused before TensorFlow is imported or anything is indexed.
+    assert done.stderr.strip().splitlines() == [
+        "Cannot serve this index: " + message.format(path=tmp_path / "missing")], done.stderr
 
 
 def test_an_image_folder_is_indexed_then_served(rparis, tmp_path):

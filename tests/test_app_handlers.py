@@ -439,7 +439,7 @@ def test_help_lists_every_option(capsys, monkeypatch):
     for option, help_text in [
         ("--index INDEX", "an index folder (default: the embedded one, ./index)"),
         ("--images IMAGES", "a folder of images to index, then serve"),
-        ("--out OUT", "with --images: where the index goes (default: indexes/<folder>)"),
+        ("--out OUT", "with --images: where the index goes (default: indexes/<folder>-<network>)"),
         ("--network NETWORK", "with --images: efficientnet-b7 or efficientnet-lite0 (works offline)"),
         ("--weights WEIGHTS", "with --images: imagenet or a weights file"),
         ("--concurrency CONCURRENCY", "searches run at once (default 1, measured best on 2 cores)"),
