@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -30,47 +28,36 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.benchmark import machine_info
+from benchmarks.parts import _proc_kb
+from benchmarks.report import save_results
+from tests.appserver.process import ROOT, app_env, free_port, stop, wait_until_up
+
 CROPS = ROOT.parent / "shared" / "data" / "rparis6k" / "query_crops"
 MEGAPIXELS_99 = (11_000, 9_000)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class App:
-    """app.py in a subprocess, with its resident memory sampled in the background."""
+    """app.py in a subprocess (as the tests start it), with its resident memory sampled in the background."""
 
     def __init__(self, index: Path, folder: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        env = dict(os.environ, GRADIO_TEMP_DIR=str(folder / "gradio"), GRADIO_ANALYTICS_ENABLED="False",
-                   HF_HUB_OFFLINE="1", TF_CPP_MIN_LOG_LEVEL="2", XDG_CACHE_HOME=str(folder / "cache"))
-        self.log = open(folder / "app.log", "wb")
+        log_path = folder / "app.log"
+        self.log = open(log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--index", str(index), "--port",
-                                      str(self.port)], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+                                      str(self.port)], cwd=ROOT, env=app_env(folder), stdout=self.log,
+                                     stderr=subprocess.STDOUT)
         self.peak, self._sampling = 0, True
-        import httpx
-
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"app.py exited with {self.proc.returncode}; see {folder / 'app.log'}")
-            try:
-                if httpx.get(self.url + "gradio_api/info", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        try:
+            wait_until_up(self.url, self.proc, log_path, timeout=300)
+        except RuntimeError as e:
+            self.stop()
+            raise SystemExit(str(e)) from None
         threading.Thread(target=self._sample, daemon=True).start()
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return (_proc_kb(f"/proc/{self.proc.pid}/status", "VmRSS") or 0) / 1024
 
     def _sample(self) -> None:
         while self._sampling and self.proc.poll() is None:
@@ -85,8 +72,7 @@ class App:
 
     def stop(self) -> None:
         self._sampling = False
-        self.proc.terminate()
-        self.proc.wait(30)
+        stop(self.proc)
         self.log.close()
 
 
@@ -264,14 +250,12 @@ def main(argv=None) -> int:
     measured = measure(args.index, args.rounds)
     results = {
         "command": "python -m benchmarks.abuse --index INDEX --json results/abuse.json",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine_info(),
         "index_images": json.loads((args.index / "index.json").read_text())["count"],
         "measured": measured,
         "tables": {"abuse": table(measured)},
     }
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    save_results(results, args.json)
     return 0
 
 

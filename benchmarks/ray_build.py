@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.benchmark import machine_info
+from benchmarks.report import save_results
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT.parent / "shared" / "data" / "rparis6k" / "jpg"
@@ -98,14 +98,12 @@ def main(argv=None) -> int:
     measured = measure(args.images, args.network)
     results = {
         "command": "python -m benchmarks.ray_build --json results/ray_build.json",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine_info(),
         "network": args.network,
         "measured": measured,
         "tables": {"ray_build": table(measured)},
     }
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    save_results(results, args.json)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 GB = 1e9
@@ -285,3 +286,11 @@ def plot_search(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def save_results(results: dict, path: Path | None) -> None:
+    """Prints a benchmark's results as JSON, and writes them to `path` (a results file) when given."""
+    text = json.dumps(results, indent=2) + "\n"
+    print(text, end="")
+    if path is not None:
+        Path(path).write_text(text)

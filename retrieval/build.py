@@ -344,7 +344,7 @@ class _Cache:
                 for shard in self._shards():
                     shard.unlink()
         self.folder.mkdir(parents=True, exist_ok=True)
-        for left in [*self.folder.glob(".shard-*.tmp.npz"), *self.folder.glob(".*.tmp"), *self.folder.glob(".*.tmp.npz")]:
+        for left in [*self.folder.glob(".*.tmp"), *self.folder.glob(".*.tmp.npz")]:
             left.unlink(missing_ok=True)  # what a killed build was writing
         _atomic_write(state, json.dumps(self.key, indent=2).encode())
         entries: dict[str, _Entry] = {}

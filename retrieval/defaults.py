@@ -74,6 +74,7 @@ class Recipe:
 DEFAULT = Recipe(descriptor=Pipeline(pooling="gem", max_side=384, gem_p=3.0, bucket="resize"), dba=3, qe=5, alpha=3.0,
                  diffusion=DiffusionSettings(k=20, seeds=10, alpha=0.95, gamma=3.0))
 
+
 def approximate(rows: int, asked: bool | None = None) -> bool:
     """Tells whether `rows` descriptors are searched through an ANN structure (and their DBA and
     diffusion graph find neighbours through it): `asked` when given, else from DEFAULT.ann_rows rows up.

@@ -72,7 +72,7 @@ class SearchEngine:
             self.diffusion = Diffusion(index.graph, recipe.diffusion)
         self.path = QueryPath(index.features, self.searcher, qe=self.qe_k, alpha=self.qe_alpha,
                               diffusion=self.diffusion, self_similarity=index.self_similarity,
-                              augmented=bool(index.meta.get("dba")))
+                              augmented=recipe.dba > 0)
 
     def __len__(self) -> int:
         return len(self.index)

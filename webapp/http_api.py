@@ -97,7 +97,6 @@ def add_http_api(app, engine: SearchEngine, thumbnails: Thumbnails, gate: Gate) 
     import anyio
     from fastapi.exceptions import RequestValidationError
 
-    gate = gate
     threads = anyio.CapacityLimiter(max(1, gate.max_waiting))
 
     @app.post("/api/search")
