@@ -4,7 +4,8 @@
 
 Every row is exactly `python -m precompute.evaluate --dataset rparis6k --data-root ../shared/data
 --network efficientnet-lite0` plus the options in its row: the options are parsed by that
-command's own parser and handed to its `run_evaluation`, with the network loaded once. The
+command's own parser and handed to the function it calls, `retrieval.evaluation.run_evaluation`,
+with the network loaded once. The
 report's pipeline is measured in the same run as ours.
 
 Besides the mini RParis numbers, each row without spatial verification gets its search time at
@@ -23,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from precompute.evaluate import (
-    dataset_descriptors, describe, parse_args, rank_queries, run_evaluation, write_json,
-)
+from precompute.evaluate import describe, parse_args, write_json
 from precompute.options import diffusion_from_args, pipeline_from_args, rerank_from_args
 from retrieval.datasets import load_dataset
 from retrieval.distractors import fit_distractor_model, sample_distractors
+from retrieval.evaluation import dataset_descriptors, rank_queries, run_evaluation
 from retrieval.whitening import learn_whitening
 
 ROOT = Path(__file__).resolve().parent.parent

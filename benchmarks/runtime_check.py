@@ -29,7 +29,7 @@ VARIANTS = (("keras", "float32"), ("onnxruntime", "float32"), ("openvino", "floa
 
 def check(dataset, network_name: str, weights: str, *, variants=VARIANTS, say=lambda msg: None) -> list[dict]:
     """Returns one row per runtime variant: cosine to Keras per image, mAP and embedding rate."""
-    from precompute.evaluate import dataset_descriptors, run_evaluation
+    from retrieval.evaluation import dataset_descriptors, run_evaluation
     from retrieval.networks import build_network, with_runtime
 
     keras = build_network(network_name, weights=weights, runtime="keras")  # the reference every runtime is checked against

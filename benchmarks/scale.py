@@ -44,7 +44,7 @@ def _rss_bytes() -> int:
 
 def part_scale_descriptors(cfg: dict) -> dict:
     """Saves the real photo and query-crop descriptors of one network to cfg["out"] (.npz)."""
-    from precompute.evaluate import dataset_descriptors
+    from retrieval.evaluation import dataset_descriptors
     from retrieval.datasets import load_dataset
     from retrieval.defaults import DEFAULT
     from retrieval.networks import build_network

@@ -4,7 +4,7 @@ random halves of its database, and with 10,000 synthetic distractors added.
     python -m benchmarks.stability [--json results/stability.json] [--distractors 10000] [--seed 0]
 
 Each candidate is a `Recipe` (descriptor, DBA, αQE, diffusion) plus optional PCA-whitening
-learned on a different collection. Every setting is ranked by `precompute.evaluate.rank_queries`,
+learned on a different collection. Every setting is ranked by `retrieval.evaluation.rank_queries`,
 the function the evaluation command uses, and scored by `retrieval.evaluate.evaluate_ranks`:
 
 - full: the 397 database images, the 19 query crops;
@@ -15,7 +15,7 @@ the function the evaluation command uses, and scored by `retrieval.evaluate.eval
 - distractors: `retrieval.distractors` fitted to the candidate's database descriptors, 10,000
   rows drawn (fixed seed) and appended to the database before DBA and the graph are built.
 
-Descriptors come from precompute.evaluate's cache (`.cache/evaluate`), so only a new pipeline
+Descriptors come from the evaluation's cache (`.cache/evaluate`), so only a new pipeline
 runs the network. Exact search throughout (the KD-tree ranks the same; it is slow at 10k x 1280).
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from precompute.evaluate import DEFAULT_CACHE_DIR, dataset_descriptors, rank_queries
+from retrieval.evaluation import DEFAULT_CACHE_DIR, dataset_descriptors, rank_queries
 from retrieval.datasets import load_dataset
 from retrieval.defaults import DEFAULT, Recipe
 from retrieval.diffusion import DiffusionSettings

@@ -1,6 +1,6 @@
 """The database side of a search at scale: distractors appended (+R1M), DBA through the ANN, full rankings.
 
-Used by `precompute.evaluate`; pure numpy and FAISS, no printing.
+Used by `retrieval.evaluation`; pure numpy and FAISS, no printing.
 """
 
 from __future__ import annotations

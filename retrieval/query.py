@@ -3,7 +3,7 @@
     first ranking (the search backend) -> alpha query expansion -> second ranking -> diffusion
       -> the indexed image itself first, when the query is one
 
-`SearchEngine` (the app, both APIs) and `precompute.evaluate` (the published mAP) both rank
+`SearchEngine` (the app, both APIs) and `retrieval.evaluation` (the published mAP) both rank
 through `QueryPath.rank`, so the numbers the README shows are those of the code the app serves.
 """
 

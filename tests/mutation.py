@@ -57,6 +57,7 @@ MODULES = {
     "verify": ("retrieval/verify.py", ["tests/test_verify.py"], "fork"),
     "features": ("retrieval/features.py", ["tests/test_features.py"], "forkserver"),
     "query": ("retrieval/query.py", ["tests/test_engine.py"], "forkserver"),
+    "evaluation": ("retrieval/evaluation.py", ["tests/test_evaluate_command.py", "tests/test_verify.py"], "forkserver"),
     # The app's parts (app.py itself is start-up only, exercised through a live server).
     "queries": ("webapp/queries.py", ["tests/test_app_handlers.py", "tests/test_app_endpoints.py"], "forkserver"),
     "handlers": ("webapp/handlers.py", ["tests/test_app_handlers.py", "tests/test_app_endpoints.py"], "forkserver"),

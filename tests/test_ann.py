@@ -88,7 +88,7 @@ def test_a_large_database_gets_its_diffusion_graph_through_the_ann(data, monkeyp
     """From DEFAULT.ann_rows rows up the graph's neighbours come from the ANN; its edges are the exact graph's."""
     import dataclasses
 
-    import precompute.evaluate as evaluate
+    import retrieval.evaluation as evaluate
     import retrieval.defaults as defaults
     from retrieval.defaults import DEFAULT
     from retrieval.diffusion import DiffusionSettings
@@ -192,7 +192,7 @@ def test_distractors_of_another_network_or_pipeline_are_refused(vectors_index):
 def test_distractors_join_after_the_dataset_and_the_ann_ranking_covers_every_row(tmp_path):
     from types import SimpleNamespace
 
-    from precompute.evaluate import rank_queries
+    from retrieval.evaluation import rank_queries
     from retrieval.database import add_distractors
 
     out = tmp_path / "distractors"

@@ -201,7 +201,7 @@ def diffusion_index(tiny, index, tmp_path_factory):
 
 @pytest.mark.parametrize("backend", ["kdtree", "exact"])
 def test_engine_diffusion_ranks_as_the_evaluation_does(tiny, diffusion_index, backend):
-    from precompute.evaluate import rank_queries
+    from retrieval.evaluation import rank_queries
 
     idx, root, settings = diffusion_index
     assert idx.graph is not None and idx.meta["diffusion"] == settings.to_meta()
@@ -372,7 +372,7 @@ def test_approximate_is_the_one_rule_for_exact_or_ann():
 
 def test_the_evaluation_and_the_app_engine_rank_the_19_paris_crops_alike(lite0_index, lite0, rparis_dir):
     """One query path: the evaluation's rankings over an index's rows are the engine's, query by query."""
-    from precompute.evaluate import rank_queries
+    from retrieval.evaluation import rank_queries
     from retrieval.datasets import load_dataset
 
     idx = load_index(lite0_index)

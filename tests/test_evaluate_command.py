@@ -8,6 +8,7 @@ from PIL import Image
 
 import retrieval.networks
 from precompute import evaluate as cmd
+from retrieval import evaluation
 from precompute.options import DEFAULT_DBA, DEFAULT_QE, rerank_from_args
 from retrieval.datasets import load_dataset
 from retrieval.evaluate import evaluate_ranks
@@ -52,15 +53,15 @@ def assert_matches(report, ranks, dataset):
 
 def test_results_equal_evaluate_ranks_on_independent_ranks(dataset, tiny, cache, oracle_features):
     db, queries = oracle_features
-    ev = cmd.run_evaluation(dataset, tiny, PIPE, backend="exact", cache_dir=cache)
+    ev = evaluation.run_evaluation(dataset, tiny, PIPE, backend="exact", cache_dir=cache)
     assert_matches(ev.report, oracle_ranks(db, queries), dataset)
     assert ev.report["queries"] == {"easy": 17, "medium": 19, "hard": 19}
     assert ev.report["database_size"] == 397
 
 
 def test_kdtree_gives_the_same_numbers_as_exact(dataset, tiny, cache):
-    exact = cmd.run_evaluation(dataset, tiny, PIPE, backend="exact", cache_dir=cache).report
-    kd = cmd.run_evaluation(dataset, tiny, PIPE, backend="kdtree", cache_dir=cache).report
+    exact = evaluation.run_evaluation(dataset, tiny, PIPE, backend="exact", cache_dir=cache).report
+    kd = evaluation.run_evaluation(dataset, tiny, PIPE, backend="kdtree", cache_dir=cache).report
     for p in exact["map"]:
         assert kd["map"][p] == pytest.approx(exact["map"][p], abs=1e-4)
 
@@ -72,7 +73,7 @@ def test_whitening_dba_and_qe_follow_the_recipe(dataset, tiny, cache, oracle_fea
     wq = apply_whitening(queries, w)
     first = oracle_ranks(wdb, wq)
     ranks = oracle_ranks(wdb, alpha_query_expansion(wq, wdb, first, k=3))
-    ev = cmd.run_evaluation(dataset, tiny, PIPE, backend="exact", whiten=True, whiten_shrinkage=0.8,
+    ev = evaluation.run_evaluation(dataset, tiny, PIPE, backend="exact", whiten=True, whiten_shrinkage=0.8,
                             qe=3, dba=2, cache_dir=cache)
     assert_matches(ev.report, ranks, dataset)
     meta = ev.report["pipeline"]
@@ -89,26 +90,26 @@ def test_cache_skips_the_network_until_the_pipeline_changes(dataset, tiny, tmp_p
         return real_forward(network, batch)
 
     monkeypatch.setattr(retrieval.networks, "forward", counting_forward)
-    first = cmd.run_evaluation(dataset, tiny, PIPE, cache_dir=tmp_path)
+    first = evaluation.run_evaluation(dataset, tiny, PIPE, cache_dir=tmp_path)
     assert sum(calls) == 397 + 19 + 1  # database, queries one by one, one warm-up query
     assert len(list(tmp_path.glob("rparis6k-tiny-8-seed0-*.npz"))) == 1
     calls.clear()
-    second = cmd.run_evaluation(dataset, tiny, PIPE, cache_dir=tmp_path, whiten=True, qe=2, backend="exact")
+    second = evaluation.run_evaluation(dataset, tiny, PIPE, cache_dir=tmp_path, whiten=True, qe=2, backend="exact")
     assert calls == []
     assert second.report["seconds_per_query"]["embed"] == first.report["seconds_per_query"]["embed"]
     assert second.report["seconds_per_query"]["embed_from_cache"] is True
-    cmd.run_evaluation(dataset, tiny, Pipeline(max_side=96), cache_dir=tmp_path)
+    evaluation.run_evaluation(dataset, tiny, Pipeline(max_side=96), cache_dir=tmp_path)
     assert sum(calls) == 397 + 19 + 1
     assert len(list(tmp_path.glob("*.npz"))) == 2 and not list(tmp_path.glob(".*"))
 
 
 def test_a_damaged_or_foreign_cache_file_is_recomputed(dataset, tiny, tmp_path):
-    key = cmd.cache_key(dataset, tiny, PIPE)
-    path = cmd.cache_path(tmp_path, key)
+    key = evaluation.cache_key(dataset, tiny, PIPE)
+    path = evaluation.cache_path(tmp_path, key)
     path.write_bytes(b"not an npz")
-    found = cmd.dataset_descriptors(dataset, tiny, PIPE, cache_dir=tmp_path)
+    found = evaluation.dataset_descriptors(dataset, tiny, PIPE, cache_dir=tmp_path)
     assert found.cached is False and found.db.shape == (397, 8)
-    again = cmd.dataset_descriptors(dataset, tiny, PIPE, cache_dir=tmp_path)
+    again = evaluation.dataset_descriptors(dataset, tiny, PIPE, cache_dir=tmp_path)
     assert again.cached is True
     np.testing.assert_array_equal(again.db, found.db)
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from precompute import evaluate as cmd
+from retrieval import evaluation
 from retrieval import verify
 from retrieval.datasets import Dataset
 from retrieval.features import Pipeline
@@ -277,9 +278,9 @@ def test_evaluate_sv_reranks_caches_and_reports(synthetic, tmp_path, monkeypatch
     # The global search is stubbed to rank the match last, so only verification can lift it;
     # no network is needed for that.
     network = SimpleNamespace(name="stub", weights="none")
-    found = cmd.Descriptors(np.eye(4, dtype=np.float32), np.eye(1, 4, dtype=np.float32), np.full(1, 0.01))
-    monkeypatch.setattr(cmd, "dataset_descriptors", lambda *a, **k: found)
-    monkeypatch.setattr(cmd, "rank_queries", lambda *a, **k: (np.array([[0, 1, 3, 2]]), np.full(1, 0.001)))
+    found = evaluation.Descriptors(np.eye(4, dtype=np.float32), np.eye(1, 4, dtype=np.float32), np.full(1, 0.01))
+    monkeypatch.setattr(evaluation, "dataset_descriptors", lambda *a, **k: found)
+    monkeypatch.setattr(evaluation, "rank_queries", lambda *a, **k: (np.array([[0, 1, 3, 2]]), np.full(1, 0.001)))
     calls = []
     real = verify.detect_sift
     monkeypatch.setattr(verify, "detect_sift", lambda image, **k: calls.append(image) or real(image, **k))
@@ -288,11 +289,11 @@ def test_evaluate_sv_reranks_caches_and_reports(synthetic, tmp_path, monkeypatch
         return sum(isinstance(c, Path) for c in calls)
 
     cache = tmp_path / "cache"
-    plain = cmd.run_evaluation(synthetic, network, PIPE, cache_dir=cache).report
+    plain = evaluation.run_evaluation(synthetic, network, PIPE, cache_dir=cache).report
     # one positive at 0-based position 3: AP = (0 / 3 + 1 / 4) / 2
     assert plain["map"]["easy"] == pytest.approx(0.125, abs=1e-6)
     assert plain["per_query"][0]["top10"][-1] == "match" and plain["pipeline"]["sv"] is None
-    first = cmd.run_evaluation(synthetic, network, PIPE, sv=4, cache_dir=cache).report
+    first = evaluation.run_evaluation(synthetic, network, PIPE, sv=4, cache_dir=cache).report
     assert first["per_query"][0]["top10"] == ["match", "u1", "u2", "u3"]
     assert first["map"] == {"easy": 1.0, "medium": 1.0, "hard": None}
     assert database_calls() == 4 and len(calls) == 5  # the database, then the query
@@ -303,7 +304,7 @@ def test_evaluate_sv_reranks_caches_and_reports(synthetic, tmp_path, monkeypatch
     assert t["verify"] > 0 and t["total"] == pytest.approx(t["embed"] + t["search"] + t["verify"], abs=1e-5)
     assert "SV top 4" in cmd.describe(first) and "+ verify" in cmd.format_table(first)
     # the database's local features come from the cache now; a top of 3 stops short of the match
-    short = cmd.run_evaluation(synthetic, network, PIPE, sv=3, cache_dir=cache).report
+    short = evaluation.run_evaluation(synthetic, network, PIPE, sv=3, cache_dir=cache).report
     assert database_calls() == 4 and len(calls) == 6
     assert short["per_query"][0]["top10"] == ["u1", "u2", "u3", "match"]
     json.dumps(first)  # the report stays JSON-ready
