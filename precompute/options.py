@@ -154,8 +154,17 @@ def add_diffusion_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--diffusion-gamma", type=float, default=d.gamma, help=f"similarity exponent ({d.gamma:g})")
     group.add_argument("--diffusion-candidates", type=positive_int, default=d.candidates,
                        help=f"top images of the first ranking re-ranked ({d.candidates})")
-    group.add_argument("--diffusion-truncate", action="store_true", default=d.truncate,
-                       help="diffuse over the candidates' subgraph only (Iscen's truncated variant)")
+    group.add_argument("--diffusion-truncate", action=argparse.BooleanOptionalAction, default=d.truncate,
+                       help=f"diffuse over the candidates' subgraph only, Iscen's truncated variant "
+                       f"({'on' if d.truncate else 'off'})")
+    group.add_argument("--diffusion-self-loops", action=argparse.BooleanOptionalAction, default=d.self_loops,
+                       help=f"join each image to itself before normalising ({'on' if d.self_loops else 'off'})")
+    group.add_argument("--diffusion-degree-power", type=float, default=d.degree_power, metavar="P",
+                       help=f"divide each diffusion score by the image's degree^P, in [0, 1] ({d.degree_power:g})")
+    group.add_argument("--diffusion-blend", type=float, default=d.blend, metavar="W",
+                       help=f"ranking score W x diffusion + (1 - W) x similarity, in [0, 1] ({d.blend:g})")
+    group.add_argument("--diffusion-seed-ratio", type=float, default=d.seed_ratio, metavar="R",
+                       help=f"seed only with top images at least R x the best similarity ({d.seed_ratio:g}: all)")
 
 
 def diffusion_from_args(args: argparse.Namespace) -> DiffusionSettings | None:
@@ -169,7 +178,9 @@ def diffusion_from_args(args: argparse.Namespace) -> DiffusionSettings | None:
         return None
     return DiffusionSettings(k=args.diffusion_k, seeds=args.diffusion_seeds, alpha=args.diffusion_alpha,
                              gamma=args.diffusion_gamma, candidates=args.diffusion_candidates,
-                             truncate=args.diffusion_truncate)
+                             truncate=args.diffusion_truncate, self_loops=args.diffusion_self_loops,
+                             degree_power=args.diffusion_degree_power, blend=args.diffusion_blend,
+                             seed_ratio=args.diffusion_seed_ratio)
 
 
 def rerank_from_args(args: argparse.Namespace) -> tuple[int, int]:

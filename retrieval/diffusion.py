@@ -8,6 +8,13 @@ affinity matrix. f is found by conjugate gradient: I - alpha S is symmetric posi
 for alpha < 1. An image that is far from the query but close to its neighbours, as another view
 of the same building is, rises; a look-alike without such support falls.
 
+Two changes keep a place with few photos from being buried (`DiffusionSettings`; measured in
+docs/evaluation.md, "Few photos"). With S = D^-1/2 A D^-1/2, f carries a factor of about
+sqrt(degree): an image inside a large, tight cluster of another place collects more than the
+query's own few photos, which have few edges. `degree_power` divides f by degree^p, each image
+joined to itself (`self_loops`) so that no degree is 0. `blend` mixes the diffusion score, relative
+to the best, with the query's own similarity.
+
 The graph is built once, offline (`build_graph`, exact kNN in blocks), or from any kNN
 structure through `graph_from_knn` (an approximate search at 1M images). Everything here is
 numpy and scipy.sparse: (n, d) float32 rows in, rankings out.
@@ -200,6 +207,17 @@ def build_graph(db: np.ndarray, *, k: int, gamma: float = 3.0, mutual: bool = Tr
     return graph_from_knn(*exact_knn(db, min(k, len(db) - 1)), gamma=gamma, mutual=mutual)
 
 
+def with_self_loops(affinity: sparse.spmatrix) -> sparse.csr_matrix:
+    """Returns A + I (float32 CSR): each image joined to itself with the weight of a perfect match, 1."""
+    return sparse.csr_matrix(affinity + sparse.identity(affinity.shape[0], dtype=np.float32, format="csr"),
+                             dtype=np.float32)
+
+
+def degrees(affinity: sparse.spmatrix) -> np.ndarray:
+    """Returns (n,) float32 row sums of an affinity matrix."""
+    return np.asarray(affinity.sum(axis=1), dtype=np.float32).ravel()
+
+
 def normalized(affinity: sparse.spmatrix) -> sparse.csr_matrix:
     """Returns S = D^-1/2 A D^-1/2 (float32 CSR); an isolated image keeps a zero row."""
     degree = np.asarray(affinity.sum(axis=1)).ravel()
@@ -252,6 +270,16 @@ class DiffusionSettings:
         truncate: diffuse over the candidates' own subgraph only (Iscen's truncated variant,
             for large databases), instead of the whole graph.
         iterations: conjugate-gradient steps at most.
+        self_loops: join each image to itself with weight 1 before normalising.
+        degree_power: divide each diffusion score by the image's degree (in the graph diffused
+            over) to this power; 0 for none. Needs `self_loops` (no degree is then 0).
+        blend: the ranking score is blend x diffusion score / the best one + (1 - blend) x the
+            query's similarity to the image; 1 for diffusion alone.
+        seed_ratio: query-adaptive seeds: of the top `seeds`, only those whose similarity is at
+            least seed_ratio x the best one's seed (the first always does); 0 for all of them.
+
+    The defaults of the last three are diffusion as it was before them, so that an index whose
+    index.json does not name them ranks as it did.
     """
 
     k: int = 20
@@ -261,6 +289,10 @@ class DiffusionSettings:
     candidates: int = 1000
     truncate: bool = False
     iterations: int = 20
+    self_loops: bool = False
+    degree_power: float = 0.0
+    blend: float = 1.0
+    seed_ratio: float = 0.0
 
     def __post_init__(self):
         for name in ("k", "seeds", "candidates", "iterations"):
@@ -273,10 +305,19 @@ class DiffusionSettings:
             raise ValueError(f"diffusion gamma must be positive, got {self.gamma!r}")
         if self.candidates < self.seeds:
             raise ValueError(f"diffusion candidates ({self.candidates}) must be at least seeds ({self.seeds})")
+        if not 0 <= self.degree_power <= 1:
+            raise ValueError(f"diffusion degree_power must be in [0, 1], got {self.degree_power!r}")
+        if self.degree_power > 0 and not self.self_loops:
+            raise ValueError("diffusion degree_power needs self_loops: an image without edges has degree 0")
+        if not 0 <= self.blend <= 1:
+            raise ValueError(f"diffusion blend must be in [0, 1], got {self.blend!r}")
+        if not 0 <= self.seed_ratio <= 1:
+            raise ValueError(f"diffusion seed_ratio must be in [0, 1], got {self.seed_ratio!r}")
 
     def to_meta(self) -> dict:
         return {"k": self.k, "seeds": self.seeds, "alpha": self.alpha, "gamma": self.gamma, "candidates": self.candidates,
-                "truncate": self.truncate, "iterations": self.iterations}
+                "truncate": self.truncate, "iterations": self.iterations, "self_loops": self.self_loops,
+                "degree_power": self.degree_power, "blend": self.blend, "seed_ratio": self.seed_ratio}
 
     @classmethod
     def from_meta(cls, meta: dict) -> DiffusionSettings:
@@ -295,7 +336,9 @@ class Diffusion:
     def __init__(self, graph: Graph, settings: DiffusionSettings):
         self.graph, self.settings = graph, settings
         self._affinity = graph.affinity()
-        self._s = normalized(self._affinity)
+        if not settings.truncate:  # the whole graph's S is diffused over by every query: made once
+            whole = with_self_loops(self._affinity) if settings.self_loops else self._affinity
+            self._s, self._degrees = normalized(whole), degrees(whole)
 
     def __len__(self) -> int:
         return len(self.graph)
@@ -318,16 +361,26 @@ class Diffusion:
         if len(rows) < self.needs:
             raise ValueError(f"diffusion re-ranks the top {self.needs} rows; the first ranking has {len(rows)}")
         seeds = min(cfg.seeds, len(rows), len(sims))
+        if cfg.seed_ratio and seeds:
+            seeds = max(1, int(np.count_nonzero(sims[:seeds] >= cfg.seed_ratio * sims[0])))
         weights = np.power(np.maximum(sims[:seeds], 0.0), cfg.gamma)
         candidates = rows[: self.needs]
         if cfg.truncate:
             y = np.zeros(len(candidates), np.float32)
             y[:seeds] = weights
-            s = normalized(self._affinity[candidates][:, candidates])
-            return conjugate_gradient(s, y, alpha=cfg.alpha, iterations=cfg.iterations)
-        y = np.zeros(len(self), np.float32)
-        y[rows[:seeds]] = weights
-        return conjugate_gradient(self._s, y, alpha=cfg.alpha, iterations=cfg.iterations)[candidates]
+            sub = self._affinity[candidates][:, candidates]
+            if cfg.self_loops:
+                sub = with_self_loops(sub)
+            f = conjugate_gradient(normalized(sub), y, alpha=cfg.alpha, iterations=cfg.iterations)
+            degree = degrees(sub) if cfg.degree_power else None
+        else:
+            y = np.zeros(len(self), np.float32)
+            y[rows[:seeds]] = weights
+            f = conjugate_gradient(self._s, y, alpha=cfg.alpha, iterations=cfg.iterations)[candidates]
+            degree = self._degrees[candidates] if cfg.degree_power else None
+        if degree is not None:
+            f = (f / np.power(degree, cfg.degree_power)).astype(np.float32)
+        return f
 
     def rerank(self, rows: np.ndarray, sims: np.ndarray) -> np.ndarray:
         """Returns the query's ranking after diffusion, the same length as `rows`, best first.
@@ -342,13 +395,27 @@ class Diffusion:
         return self.ranked(rows, sims)[0]
 
     def ranked(self, rows: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Returns `rerank`'s ranking and (m,) float32 scores: diffusion scores relative to the
-        best (1.0), decreasing, 0 for the rows after the candidates."""
+        """Returns `rerank`'s ranking and (m,) float32 ranking scores, decreasing.
+
+        With `blend` 1 the scores are the diffusion scores relative to the best (1.0), and 0 for the
+        rows after the candidates. Below 1 they are blend x that + (1 - blend) x the similarity,
+        and the rows after the candidates keep (1 - blend) x their similarity: `sims` must then
+        hold the similarity of every row given.
+        """
         rows = np.asarray(rows, dtype=np.int64)
         f = self.scores(rows, sims)
-        order = np.argsort(-f, kind="stable")
+        top = f.max() if len(f) else 0.0
+        key = f / top if top > 0 else f  # orders as f does
+        relative = np.maximum(key, 0.0) if top > 0 else np.zeros_like(f)
+        blend = self.settings.blend
+        if blend < 1:
+            sims = np.asarray(sims, dtype=np.float32)
+            if len(sims) < len(rows):
+                raise ValueError(f"blending needs the similarity of each of the {len(rows)} rows, got {len(sims)}")
+            key = relative = (blend * relative + (1 - blend) * sims[: len(f)]).astype(np.float32)
+        order = np.argsort(-key, kind="stable")
         scores = np.zeros(len(rows), np.float32)
-        top = f[order[0]] if len(order) else 0.0
-        if top > 0:
-            scores[: len(order)] = np.maximum(f[order] / top, 0.0)
+        scores[: len(order)] = relative[order]
+        if blend < 1:
+            scores[len(order):] = (1 - blend) * sims[len(order): len(rows)]
         return np.concatenate([rows[: self.needs][order], rows[self.needs :]]), scores

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from retrieval.confidence import Confidence, judge, threshold_for
 from retrieval.diffusion import Diffusion
 from retrieval.features import embed_image
 from retrieval.index import Index, IndexFormatError
@@ -17,20 +18,33 @@ from retrieval.search import Searcher
 
 @dataclass
 class SearchResult:
-    """The k best matches of one query, best first.
+    """The k best matches of one query, best first, and whether the collection holds a confident match.
 
-    Scores are cosine similarities, or, when the index re-ranks by diffusion, diffusion scores
-    relative to the best match (1.0); either way they decrease down the list.
+    Attributes:
+        ids: the k images, best first.
+        scores: the ranking score of each, decreasing: the expanded query's cosine (αQE), or with
+            diffusion its ranking score (`retrieval.diffusion.Diffusion.ranked`). Ordering only.
+        similarities: the cosine similarity of the query and each image as stored, in [-1, 1]:
+            what to show a person. Re-ranking may put a less similar image first.
+        confidence: the verdict and its evidence (`retrieval.confidence`).
     """
 
     ids: list[str]
     scores: list[float]
+    similarities: list[float]
     embed_ms: float
     search_ms: float
+    confidence: Confidence
 
     def to_records(self) -> list[dict]:
-        """Returns [{rank, id, score}] rows, rank starting at 1."""
-        return [{"rank": r, "id": i, "score": round(s, 6)} for r, (i, s) in enumerate(zip(self.ids, self.scores), 1)]
+        """Returns [{rank, id, score, similarity}] rows, rank starting at 1."""
+        return [{"rank": r, "id": i, "score": round(s, 6), "similarity": round(c, 6)}
+                for r, (i, s, c) in enumerate(zip(self.ids, self.scores, self.similarities), 1)]
+
+    @property
+    def confident(self) -> bool | None:
+        """Whether the collection holds a confident match; None where no threshold was measured."""
+        return self.confidence.confident
 
 
 class SearchEngine:
@@ -73,6 +87,7 @@ class SearchEngine:
         self.path = QueryPath(index.features, self.searcher, qe=self.qe_k, alpha=self.qe_alpha,
                               diffusion=self.diffusion, self_similarity=index.self_similarity,
                               augmented=recipe.dba > 0)
+        self.threshold = threshold_for(index.meta)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -122,4 +137,5 @@ class SearchEngine:
         ranked = self.path.rank(query, k, same=same)
         search_ms = (time.perf_counter() - t0) * 1000
         return SearchResult([str(self.index.ids[r]) for r in ranked.rows], [float(s) for s in ranked.scores],
-                            embed_ms, search_ms)
+                            [float(s) for s in ranked.similarities], embed_ms, search_ms,
+                            judge(ranked.best, self.threshold))

@@ -15,6 +15,7 @@ import numpy as np
 
 from retrieval.diffusion import Diffusion
 from retrieval.rerank import alpha_query_expansion
+from retrieval.rows import take_rows
 from retrieval.search import Searcher
 
 # A query is an indexed image when its cosine with that image's row is the image's own, to within
@@ -33,14 +34,29 @@ def self_similarity(own: np.ndarray, stored: np.ndarray, dtype: str = "float32")
     return np.einsum("ij,ij->i", np.asarray(own, dtype=np.float32), rows).astype(np.float32)
 
 
+def similarities(query: np.ndarray, features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Returns (len(rows),) float32: the cosine of a (d,) L2-normalised query and each of `rows`
+    of (n, d) L2-normalised features, read as stored (float16 rows are widened first)."""
+    if len(rows) == 0:
+        return np.zeros(0, np.float32)
+    return (take_rows(features, rows).astype(np.float32) @ np.asarray(query, dtype=np.float32).ravel()).astype(np.float32)
+
+
 @dataclass
 class Ranked:
-    """One query's ranking: (depth,) rows best first and their scores, and the row of the indexed
-    image the query is (put first), or None."""
+    """One query's ranking: (depth,) rows best first, their ranking scores, their similarities,
+    the row of the indexed image the query is (put first) or None, and the best similarity.
+
+    `similarities` are the cosines of the query descriptor (as given, before αQE) and each
+    row as stored: what a person can read as "how alike". `scores` order the list: the same
+    cosines without re-ranking, else the expanded query's cosines or the diffusion's scores.
+    """
 
     rows: np.ndarray
     scores: np.ndarray
     same: int | None
+    similarities: np.ndarray
+    best: float  # the query's highest cosine with any row (the first search's top), whatever the order
 
 
 def put_first(rows: list[int], scores: list[float], row: int | None) -> tuple[list[int], list[float]]:
@@ -88,8 +104,9 @@ class QueryPath:
              seed_rows: np.ndarray | None = None) -> Ranked:
         """Returns the query's top `depth` rows and scores (with `seed_rows`, all of them).
 
-        Scores are inner products (cosine similarities of L2-normalised rows), or with diffusion
-        its scores relative to the best (1.0); either way they decrease down the list.
+        Scores are inner products (cosine similarities of L2-normalised rows) with the query
+        (after αQE), or with diffusion its ranking scores (`Diffusion.ranked`); either way they
+        decrease down the list. Similarities are the query's own cosines with the rows returned.
 
         Args:
             query: (d,) the query descriptor in the rows' space (whitened if they are).
@@ -113,13 +130,16 @@ class QueryPath:
         if self.diffusion is not None:
             if seed_rows is not None:
                 rows = np.asarray(seed_rows, dtype=np.int64)[None]
-                scores = q @ np.asarray(self.features[rows[0, : self.diffusion.settings.seeds]], np.float32).T
+                # every row's similarity: the seeds weigh by it, a blend mixes it in
+                scores = q @ take_rows(self.features, rows[0]).astype(np.float32).T
             ranked_rows, ranked_scores = self.diffusion.ranked(rows[0], scores[0])
             rows, scores = ranked_rows[None], ranked_scores[None]
         keep = depth if seed_rows is None else max(depth, len(seed_rows))  # a seeded ranking is kept whole
         top_rows, top_scores = put_first([int(r) for r in rows[0, :keep]], [float(s) for s in scores[0, :keep]],
                                          same)
-        return Ranked(np.asarray(top_rows, dtype=np.int64), np.asarray(top_scores, dtype=np.float32), same)
+        top_rows = np.asarray(top_rows, dtype=np.int64)
+        return Ranked(top_rows, np.asarray(top_scores, dtype=np.float32), same,
+                      similarities(query, self.features, top_rows), float(first_scores[0, 0]))
 
     def duplicate_row(self, scores: np.ndarray, rows: np.ndarray) -> int | None:
         """Returns the row among a query's nearest `rows` (with their cosines `scores`) whose image

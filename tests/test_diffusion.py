@@ -1,5 +1,7 @@
 """Diffusion on hand-built graphs, against values and rankings worked out by hand."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import sparse
@@ -113,8 +115,14 @@ def test_graph_and_settings_describe_themselves_and_round_trip():
     np.testing.assert_array_equal(again.affinity().toarray(), graph.affinity().toarray())
     settings = DiffusionSettings(k=7, seeds=3, alpha=0.9, gamma=2.0, candidates=50, truncate=True, iterations=9)
     assert settings.to_meta() == {"k": 7, "seeds": 3, "alpha": 0.9, "gamma": 2.0, "candidates": 50,
-                                  "truncate": True, "iterations": 9}
+                                  "truncate": True, "iterations": 9, "self_loops": False, "degree_power": 0.0,
+                                  "blend": 1.0, "seed_ratio": 0.0}
     assert DiffusionSettings.from_meta(settings.to_meta()) == settings
+    # index.json written before self loops, degree power, blend and seed ratio: diffusion as it was
+    old = {"k": 7, "seeds": 3, "alpha": 0.9, "gamma": 2.0, "candidates": 50, "truncate": True, "iterations": 9}
+    assert DiffusionSettings.from_meta(old) == settings
+    new = replace(settings, self_loops=True, degree_power=0.25, blend=0.5, seed_ratio=0.9)
+    assert DiffusionSettings.from_meta(new.to_meta()) == new
 
 
 @pytest.mark.parametrize("field", ["k", "seeds", "candidates", "iterations"])
@@ -425,3 +433,69 @@ def test_exact_knn_cuts_a_single_tie_at_the_kth_place_by_row():
         rows, _ = exact_knn(db, k)
         expected = np.argsort(-full, axis=1, kind="stable")[:, :k]
         np.testing.assert_array_equal(rows, expected)
+
+
+def small_place_beside_a_clique() -> Graph:
+    """A place with two photos {0, 1} (edge 1) beside a six-photo clique {2..7} (edges 1), 0-2 joined at 0.5."""
+    a = np.zeros((8, 8), np.float32)
+    a[0, 1] = a[1, 0] = 1.0
+    a[2:, 2:] = 1.0 - np.eye(6, dtype=np.float32)
+    a[0, 2] = a[2, 0] = 0.5
+    m = sparse.csr_matrix(a)
+    return Graph(m.indptr.astype(np.int64), m.indices.astype(np.int32), m.data.astype(np.float32), k=5, gamma=1.0)
+
+
+def test_degree_power_and_blend_keep_a_small_place_from_being_buried_by_a_clique():
+    # The first ranking: the query's best match 0, two clique photos, then 0's other photo 1.
+    rows = np.array([0, 2, 3, 1, 4, 5, 6, 7])
+    sims = np.array([0.9, 0.7, 0.7, 0.6, 0.5, 0.5, 0.5, 0.5], np.float32)
+    graph = small_place_beside_a_clique()
+    base = dict(k=5, seeds=3, alpha=0.9, gamma=1.0, candidates=8)
+    # Plain diffusion buries photo 1 behind the whole clique and puts a clique photo above the best match.
+    plain = Diffusion(graph, DiffusionSettings(**base, truncate=True))
+    assert plain.rerank(rows, sims).tolist() == [2, 0, 3, 4, 5, 6, 7, 1]
+    # Divided by degree^0.25 (self loops in) and blended half and half with the similarity, 1 rises to third.
+    settings = DiffusionSettings(**base, truncate=True, self_loops=True, degree_power=0.25, blend=0.5)
+    ranking, scores = Diffusion(graph, settings).ranked(rows, sims)
+    assert ranking.tolist() == [0, 2, 1, 3, 4, 5, 6, 7]
+    # Oracle: a dense solve over the candidates' graph with self loops, in the first ranking's order.
+    a = graph.affinity().toarray()[np.ix_(rows, rows)] + np.eye(8)
+    degree = a.sum(axis=1)
+    s = a / np.sqrt(np.outer(degree, degree))
+    y = np.zeros(8)
+    y[:3] = sims[:3]  # gamma 1: the seeds weigh their similarity
+    f = np.linalg.solve(np.eye(8) - 0.9 * s, y) / degree ** 0.25
+    expected = 0.5 * f / f.max() + 0.5 * sims
+    np.testing.assert_allclose(scores, np.sort(expected)[::-1], rtol=1e-5)
+    # The whole graph (not truncated) diffuses over the same 8 photos: the same ranking and scores.
+    whole = Diffusion(graph, replace(settings, truncate=False)).ranked(rows, sims)
+    assert whole[0].tolist() == ranking.tolist()
+    np.testing.assert_allclose(whole[1], scores, rtol=1e-5)
+
+
+def test_blend_keeps_the_tail_after_the_candidates_at_its_weighted_similarity():
+    settings = DiffusionSettings(k=1, seeds=1, alpha=0.5, gamma=1.0, candidates=3, blend=0.25)
+    rows, sims = np.array([0, 2, 1, 3]), np.array([0.9, 0.8, 0.7, 0.1], np.float32)
+    ranking, scores = Diffusion(path_graph(bridge=0.5), settings).ranked(rows, sims)
+    assert ranking[3] == 3 and scores[3] == pytest.approx(0.75 * 0.1)
+    assert np.all(np.diff(scores) <= 0)
+    with pytest.raises(ValueError, match="similarity of each of the 4 rows"):
+        Diffusion(path_graph(), settings).ranked(rows, sims[:2])
+
+
+def test_seed_ratio_seeds_only_with_rows_close_to_the_best():
+    # Seeds 10 but ratio 0.9: of similarities 0.9, 0.85, 0.5 only the first two (>= 0.81) seed.
+    diffusion = Diffusion(path_graph(), DiffusionSettings(k=1, seeds=10, alpha=0.5, gamma=1.0, seed_ratio=0.9))
+    y = np.zeros(4)
+    y[[1, 0]] = [0.9, 0.85]
+    expected = np.linalg.solve(np.eye(4) - 0.5 * PATH_S, y)[[1, 0, 3, 2]]
+    np.testing.assert_allclose(diffusion.scores(np.array([1, 0, 3, 2]), np.array([0.9, 0.85, 0.5, 0.1])), expected,
+                               rtol=1e-5)
+
+
+def test_new_settings_are_refused_out_of_range():
+    with pytest.raises(ValueError, match="degree_power needs self_loops"):
+        DiffusionSettings(degree_power=0.25)
+    for name, bad in (("degree_power", 1.5), ("blend", -0.1), ("blend", 1.1), ("seed_ratio", 2.0)):
+        with pytest.raises(ValueError, match=rf"^diffusion {name} must be in \[0, 1\], got"):
+            DiffusionSettings(self_loops=True, **{name: bad})

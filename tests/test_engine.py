@@ -147,8 +147,12 @@ def test_records_and_warm_up(tiny, index):
     engine.warm_up()
     from retrieval.engine import SearchResult
 
-    result = SearchResult(["a", "b"], [0.123456789, 0.5], 1.0, 2.0)
-    assert result.to_records() == [{"rank": 1, "id": "a", "score": 0.123457}, {"rank": 2, "id": "b", "score": 0.5}]
+    from retrieval.confidence import judge
+
+    result = SearchResult(["a", "b"], [0.123456789, 0.5], [0.7, -0.25000004], 1.0, 2.0, judge(0.7, None))
+    assert result.to_records() == [{"rank": 1, "id": "a", "score": 0.123457, "similarity": 0.7},
+                                   {"rank": 2, "id": "b", "score": 0.5, "similarity": -0.25}]
+    assert result.confident is None
     found = engine.search_id("p01", 3)
     assert all(type(s) is float for s in found.scores) and all(type(i) is str for i in found.ids)
 
@@ -385,3 +389,36 @@ def test_the_evaluation_and_the_app_engine_rank_the_19_paris_crops_alike(lite0_i
                             diffusion=recipe.diffusion)
     for q, want in zip(queries, ranks):
         assert engine._search_vector(q, 20, embed_ms=0.0).ids == [str(idx.ids[r]) for r in want[:20]]
+
+
+def stored_cosines(idx, query: np.ndarray, ids: list[str]) -> list[float]:
+    """The cosine of the query descriptor and each image's row as the index stores it, computed here."""
+    rows = np.asarray(idx.features, dtype=np.float32)[[idx.row_of(i) for i in ids]]
+    return [float(np.dot(row.astype(np.float64), query.astype(np.float64))) for row in rows]
+
+
+@pytest.mark.parametrize("diffusion", [False, True])
+def test_every_record_carries_the_cosine_of_the_query_and_the_stored_row(tiny, diffusion_index, diffusion):
+    idx, root, _ = diffusion_index  # float16 rows, DBA, αQE and diffusion
+    engine = SearchEngine(idx, tiny, backend="exact", diffusion=diffusion)
+    crop = Image.open(root / "p05.png").crop((5, 5, 70, 55))
+    result = engine.search(crop, 12)
+    records = result.to_records()
+    want = stored_cosines(idx, engine.embed(crop), result.ids)
+    assert [r["similarity"] for r in records] == pytest.approx(want, abs=2e-6)
+    assert [r["id"] for r in records] == result.ids and len(records) == 12
+    # The ranking score is another number: the expanded query's cosine, or the diffusion's score.
+    assert [r["score"] for r in records] != pytest.approx(want, abs=1e-3)
+    # The verdict reads the best similarity in the collection, here the highest of all 12.
+    assert result.confidence.similarity == pytest.approx(max(want), abs=2e-6)
+    # The tiny network has no measured threshold: no verdict, and the evidence says why.
+    assert result.confident is None and result.confidence.to_dict()["evidence"]["threshold"] is None
+
+
+def test_a_search_by_id_reports_each_images_cosine_with_the_stored_row(tiny, diffusion_index):
+    idx, _, _ = diffusion_index
+    engine = SearchEngine(idx, tiny, backend="exact")
+    result = engine.search_id("p04", 5)
+    stored = np.asarray(idx.features[idx.row_of("p04")], dtype=np.float32)
+    assert result.ids[0] == "p04"
+    assert result.similarities == pytest.approx(stored_cosines(idx, stored, result.ids), abs=2e-6)
