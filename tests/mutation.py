@@ -56,7 +56,7 @@ MODULES = {
     "build": ("retrieval/build.py", ["tests/test_build.py"], "forkserver"),
     "verify": ("retrieval/verify.py", ["tests/test_verify.py"], "fork"),
     "features": ("retrieval/features.py", ["tests/test_features.py"], "forkserver"),
-    "query": ("retrieval/query.py", ["tests/test_engine.py"], "forkserver"),
+    "query": ("retrieval/query.py", ["tests/test_query.py", "tests/test_engine.py"], "forkserver"),
     "evaluation": ("retrieval/evaluation.py", ["tests/test_evaluate_command.py", "tests/test_verify.py"], "forkserver"),
     # The app's parts (app.py itself is start-up only, exercised through a live server).
     "queries": ("webapp/queries.py", ["tests/test_app_handlers.py", "tests/test_app_endpoints.py"], "forkserver"),
