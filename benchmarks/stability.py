@@ -105,17 +105,21 @@ CANDIDATES = (
 )
 
 
+LABELS = {"alpha": "α", "seeds": "seeds", "degree_power": "÷ degree^", "blend": "blend"}
+
+
 def _grid(base: DiffusionSettings, **values) -> dict[str, Recipe]:
     out = {}
     for combo in itertools.product(*values.values()):
         changes = dict(zip(values, combo))
-        if changes.get("degree_power", 0) > 0:
-            changes["self_loops"] = True
-        out[", ".join(f"{k}={v:g}" for k, v in changes.items())] = replace(PREVIOUS, diffusion=replace(base, **changes))
+        label = ", ".join(f"{LABELS[k]}{'' if k == 'degree_power' else '='}{v:g}" for k, v in changes.items())
+        out[label] = replace(PREVIOUS, diffusion=replace(base, **changes))
     return out
 
 
-# Leave one landmark out: each family's parameters are chosen without the landmark scored.
+# Leave one landmark out: each family's parameters are chosen without the landmark scored. The
+# candidates above with the default's descriptor form one more family: the choice of the default itself.
+EVERY_CANDIDATE = "every candidate above with the default's descriptor"
 FAMILIES = {
     "no diffusion": {"": PREVIOUS},
     "whole graph (the default before)": _grid(WHOLE_GRAPH, alpha=[0.9, 0.95, 0.99], seeds=[5, 10, 20]),
@@ -268,12 +272,19 @@ def run_candidate(candidate: Candidate, data: Collection, *, distractors: int, s
     return out, per_query
 
 
-def run_family(options: dict[str, Recipe], data: Collection, landmarks: list[str]) -> dict:
-    """Returns one family's leave-one-landmark-out result: each option's full and few-photos mAP, the choices, the pooled mAP."""
+def run_family(options: dict[str, Recipe], data: Collection, landmarks: list[str],
+               measured: dict[str, dict] | None = None) -> dict:
+    """Returns one family's leave-one-landmark-out result: each option's full and few-photos mAP, the choices, the pooled mAP.
+
+    `measured`: {option: {"full", "few photos": (m, 2) per-query APs}} already measured, instead of `options`.
+    """
     aps, scores = {}, {}
-    for name, recipe in options.items():
-        full = query_aps(data.db, data.queries, data.gnd, data.kind, recipe)
-        few = few_photos_aps(data.db, data.queries, data.gnd, data.kind, recipe, data.few)
+    for name in (measured or options):
+        if measured:
+            full, few = measured[name]["full"], measured[name]["few photos"]
+        else:
+            full = query_aps(data.db, data.queries, data.gnd, data.kind, options[name])
+            few = few_photos_aps(data.db, data.queries, data.gnd, data.kind, options[name], data.few)
         aps[name] = np.concatenate([full, few], axis=1)
         scores[name] = {"full": mean_ap(full), "few photos": mean_ap(few)}
     chosen, held_out = leave_one_landmark_out(aps, landmarks)
@@ -300,7 +311,8 @@ def family_table(families: dict[str, dict]) -> dict:
     for name, result in families.items():
         picks = Counter(result["chosen"].values()).most_common()
         chosen = "; ".join(f"{option or 'fixed'} ({count})" for option, count in picks)
-        rows.append([name, str(len(result["options"])), _pair(result["left out"]["full"]),
+        options = str(len(result["options"]))
+        rows.append([name, options, _pair(result["left out"]["full"]),
                      _pair(result["left out"]["few photos"]), chosen])
     return {"columns": ["family", "options", "full M / H", "few photos M / H", "chosen (landmarks)"],
             "align": "lrrrl", "rows": rows}
@@ -339,21 +351,25 @@ def main(argv=None) -> int:
     network = build_network(args.network, weights="imagenet")
     landmarks = query_landmarks(dataset.gnd, dataset.db_ids, dataset.query_ids)
     collections: dict[Pipeline, Collection] = {}
-    results = []
+    results, measured = [], {}
     for candidate in CANDIDATES:
         if args.only and args.only not in candidate.name:
             continue
         pipeline = candidate.recipe.descriptor
         if pipeline not in collections:
             collections[pipeline] = load_collection(args, dataset, network, pipeline)
-        result, _ = run_candidate(candidate, collections[pipeline], distractors=args.distractors, seed=args.seed)
+        result, per_query = run_candidate(candidate, collections[pipeline], distractors=args.distractors,
+                                          seed=args.seed)
+        if pipeline == DEFAULT.descriptor and per_query:
+            measured[candidate.name] = per_query
         print(candidate.name, json.dumps(result), flush=True)
         results.append({"name": candidate.name, "recipe": _recipe_meta(candidate), "map": result})
     if args.only is not None:
         return 0
     families = {}
-    for name, options in FAMILIES.items():
-        families[name] = run_family(options, collections[DEFAULT.descriptor], landmarks)
+    for name, options in {**FAMILIES, EVERY_CANDIDATE: None}.items():
+        families[name] = run_family(options or {}, collections[DEFAULT.descriptor], landmarks,
+                                    measured if options is None else None)
         print(name, json.dumps(families[name]["left out"]), flush=True)
     write_report(args, dataset, network, landmarks, results, families)
     return 0

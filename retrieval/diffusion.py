@@ -220,11 +220,15 @@ def degrees(affinity: sparse.spmatrix) -> np.ndarray:
 
 def normalized(affinity: sparse.spmatrix) -> sparse.csr_matrix:
     """Returns S = D^-1/2 A D^-1/2 (float32 CSR); an isolated image keeps a zero row."""
-    degree = np.asarray(affinity.sum(axis=1)).ravel()
+    a = sparse.csr_matrix(affinity, dtype=np.float32)
+    degree = np.asarray(a.sum(axis=1)).ravel()
     scale = np.zeros_like(degree)
     np.divide(1.0, np.sqrt(degree), out=scale, where=degree > 0)
-    d = sparse.diags(scale.astype(np.float32))
-    return sparse.csr_matrix(d @ affinity @ d, dtype=np.float32)
+    scale = scale.astype(np.float32)
+    # Each stored entry A_ij times scale_i scale_j: the two diagonal products without building them.
+    row_of_entry = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))
+    return sparse.csr_matrix((a.data * scale[row_of_entry] * scale[a.indices], a.indices.copy(), a.indptr.copy()),
+                             shape=a.shape, dtype=np.float32)
 
 
 def conjugate_gradient(s: sparse.spmatrix, y: np.ndarray, *, alpha: float, iterations: int = 20,

@@ -9,7 +9,8 @@ through `QueryPath.rank`, so the numbers the README shows are those of the code 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -44,19 +45,27 @@ def similarities(query: np.ndarray, features: np.ndarray, rows: np.ndarray) -> n
 
 @dataclass
 class Ranked:
-    """One query's ranking: (depth,) rows best first, their ranking scores, their similarities,
-    the row of the indexed image the query is (put first) or None, and the best similarity.
+    """One query's ranking: (depth,) rows best first, their ranking scores, the row of the indexed
+    image the query is (put first) or None, the best similarity, and the similarities.
 
     `similarities` are the cosines of the query descriptor (as given, before αQE) and each
     row as stored: what a person can read as "how alike". `scores` order the list: the same
     cosines without re-ranking, else the expanded query's cosines or the diffusion's scores.
+    The similarities are computed when first read: an evaluation ranks whole databases and never
+    reads them.
     """
 
     rows: np.ndarray
     scores: np.ndarray
     same: int | None
-    similarities: np.ndarray
     best: float  # the query's highest cosine with any row (the first search's top), whatever the order
+    query: np.ndarray = field(repr=False)
+    features: np.ndarray = field(repr=False)
+
+    @cached_property
+    def similarities(self) -> np.ndarray:
+        """(depth,) float32 cosines of the query and each row as stored."""
+        return similarities(self.query, self.features, self.rows)
 
 
 def put_first(rows: list[int], scores: list[float], row: int | None) -> tuple[list[int], list[float]]:
@@ -138,8 +147,8 @@ class QueryPath:
         top_rows, top_scores = put_first([int(r) for r in rows[0, :keep]], [float(s) for s in scores[0, :keep]],
                                          same)
         top_rows = np.asarray(top_rows, dtype=np.int64)
-        return Ranked(top_rows, np.asarray(top_scores, dtype=np.float32), same,
-                      similarities(query, self.features, top_rows), float(first_scores[0, 0]))
+        return Ranked(top_rows, np.asarray(top_scores, dtype=np.float32), same, float(first_scores[0, 0]),
+                      query, self.features)
 
     def duplicate_row(self, scores: np.ndarray, rows: np.ndarray) -> int | None:
         """Returns the row among a query's nearest `rows` (with their cosines `scores`) whose image
