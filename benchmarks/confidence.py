@@ -1,7 +1,7 @@
 """When is there no good match? Calibrates the "confident match" rule on photos of the collection's
 places and on photos and made images of nothing in it.
 
-    python -m benchmarks.confidence [--json results/confidence.json] [--sv-top 5]
+    python -m benchmarks.confidence [--json results/confidence.json] [--network efficientnet-lite0] [--sv-top 5]
 
 In-domain: the 19 Paris query crops, searched in the mini RParis database (397 photos, stored as
 the default recipe stores them: DBA k=3). Out-of-domain: scikit-image's bundled sample photos
@@ -207,7 +207,7 @@ def measure(args: argparse.Namespace) -> dict:
     from retrieval.networks import build_network
 
     dataset = load_dataset("rparis6k", args.data_root)
-    network = build_network("efficientnet-lite0", weights="imagenet")
+    network = build_network(args.network, weights="imagenet")
     data = load_collection(stability_args(["--data-root", args.data_root, "--cache-dir", args.cache_dir]), dataset,
                            network, DEFAULT.descriptor)
     landmarks = query_landmarks(dataset.gnd, dataset.db_ids, dataset.query_ids)
@@ -240,7 +240,7 @@ def measure(args: argparse.Namespace) -> dict:
             "margin_to_highest_out_of_domain": round(float(threshold - outside[:, 0].max()), 4),
             "threshold_chosen_without_the_item": held_out_thresholds(inside[:, 0], outside[:, 0], landmarks)}
     return {
-        "command": "python -m benchmarks.confidence",
+        "command": "python -m benchmarks.confidence" + (f" --network {args.network}" if args.network != "efficientnet-lite0" else ""),
         "network": network.name, "pipeline": DEFAULT.descriptor.to_meta(), "dba": DEFAULT.dba,
         "database": f"{dataset.name}: {len(dataset.db_ids)} photos", "sv_top": args.sv_top,
         "evidence": evidence, "rule": rule,
@@ -279,6 +279,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.confidence", description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR))
+    parser.add_argument("--network", default="efficientnet-lite0",
+                        help="the network to calibrate, with the default pipeline and DBA (default efficientnet-lite0)")
     parser.add_argument("--sv-top", type=int, default=5, help="photos of the ranking verified (default 5)")
     parser.add_argument("--distractors", type=int, default=10_000, help="synthetic distractors of that setting")
     parser.add_argument("--json", default=str(ROOT / "results" / "confidence.json"))

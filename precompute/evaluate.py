@@ -65,7 +65,10 @@ def describe(report: dict) -> str:
         parts.append(f"DBA k={meta['dba']['k']}")
     if meta.get("diffusion"):
         d = meta["diffusion"]
-        parts.append(f"diffusion k={d['k']} seeds={d['seeds']} α={d['alpha']:g}" + (" truncated" if d["truncate"] else ""))
+        parts.append(f"diffusion k={d['k']} seeds={d['seeds']} α={d['alpha']:g}"
+                     + (f" truncated to {d['candidates']}" if d["truncate"] else "")
+                     + (f" ÷ degree^{d['degree_power']:g}" if d.get("degree_power") else "")
+                     + (f" blended {d['blend']:g}" if d.get("blend", 1) < 1 else ""))
     if meta.get("sv"):
         parts.append(f"SV top {meta['sv']['top']}" + (" seeding the diffusion" if meta.get("sv_seeds_diffusion") else ""))
     backend = f"ann top {meta['ann_k']}" if meta.get("ann_k") else meta["backend"]

@@ -278,11 +278,12 @@ class DiffusionSettings:
         degree_power: divide each diffusion score by the image's degree (in the graph diffused
             over) to this power; 0 for none. Needs `self_loops` (no degree is then 0).
         blend: the ranking score is blend x diffusion score / the best one + (1 - blend) x the
-            query's similarity to the image; 1 for diffusion alone.
+            query's similarity to the image as the first ranking scored it (after αQE); 1 for
+            diffusion alone.
         seed_ratio: query-adaptive seeds: of the top `seeds`, only those whose similarity is at
             least seed_ratio x the best one's seed (the first always does); 0 for all of them.
 
-    The defaults of the last three are diffusion as it was before them, so that an index whose
+    The defaults of the last four are diffusion as it was before them, so that an index whose
     index.json does not name them ranks as it did.
     """
 
