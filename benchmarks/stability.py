@@ -39,7 +39,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -219,22 +219,29 @@ def leave_one_landmark_out(aps: dict[str, np.ndarray], landmarks: Sequence[str])
 
 
 def query_aps(db: np.ndarray, queries: np.ndarray, gnd: list[dict], kind: str, recipe: Recipe,
-              whitening=None) -> np.ndarray:
-    """Returns (m, 2) per-query AP, Medium and Hard, of one recipe on (n, d) database and (m, d) query rows."""
+              whitening=None, reuse: dict | None = None) -> np.ndarray:
+    """Returns (m, 2) per-query AP, Medium and Hard, of one recipe on (n, d) database and (m, d) query rows.
+
+    `reuse`: kept by the caller for this database, its DBA rows and graphs (see `rank_queries`).
+    """
     ranks, _ = rank_queries(db, queries, backend="exact", whitening=whitening, qe=recipe.qe, dba=recipe.dba,
-                            alpha=recipe.alpha, diffusion=recipe.diffusion)
+                            alpha=recipe.alpha, diffusion=recipe.diffusion, reuse=reuse)
     metrics = evaluate_ranks(ranks, gnd, kind)
     return np.stack([metrics[p]["aps"] for p in PROTOCOLS], axis=1)
 
 
 def few_photos_aps(db: np.ndarray, queries: np.ndarray, gnd: list[dict], kind: str, recipe: Recipe,
-                   databases: list[FewPhotos]) -> np.ndarray:
-    """Returns (m, 2) per-query AP, Medium and Hard, with few photos: each query's mean over the draws."""
+                   databases: list[FewPhotos], reuse: dict | None = None) -> np.ndarray:
+    """Returns (m, 2) per-query AP, Medium and Hard, with few photos: each query's mean over the draws.
+
+    `reuse`: {(landmark, draw): dict} kept by the caller, one `rank_queries` reuse dict per database.
+    """
     found = np.full((max(d.draw for d in databases) + 1, len(queries), len(PROTOCOLS)), np.nan)
     for few in databases:
         part = [gnd[i] for i in few.queries]
+        kept = None if reuse is None else reuse.setdefault((few.landmark, few.draw), {})
         found[few.draw, few.queries] = query_aps(db[few.rows], queries[few.queries], restrict_gnd(part, few.rows),
-                                                 kind, recipe)
+                                                 kind, recipe, reuse=kept)
     counted = ~np.isnan(found)
     return np.where(counted.any(0), np.nansum(found, 0) / np.maximum(counted.sum(0), 1), np.nan)
 
@@ -246,7 +253,11 @@ def mean_ap(aps: np.ndarray) -> dict:
 
 @dataclass
 class Collection:
-    """The raw descriptors and ground truth every setting is cut from."""
+    """The raw descriptors and ground truth every setting is cut from.
+
+    `reuse` holds, per setting, what `rank_queries` made of its database (DBA rows, graphs) and the
+    distractors drawn, so that candidates of one descriptor share them.
+    """
 
     db: np.ndarray
     queries: np.ndarray
@@ -254,24 +265,38 @@ class Collection:
     kind: str
     halves: tuple[np.ndarray, np.ndarray]
     few: list[FewPhotos]
+    reuse: dict = field(default_factory=dict)
+
+    def kept(self, setting) -> dict:
+        """Returns the reuse dict of one setting's database."""
+        return self.reuse.setdefault(setting, {})
+
+    def with_distractors(self, count: int, seed: int) -> np.ndarray:
+        """Returns the database with `count` synthetic distractors fitted to it appended (drawn once)."""
+        if ("distractors", count, seed) not in self.reuse:
+            extra = sample_distractors(fit_distractor_model(self.db), count, seed=seed)
+            self.reuse["distractors", count, seed] = np.concatenate([self.db, extra])
+        return self.reuse["distractors", count, seed]
 
 
 def run_candidate(candidate: Candidate, data: Collection, *, distractors: int, seed: int) -> tuple[dict, dict]:
     """Returns ({setting: {medium, hard}}, {setting: (m, 2) per-query APs} of full and few photos) for one candidate."""
     recipe, out, per_query = candidate.recipe, {}, {}
-    if candidate.whiten is None:
-        per_query["full"] = query_aps(data.db, data.queries, data.gnd, data.kind, recipe)
+    plain = candidate.whiten is None  # a whitened database is another database: nothing reused
+    if plain:
+        per_query["full"] = query_aps(data.db, data.queries, data.gnd, data.kind, recipe, reuse=data.kept("full"))
         out["full"] = mean_ap(per_query["full"])
     for name, rows, other in (("half A", data.halves[0], data.halves[1]), ("half B", data.halves[1], data.halves[0])):
-        whitening = learn_whitening(data.db[other], shrinkage=candidate.whiten) if candidate.whiten is not None else None
+        whitening = None if plain else learn_whitening(data.db[other], shrinkage=candidate.whiten)
         out[name] = mean_ap(query_aps(data.db[rows], data.queries, restrict_gnd(data.gnd, rows), data.kind, recipe,
-                                      whitening))
-    if candidate.whiten is None and distractors:
-        extra = sample_distractors(fit_distractor_model(data.db), distractors, seed=seed)
-        out[f"+{distractors // 1000}k distractors"] = mean_ap(
-            query_aps(np.concatenate([data.db, extra]), data.queries, data.gnd, data.kind, recipe))
-    if candidate.whiten is None:
-        per_query["few photos"] = few_photos_aps(data.db, data.queries, data.gnd, data.kind, recipe, data.few)
+                                      whitening, reuse=data.kept(name) if plain else None))
+    if plain and distractors:
+        out[f"+{distractors // 1000}k distractors"] = mean_ap(query_aps(
+            data.with_distractors(distractors, seed), data.queries, data.gnd, data.kind, recipe,
+            reuse=data.kept("distractors")))
+    if plain:
+        per_query["few photos"] = few_photos_aps(data.db, data.queries, data.gnd, data.kind, recipe, data.few,
+                                                 reuse=data.kept("few photos"))
         out["few photos"] = mean_ap(per_query["few photos"])
     return out, per_query
 
@@ -287,8 +312,9 @@ def run_family(options: dict[str, Recipe], data: Collection, landmarks: list[str
         if measured:
             full, few = measured[name]["full"], measured[name]["few photos"]
         else:
-            full = query_aps(data.db, data.queries, data.gnd, data.kind, options[name])
-            few = few_photos_aps(data.db, data.queries, data.gnd, data.kind, options[name], data.few)
+            full = query_aps(data.db, data.queries, data.gnd, data.kind, options[name], reuse=data.kept("full"))
+            few = few_photos_aps(data.db, data.queries, data.gnd, data.kind, options[name], data.few,
+                                 reuse=data.kept("few photos"))
         aps[name] = np.concatenate([full, few], axis=1)
         scores[name] = {"full": mean_ap(full), "few photos": mean_ap(few)}
     chosen, held_out = leave_one_landmark_out(aps, landmarks)
