@@ -317,6 +317,34 @@ def test_a_port_in_use_is_one_line_and_exit_1_before_loading_anything(tmp_path):
     print(f"port in use answered in {seconds:.1f} s")
 
 
+def test_the_served_socket_answers_without_waiting_for_acks():
+    """The port app.py binds first is one on which asyncio turns Nagle's algorithm off (TCP_NODELAY):
+    with it on, every kept-alive request waited about 40 ms for the client's delayed ACK."""
+    import asyncio
+
+    import webapp.server
+
+    sock = webapp.server.bind("127.0.0.1", 0)
+
+    async def accepted_nodelay() -> list[int]:
+        seen = []
+
+        async def on_client(reader, writer):
+            seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_client, sock=sock)
+        reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        await reader.read()
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return seen
+
+    seen = asyncio.run(accepted_nodelay())
+    assert len(seen) == 1 and seen[0] != 0
+
+
 def test_sigterm_removes_the_thumbnail_folder(lite0_index, tmp_path, monkeypatch):
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()

@@ -176,6 +176,16 @@ def test_dragging_draws_a_box_and_search_searches_inside_it(page, app_url, rpari
     assert restored.locator("#match-title").inner_text().startswith(f"#2 {second} · score")
     assert in_view(restored, "#match-panel")
     restored.screenshot(path=str(artifacts_dir / "app-link-restored.png"))
+    restored.locator("#search").click()  # the restored query image is there to search again
+    try:  # a new search closes the match panel
+        restored.wait_for_function("() => !document.querySelector('#match-panel') || "
+                                   "document.querySelector('#match-panel').offsetParent === null")
+    except Exception:  # noqa: BLE001  (say what the page showed instead)
+        restored.screenshot(path=str(artifacts_dir / "app-link-search-again.png"), full_page=True)
+        raise AssertionError("the restored page did not search again: "
+                             + " | ".join(restored.locator(".toast-body").all_inner_texts())) from None
+    wait_for_results(restored, 7)
+    assert restored.locator("#results .caption-label").all_inner_texts() == captions
 
 
 def test_a_typed_box_is_drawn_and_a_click_clears_it(page, app_url, rparis_dir):

@@ -23,8 +23,10 @@ def bind(host: str, port: int) -> socket.socket:
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        # The protocol given, not 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets
+        # that say IPPROTO_TCP, and with it on, each kept-alive request waited about 40 ms for an ACK.
+        sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
     except OSError as e:

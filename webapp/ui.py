@@ -20,6 +20,12 @@ from webapp.records import root_url
 QUEUE_MAX_SIZE = 64
 
 
+RESULTS_SCHEMA = "[{rank, id, score, thumbnail, preview}], best first; thumbnail and preview are image URLs"
+TIMINGS_SCHEMA = "{embed_ms, search_ms, total_ms, runtime}"
+# What the in-app API page says of /search, the plain HTTP endpoint included.
+SEARCH_DESCRIPTION = ("Finds the k indexed images most similar to `image`, cropped to `box`, as JSON records with "
+                      "their images' URLs. The same search over plain HTTP: POST /api/search?k=&box= with the "
+                      "multipart field \"image\".")
 # Uploaded files and result thumbnails in Gradio's cache: swept hourly, kept one day.
 DELETE_CACHE = (3600, 24 * 3600)
 INTRO = """# Landmark image search
@@ -180,35 +186,37 @@ def build_demo(ctx: AppContext, *, concurrency: int = CONCURRENCY_LIMIT) -> gr.B
             lambda asked, rows: open_link_match(ctx, asked, rows), inputs=[link, records], outputs=opened,
             queue=False, **private).success(**scroll).success(**matching)
 
-        # The public API: its own inputs, so that it takes a plain file, has k and box optional, and
-        # never fetches a URL (see `refuse_urls`); its outputs are JSON only, so that a client has
-        # nothing to download (the records hold the images' URLs).
-        # Their parameters' names are the API's (client.view_api()).
-        def api_search(image, k, box, request: gr.Request):
-            return search_api(ctx, image, k, box, root_url(request))
-
-        def api_match(image, box, id):  # noqa: A002
-            return match_api(ctx, image, box, id)
-
-        api_k = Api(min(DEFAULT_K, max_k(engine)), {"type": "integer"}, label="k")
-        api_box = Api("", {"type": "string"}, label="box")
-        api_results = Api(None, {"type": "array", "items": {"type": "object"}, "description": RESULTS_SCHEMA},
-                          label="results")
-        api_timings = Api(None, {"type": "object", "description": TIMINGS_SCHEMA}, label="timings")
-        api_picture = gr.Image(label="match view", type="pil", format="jpeg", visible=False)
-        api_matches = Api(None, {"type": "object", "description": "{\"id\", \"matches\"}"}, label="matches")
-        # What gr.api does, with our own input components: gr.api would build plain ones.
-        config = get_blocks_context()
-        config.set_event_trigger(
-            [], api_search, [query_file(), api_k, api_box], [api_results, api_timings], api_name="search",
-            api_description=search_api.__doc__.split("\n\n")[0] + " " + search_api.__doc__.split("\n\n")[1].strip(),
-            **engine_limit)
-        config.set_event_trigger(
-            [], api_match, [query_file(), Api("", {"type": "string"}, label="box"), Api("", {"type": "string"}, label="id")],
-            [api_picture, api_matches], api_name="match", api_description=match_api.__doc__.split("\n")[0],
-            **engine_limit)
+        add_named_api(ctx, engine_limit)
     return demo
 
 
-RESULTS_SCHEMA = "[{rank, id, score, thumbnail, preview}], best first; thumbnail and preview are image URLs"
-TIMINGS_SCHEMA = "{embed_ms, search_ms, total_ms, runtime}"
+
+def add_named_api(ctx: AppContext, engine_limit: dict) -> None:
+    """Adds the public API, /search and /match, to the Blocks being built.
+
+    Each has its own inputs, so that it takes a plain file, has k and box optional, and never
+    fetches a URL (see `refuse_urls`); /search's outputs are JSON only, so that a client has nothing
+    to download (the records hold the images' URLs). The handlers' parameter names are the API's
+    (client.view_api()).
+    """
+
+    def api_search(image, k, box, request: gr.Request):
+        return search_api(ctx, image, k, box, root_url(request))
+
+    def api_match(image, box, id):  # noqa: A002
+        return match_api(ctx, image, box, id)
+
+    most = min(DEFAULT_K, max_k(ctx.engine))
+    results = Api(None, {"type": "array", "items": {"type": "object"}, "description": RESULTS_SCHEMA},
+                  label="results")
+    timings = Api(None, {"type": "object", "description": TIMINGS_SCHEMA}, label="timings")
+    picture = gr.Image(label="match view", type="pil", format="jpeg", visible=False)
+    matches = Api(None, {"type": "object", "description": "{\"id\", \"matches\"}"}, label="matches")
+    # What gr.api does, with our own input components: gr.api would build plain ones.
+    config = get_blocks_context()
+    config.set_event_trigger(
+        [], api_search, [query_file(), Api(most, {"type": "integer"}, label="k"), Api("", {"type": "string"}, label="box")],
+        [results, timings], api_name="search", api_description=SEARCH_DESCRIPTION, **engine_limit)
+    config.set_event_trigger(
+        [], api_match, [query_file(), Api("", {"type": "string"}, label="box"), Api("", {"type": "string"}, label="id")],
+        [picture, matches], api_name="match", api_description=match_api.__doc__.split("\n")[0], **engine_limit)
