@@ -4,10 +4,10 @@ Reads its settings, loads one index and the network recorded in it, builds the i
 serves it, with the Gradio API (/search, /match) and a plain HTTP endpoint (POST /api/search) on
 the same port. Features, search and the match view live in `retrieval/`; nothing here computes them.
 
-    python app.py --index DIR            # a folder made by `python -m precompute.build_index`
-    INDEX_REPO=user/name python app.py   # an index on the Hugging Face Hub (INDEX_REVISION: a tag/commit)
-    python app.py --images DIR           # index a folder of images (incrementally), then serve it
-    python app.py                        # the index embedded next to this file, in index/
+    .venv/bin/python app.py --index DIR            # a folder made by `.venv/bin/python -m precompute.build_index`
+    INDEX_REPO=user/name .venv/bin/python app.py   # an index on the Hugging Face Hub (INDEX_REVISION: a tag/commit)
+    .venv/bin/python app.py --images DIR           # index a folder of images (incrementally), then serve it
+    .venv/bin/python app.py                        # the index embedded next to this file, in index/
 """
 
 from __future__ import annotations
@@ -19,19 +19,17 @@ import sys
 import time
 from pathlib import Path
 
-from retrieval.build import BuildError, os_message
-from retrieval.engine import SearchEngine
-from retrieval.hub import HubError, pull_index
-from retrieval.index import Index, IndexFormatError, load_index, read_meta
-from webapp.guard import return_freed_memory
-from webapp.server import bind, serve
-from webapp.ui import CONCURRENCY_LIMIT
+from webapp.gate import CONCURRENCY_LIMIT
+from webapp.server import bind
+
+# Only what refuses a bad start-up is imported here: gradio, scipy, scikit-learn and TensorFlow load
+# once the port, the source and the index are known to be good (benchmarks.app_latency times the refusals).
 
 DEFAULT_INDEX = Path(__file__).resolve().parent / "index"
 # Converted networks (OpenVINO IR), as precompute.options.RUNTIME_CACHE: a second start converts nothing.
 RUNTIME_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "landmark-search" / "networks"
 NO_INDEX_MESSAGE = """No index to serve. Give one of:
-  --index DIR        a folder made by `python -m precompute.build_index --images ... --out DIR`
+  --index DIR        a folder made by `.venv/bin/python -m precompute.build_index --images ... --out DIR`
   INDEX_REPO=owner/name [INDEX_REVISION=tag-or-commit]   an index on the Hugging Face Hub
   --images DIR       a folder of images: the app indexes it (incrementally) and serves it
 or put an index folder at {default}."""
@@ -60,19 +58,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def open_index(args: argparse.Namespace, environ) -> Index:
+def open_index(args: argparse.Namespace, environ):
     """Returns the index to serve, from the first source given: --index, --images (indexed here
     first), INDEX_REPO (at INDEX_REVISION), else the embedded ./index.
 
     The command line comes before the environment, so that a Space's INDEX_REPO setting does
     not override an explicit local run.
     """
+    from retrieval.index import load_index
+
     if args.index is not None:
         return load_index(args.index)
     if args.images is not None:
         out = args.out or Path("indexes") / f"{args.images.resolve().name}-{args.network}"
         return load_index(build_from_images(args.images, out, args.network, args.weights, runtime_kwargs(args)))
     if environ.get("INDEX_REPO"):
+        from retrieval.hub import pull_index
+
         return pull_index(environ["INDEX_REPO"], revision=environ.get("INDEX_REVISION") or None)
     if DEFAULT_INDEX.is_dir():
         return load_index(DEFAULT_INDEX)
@@ -88,6 +90,8 @@ def check_source(args: argparse.Namespace, environ) -> None:
         IndexFormatError, FileNotFoundError: as `open_index` would, with the same messages.
     """
     if args.index is not None:
+        from retrieval.index import read_meta  # numpy, scipy and scikit-learn: only to check an --index
+
         read_meta(args.index)
     elif args.images is not None:
         if not args.images.is_dir():
@@ -125,9 +129,10 @@ def runtime_kwargs(args: argparse.Namespace) -> dict:
     return {"runtime": args.runtime, "precision": args.precision, "cache_dir": args.runtime_cache}
 
 
-def load_engine(index: Index, runtime: dict | None = None) -> SearchEngine:
+def load_engine(index, runtime: dict | None = None):
     """Returns a warmed-up engine over `index`, with the network recorded in it, run by the runtime
     that `runtime` (build_network's runtime, precision and cache_dir) names."""
+    from retrieval.engine import SearchEngine
     from retrieval.networks import build_network  # TensorFlow: imported once the port and the index are known
 
     network = build_network(index.meta["network"], weights=index.meta["weights"], **(runtime or {}))
@@ -143,8 +148,14 @@ def main(argv=None) -> None:
     sock = bind(args.host, args.port)
     try:
         check_source(args, os.environ)  # seconds before TensorFlow would be imported
-    except (IndexFormatError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # IndexFormatError is a ValueError
         raise SystemExit(f"Cannot serve this index: {e}") from None
+    from retrieval.build import BuildError, os_message
+    from retrieval.hub import HubError
+    from retrieval.index import IndexFormatError
+    from webapp.guard import return_freed_memory
+    from webapp.server import serve
+
     return_freed_memory()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up notices, unless chosen
     from retrieval.networks import NetworkError  # imports TensorFlow: after the port is ours

@@ -9,7 +9,7 @@ import numpy as np
 
 from retrieval.confidence import Confidence, judge, threshold_for
 from retrieval.diffusion import Diffusion
-from retrieval.features import embed_image
+from retrieval.features import Decoded, decode_file, embed_image
 from retrieval.index import Index, IndexFormatError
 from retrieval.query import QueryPath
 from retrieval.rows import take_rows
@@ -92,6 +92,15 @@ class SearchEngine:
     def __len__(self) -> int:
         return len(self.index)
 
+    def decode(self, source) -> Decoded:
+        """Returns a whole image file (a path or encoded bytes) decoded as this index's build decoded
+        its photos (`retrieval.features.decode_file`); `search` takes it as it is, decoding nothing again.
+
+        Raises:
+            retrieval.features.ImageError: the file is not an image that can be decoded safely.
+        """
+        return decode_file(source, self.pipeline, self.index.meta.get("preview_side"))
+
     def embed(self, image, *, box=None) -> np.ndarray:
         """Returns the (d,) float32 query descriptor in the index's space (whitened if it is)."""
         return self.index.project(embed_image(self.network, image, self.pipeline, box=box,
@@ -105,7 +114,7 @@ class SearchEngine:
         self.search(Image.new("RGB", (side, side * 3 // 4), (127, 127, 127)), 1)
 
     def search(self, image, k: int, *, box=None) -> SearchResult:
-        """Returns the k nearest index images to `image` (a path, bytes or PIL image), cropped to `box`.
+        """Returns the k nearest index images to `image` (a path, bytes, PIL image or `decode`'s result), cropped to `box`.
 
         Raises:
             ValueError: for a bad k (checked first, before any work).

@@ -146,6 +146,9 @@ class Pipeline:
 REPORT_PIPELINE = Pipeline(pooling="flatten", max_side=None, squash=224)
 
 
+TRUNCATED = "the file is cut short: it ends before the image does (an interrupted download or copy?)"
+
+
 def too_large(max_pixels: int = MAX_PIXELS) -> str:
     """Returns the one message that refuses an image over the pixel limit (without its size)."""
     return f"the image is too large to decode safely: the limit is {max_pixels / 1e6:g} megapixels"
@@ -205,6 +208,8 @@ def load_image(source, *, max_pixels: int = MAX_PIXELS, draft_size: tuple[int, i
         image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        if isinstance(e, OSError) and "truncated" in str(e):  # Pillow's "image file is truncated (N bytes not processed)"
+            raise ImageError(TRUNCATED) from None
         raise ImageError(f"the image cannot be decoded ({type(e).__name__}: {e})") from None
 
 
@@ -383,18 +388,49 @@ def make_thumbnail(image: Image.Image, side: int = THUMBNAIL_SIDE, quality: int 
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """An image file decoded as a build decodes it (`decode_file`).
+
+    `image` is RGB and upright, possibly decoded at 1/2, 1/4 or 1/8 of its size (a JPEG draft);
+    `size` is the file's full upright (width, height), from which the network input's size is
+    computed, or None when the file's header could not be read ahead.
+    """
+
+    image: Image.Image
+    size: tuple[int, int] | None
+
+
+def decode_file(source, pipeline: Pipeline, preview_side: int | None = None) -> Decoded:
+    """Returns a whole image file (a path or encoded bytes) decoded as the build decodes it.
+
+    A JPEG is decoded at the smallest power-of-two reduction that still gives the network input,
+    a thumbnail and a `preview_side` preview (index.json "preview_side") their full size. An
+    indexed photo and the same file sent as a query go through this one function, so that they
+    get the same descriptor.
+
+    Raises:
+        ImageError: the input is not a decodable image, or is too large to decode safely.
+    """
+    draft, size = _draft_size(source, pipeline, max(THUMBNAIL_SIDE, preview_side or 0))
+    return Decoded(load_image(source, draft_size=draft), size)
+
+
 def _decode(source, pipeline: Pipeline, thumbnail_side: int | None, preview_side: int | None = None):
     """Runs in a worker thread: decode, resize per scale, thumbnail, preview. PIL drops the GIL here.
 
     Returns (network inputs per scale, their `content_size` per scale, thumbnail JPEG or None,
     preview JPEG or None). The preview comes from the same decoded image: a second decode of
-    every photo for its preview cost the build about a tenth of its time.
+    every photo for its preview cost the build about a tenth of its time. A `Decoded` source is
+    already decoded.
     """
-    if isinstance(source, Image.Image):
+    if isinstance(source, Decoded):
+        image, size = source.image, source.size
+    elif isinstance(source, Image.Image):
         image, size = _to_rgb(source), None
     else:
-        draft, size = _draft_size(source, pipeline, max(THUMBNAIL_SIDE, preview_side or 0))
-        image = load_image(source, draft_size=draft)
+        decoded = decode_file(source, pipeline, preview_side)
+        image, size = decoded.image, decoded.size
     # The network input size comes from the full image's size, not the drafted one, so an indexed
     # file and the same file sent as a query are resized to the same shape.
     arrays = [prepare_image(image, pipeline, s, source_size=size) for s in pipeline.scales]
@@ -561,16 +597,21 @@ def extract_features(
 def embed_image(network, image, pipeline: Pipeline, *, box=None, preview_side: int | None = None) -> np.ndarray:
     """Returns the (d,) float32 L2-normalised descriptor of one image, optionally cropped to `box`.
 
-    A whole file (a path or encoded bytes, no box) is decoded as a build decodes it, JPEG draft
-    included, so that an indexed photo sent as a query gets its indexed descriptor. `preview_side`
-    is the preview size that build stored (index.json "preview_side"): it sets how far the
-    decoder may scale a JPEG down.
+    A whole file (a path or encoded bytes, no box) is decoded as a build decodes it
+    (`decode_file`), JPEG draft included, so that an indexed photo sent as a query gets its
+    indexed descriptor; a `Decoded` image is one already decoded that way. `preview_side` is the
+    preview size that build stored (index.json "preview_side"): it sets how far the decoder may
+    scale a JPEG down.
 
     Raises:
         ImageError: for an undecodable image or an empty crop.
     """
-    if box is None and isinstance(image, (str, Path, bytes)):
-        item = next(iter_features(network, [image], pipeline, batch_size=1, workers=1, preview_side=preview_side))
+    if isinstance(image, Decoded) and box is not None:
+        raise ValueError("a box is cut from the image at full size, not from a drafted decode")
+    if box is None and isinstance(image, (str, Path, bytes, Decoded)):
+        if not isinstance(image, Decoded):
+            image = decode_file(image, pipeline, preview_side)
+        item = next(iter_features(network, [image], pipeline, batch_size=1, workers=1))
         if item.error:
             raise ImageError(item.error)
         return item.vector

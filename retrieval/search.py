@@ -5,7 +5,6 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from sklearn.neighbors import KDTree
 
 BACKENDS = ("kdtree", "exact", "ann")
 # Rows scoring within this of the k-th best are candidates too: the backends' arithmetic may
@@ -71,7 +70,12 @@ class Searcher:
             raise ValueError("cannot search an empty index")
         self.backend = backend
         # KDTree works in float64 internally; it copies the matrix once here, not per query.
-        self._tree = KDTree(self.features, leaf_size=leaf_size) if backend == "kdtree" else None
+        if backend == "kdtree":
+            from sklearn.neighbors import KDTree  # scikit-learn only for this backend: a second at import
+
+            self._tree = KDTree(self.features, leaf_size=leaf_size)
+        else:
+            self._tree = None
         self.ann = None
         if backend == "ann":
             from retrieval.ann import build_ann

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import webapp.context
 import webapp.gate
 import webapp.guard
 import webapp.handlers
@@ -56,9 +57,11 @@ def image_handlers(url: str) -> dict[str, tuple[int, list]]:
             handlers["/match"] = (fn, [None, "", INDEXED])
         elif dep["inputs"][:1] == [query] and len(dep["inputs"]) == 4:
             handlers.setdefault("search button", (fn, [None, 3, "", None]))
+        elif dep["inputs"][:1] == [query] and len(dep["inputs"]) == 5:
+            handlers["new K"] = (fn, [None, 3, "", None, None])
         elif dep["inputs"] == [query]:
             handlers["upload check"] = (fn, [None])
-    assert set(handlers) == {"/search", "/match", "search button", "upload check"}, handlers
+    assert set(handlers) == {"/search", "/match", "search button", "new K", "upload check"}, handlers
     return handlers
 
 
@@ -117,7 +120,7 @@ def test_an_upload_still_searches_through_the_raw_protocol(app_url, rparis_dir):
     fn, args = image_handlers(app_url)["/search"]
     message = call(app_url, fn, [file_data(uploaded), *args[1:]])
     assert message["success"] is True
-    assert message["output"]["data"][1][0]["id"] == INDEXED
+    assert message["output"]["data"][0][0]["id"] == INDEXED
 
 
 def test_the_file_route_serves_nothing_outside_the_cache(app_url, planted):
@@ -141,9 +144,10 @@ def test_an_indexed_photo_sent_as_a_query_comes_first_with_diffusion_on(app_url,
 
 
 @pytest.mark.parametrize("files, data, expected", [
-    ({"image": (None, "hello")}, None, "The field \"image\" must be a file, not text (curl -F image=@photo.jpg)."),
+    ({"image": (None, "hello")}, None,
+     "No image to search: the field \"image\" must be a file, not text (curl -F image=@photo.jpg)."),
     ({"file": ("q.jpg", b"\xff\xd8", "image/jpeg")}, None,
-     "The file must be sent as the multipart field \"image\", not 'file' (curl -F image=@photo.jpg)."),
+     "No image to search: send the file as the multipart field \"image\", not 'file' (curl -F image=@photo.jpg)."),
 ])
 def test_a_wrong_field_gets_our_error_not_fastapis_422(app_url, files, data, expected):
     response = httpx.post(app_url + "api/search", files=files, timeout=30)
@@ -244,7 +248,8 @@ def test_callers_beyond_the_waiting_room_get_503_at_once(lite0_index, lite0):
     engine = SearchEngine(load_index(lite0_index), lite0)
     gate = webapp.gate.Gate(1, 3)
     server = fastapi.FastAPI()
-    webapp.http_api.add_http_api(server, engine, webapp.thumbnails.Thumbnails(engine.index, Path(lite0_index)), gate)
+    webapp.http_api.add_http_api(server, webapp.context.AppContext(
+        engine, webapp.thumbnails.Thumbnails(engine.index, Path(lite0_index)), gate))
     photo = Image.new("RGB", (64, 48), (90, 120, 200))
     buffer = io.BytesIO()
     photo.save(buffer, format="PNG")
@@ -275,19 +280,21 @@ def test_decoding_waits_for_the_gate_on_every_way_in(monkeypatch, tmp_path):
             order.append("exit")
             return super().__exit__(*exc)
 
-    def decode(source, name="the file"):
+    def decode(source, name="the file", *, decode=None):
         order.append("decode")
         raise webapp.queries.QueryError("Not a usable image", "stop here")
 
     monkeypatch.setattr(webapp.queries, "decode_query", decode)
     (tmp_path / "q.png").write_bytes(b"x")
-    gate = Watch(1, 2)
-    engine = type("Engine", (), {"__len__": lambda self: 12, "index": {}})()
-    webapp.http_api.http_search(engine, None, gate, b"x", 3, "")
+    engine = type("Engine", (), {"__len__": lambda self: 12, "index": {}, "decode": None})()
+    ctx = webapp.context.AppContext(engine, None, Watch(1, 2), examples=["-"])
+    webapp.http_api.http_search(ctx, b"x", 3, "")
     with pytest.raises(Exception):
-        webapp.handlers.search(engine, None, str(tmp_path / "q.png"), 3, "", gate=gate)
-    webapp.handlers.check_upload(file_data(tmp_path / "q.png"), gate)
-    assert order == ["enter", "decode", "exit"] * 3
+        webapp.handlers.search(ctx, str(tmp_path / "q.png"), 3, "")
+    webapp.handlers.check_upload(ctx, file_data(tmp_path / "q.png"))
+    with pytest.raises(Exception):
+        webapp.handlers.match_api(ctx, file_data(tmp_path / "q.png"), "", "x")
+    assert order == ["enter", "decode", "exit"] * 4
 
 
 # The process: port, signals --------------------------------------------------------------------------
@@ -308,6 +315,34 @@ def test_a_port_in_use_is_one_line_and_exit_1_before_loading_anything(tmp_path):
                      "Choose another with --port."], proc.stderr
     assert "Serving on" not in proc.stderr
     print(f"port in use answered in {seconds:.1f} s")
+
+
+def test_the_served_socket_answers_without_waiting_for_acks():
+    """The port app.py binds first is one on which asyncio turns Nagle's algorithm off (TCP_NODELAY):
+    with it on, every kept-alive request waited about 40 ms for the client's delayed ACK."""
+    import asyncio
+
+    import webapp.server
+
+    sock = webapp.server.bind("127.0.0.1", 0)
+
+    async def accepted_nodelay() -> list[int]:
+        seen = []
+
+        async def on_client(reader, writer):
+            seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_client, sock=sock)
+        reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        await reader.read()
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return seen
+
+    seen = asyncio.run(accepted_nodelay())
+    assert len(seen) == 1 and seen[0] != 0
 
 
 def test_sigterm_removes_the_thumbnail_folder(lite0_index, tmp_path, monkeypatch):

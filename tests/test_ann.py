@@ -216,6 +216,8 @@ def test_distractors_join_after_the_dataset_and_the_ann_ranking_covers_every_row
 def test_app_serves_a_vectors_index_with_placeholders_and_ids(vectors_index, lite0, tmp_path):
     from PIL import Image
 
+    import webapp.context
+    import webapp.gate
     import webapp.handlers
     import webapp.thumbnails
     from retrieval.engine import SearchEngine
@@ -224,7 +226,8 @@ def test_app_serves_a_vectors_index_with_placeholders_and_ids(vectors_index, lit
     assert engine.searcher.backend == "ann"  # taken from the index, not trained here
     thumbnails = webapp.thumbnails.Thumbnails(engine.index, tmp_path)
     photo = Image.new("RGB", (300, 200), (90, 120, 160))
-    gallery, records, _, _ = webapp.handlers.search(engine, thumbnails, photo, 6)
+    ctx = webapp.context.AppContext(engine, thumbnails, webapp.gate.Gate(1, 1))
+    gallery, records, _, _ = webapp.handlers.search(ctx, photo, 6)
     assert [r["id"] for r in records] == engine.search(photo, 6).ids
     assert all(r["id"].startswith("photo_") for r in records)
     with Image.open(gallery[0][0]) as shown:

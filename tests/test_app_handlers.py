@@ -1,4 +1,4 @@
-"""The app's handlers in this process, over a tiny index: what each query path shows the user.
+"""The app's handlers and its start-up in this process, over a tiny index: what each query path shows the user.
 
 The live app (tests/test_app.py, tests/test_browser.py) checks the same paths end to end over
 real photos; these run in a second and are the tests meant for app.py in mutation runs.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
-import warnings
 from pathlib import Path
 
 import gradio as gr
@@ -18,9 +17,12 @@ import pytest
 from PIL import Image
 
 import app
+import webapp.context
 import webapp.gate
 import webapp.guard
 import webapp.handlers
+import webapp.links
+import webapp.messages
 import webapp.queries
 import webapp.thumbnails
 from retrieval.build import build_index
@@ -55,6 +57,12 @@ def served(tiny, tmp_path_factory):
     return engine, webapp.thumbnails.Thumbnails(engine.index, tmp_path_factory.mktemp("thumbs")), root
 
 
+def context(served, gate: webapp.gate.Gate | None = None, kept=None) -> webapp.context.AppContext:
+    """The handlers' one shared object over the tiny index: its engine and thumbnails, a gate, kept uploads."""
+    engine, thumbs, _ = served
+    return webapp.context.AppContext(engine, thumbs, gate or webapp.gate.Gate(1, 4), kept)
+
+
 def editor(path) -> str:
     """The query as the new app hands it to `search`: the path of the file (the editor dict is gone)."""
     return str(path)
@@ -65,24 +73,24 @@ def shown(thumbs, image_id):
     return Image.open(thumbs.preview(image_id)).convert("RGB")
 
 
-def describe(*args):
-    """webapp.handlers.describe's (line, preview, share link): the share field is now a gr.update, plus a deep-link button."""
-    line, preview, share, _deep = webapp.handlers.describe(*args)
-    return line, preview, share["value"] if isinstance(share, dict) else share
+def describe(timings, searched):
+    """webapp.handlers.describe's (time line, preview of the query as searched)."""
+    return webapp.handlers.describe(timings, searched)[:2]
 
 
 def test_an_unedited_example_is_searched_by_its_stored_descriptor(served):
     engine, thumbs, _ = served
-    gallery, records, timings, searched = webapp.handlers.search(engine, thumbs, editor(thumbs.preview("p03")), 5, "", "p03")
+    gallery, records, timings, searched = webapp.handlers.search(context(served), editor(thumbs.preview("p03")), 5, "",
+                                                                 "p03")
     stored = engine.search_id("p03", 5)
-    assert [r["id"] for r in records] == stored.ids and records == stored.to_records()
+    assert [r["id"] for r in records] == stored.ids
+    assert [{k: r[k] for k in ("rank", "id", "score")} for r in records] == stored.to_records()
     assert timings["embed_ms"] == 0.0 and timings["total_ms"] == timings["search_ms"]
-    assert searched["id"] == "p03"
+    assert (searched["id"], searched["box"], searched["k"]) == ("p03", "", 5)
     assert [caption for _, caption in gallery] == [f"#{r['rank']} · {r['score']:.3f}\n{r['id']}" for r in records]
     assert [Path(f).read_bytes() for f, _ in gallery] == [engine.index.thumbnail(i) for i in stored.ids]
-    line, preview, share = describe(timings, searched, "p03", "", 5)
+    line, preview = describe(timings, searched)
     assert "its stored descriptor needs no embedding" in line and "embedding 0.0 ms" not in line
-    assert share == "?id=p03&k=5"
     assert "Query as searched: 80 × 60 px" in preview
 
 
@@ -92,51 +100,41 @@ def test_a_crop_or_upload_after_an_example_is_searched_as_the_new_image(served, 
     crop = shown(thumbs, "p03").crop((0, 0, 40, 30))
     crop.save(tmp_path / "crop.png")
     for picture, path in ((crop, tmp_path / "crop.png"), (Image.open(root / "p07.png"), root / "p07.png")):
-        _, records, timings, searched = webapp.handlers.search(engine, thumbs, editor(path), 4, "", "p03")
+        _, records, timings, searched = webapp.handlers.search(context(served), editor(path), 4, "", "p03")
         embedded = engine.search(picture, 4)
-        assert records == embedded.to_records()
-        assert records != engine.search_id("p03", 4).to_records()
-        assert timings["embed_ms"] > 0 and searched["id"] is None
-        line, _, share = describe(timings, searched, "p03", "", 4)
-        assert share == "" and "embedding" in line and "stored descriptor" not in line
+        assert ids_scores(records) == embedded.to_records()
+        assert ids_scores(records) != engine.search_id("p03", 4).to_records()
+        assert timings["embed_ms"] > 0 and searched["id"] is None and searched["file"] == str(path)
+        line, _ = describe(timings, searched)
+        assert "embedding" in line and "stored descriptor" not in line
     # One changed pixel is an edit too.
     edited = shown(thumbs, "p03")
     edited.putpixel((0, 0), tuple(255 - v for v in edited.getpixel((0, 0))))
     edited.save(tmp_path / "edited.png")
-    assert webapp.handlers.search(engine, thumbs, editor(tmp_path / "edited.png"), 4, "", "p03")[3]["id"] is None
+    assert webapp.handlers.search(context(served), editor(tmp_path / "edited.png"), 4, "", "p03")[3]["id"] is None
     assert not thumbs.is_unedited("p03", thumbs.preview("p04"))
     shown(thumbs, "p03").resize((40, 30)).save(tmp_path / "small.png")
     assert not thumbs.is_unedited("p03", str(tmp_path / "small.png"))
-
-
-def test_an_example_with_a_box_is_embedded_and_its_link_keeps_the_box(served):
-    engine, thumbs, _ = served
-    _, records, timings, searched = webapp.handlers.search(engine, thumbs, editor(thumbs.preview("p05")), 3, "0,0,40,30", "p05")
-    assert records == engine.search(shown(thumbs, "p05").crop((0, 0, 40, 30)), 3).to_records()
-    assert searched["id"] == "p05" and searched["image"].size == (40, 30) and timings["embed_ms"] > 0
-    line, _, share = describe(timings, searched, "p05", "0,0,40,30", 3)
-    assert share == "?id=p05&k=3&box=0%2C0%2C40%2C30" and "embedding" in line and "stored descriptor" not in line
-    assert describe(None, searched, "p05", "", 3) == ("", "", "")
 
 
 def test_big_queries_are_downscaled_to_2048_pixels(served, tmp_path):
     engine, thumbs, root = served
     big = Image.open(root / "p02.png").resize((3000, 2250), Image.NEAREST)
     big.save(tmp_path / "big.png")
-    _, records, _, searched = webapp.handlers.search(engine, thumbs, editor(tmp_path / "big.png"), 3)
+    _, records, _, searched = webapp.handlers.search(context(served), editor(tmp_path / "big.png"), 3)
     assert searched["image"].size == (2048, 1536)
     # The search itself decodes the whole file as the build does (an indexed photo then matches itself).
-    assert records == engine.search(str(tmp_path / "big.png"), 3).to_records()
+    assert ids_scores(records) == engine.search(str(tmp_path / "big.png"), 3).to_records()
     for size, searched_size in (((2048, 1536), (2048, 1536)), ((1537, 2049), (1536, 2048))):
         Image.open(root / "p02.png").resize(size, Image.NEAREST).save(tmp_path / "edge.png")
-        assert webapp.handlers.search(engine, thumbs, editor(tmp_path / "edge.png"), 3)[3]["image"].size == searched_size
+        assert webapp.handlers.search(context(served), editor(tmp_path / "edge.png"), 3)[3]["image"].size == searched_size
 
 
 @pytest.mark.parametrize("k", [2.5, 0, 13, "3", None, True])
 def test_bad_k_is_refused_with_its_range(served, k):
-    engine, thumbs, _ = served
+    _, thumbs, _ = served
     with pytest.raises(gr.Error, match=r"K must be a whole number from 1 to 12; got"):
-        webapp.handlers.search(engine, thumbs, editor(thumbs.preview("p01")), k)
+        webapp.handlers.search(context(served), editor(thumbs.preview("p01")), k)
 
 
 def test_whole_float_k_and_the_largest_k_are_accepted(served):
@@ -147,18 +145,19 @@ def test_whole_float_k_and_the_largest_k_are_accepted(served):
 
 
 def test_bad_queries_are_refused_with_their_message(served, tmp_path):
-    engine, thumbs, _ = served
-    with pytest.raises(gr.Error, match="Upload an image first"):
-        webapp.handlers.search(engine, thumbs, None, 3)
-    with pytest.raises(gr.Error, match="Upload an image first"):
-        webapp.handlers.search_ui(engine, thumbs, None, "", 3, "", None)  # the UI's empty query image
+    _, thumbs, _ = served
+    ctx = context(served)
+    with pytest.raises(gr.Error, match="No image to search: upload or paste a photo"):
+        webapp.handlers.search(ctx, None, 3)
+    with pytest.raises(gr.Error, match="No image to search: upload or paste a photo"):
+        webapp.handlers.search_ui(ctx, None, 3, "", None)  # the UI's empty query image
     (tmp_path / "notes.png").write_text("not a picture")
     with pytest.raises(gr.Error, match="This file cannot be used as a query: not a readable image"):
-        webapp.handlers.search(engine, thumbs, editor(tmp_path / "notes.png"), 3)
-    with pytest.raises(gr.Error, match="The crop is empty"):
-        webapp.handlers.search(engine, thumbs, editor(thumbs.preview("p01")), 3, "10,10,10,20")
+        webapp.handlers.search(ctx, editor(tmp_path / "notes.png"), 3)
+    with pytest.raises(gr.Error, match="The box 10,10,10,20 holds no pixel of this 80 × 60 image"):
+        webapp.handlers.search(ctx, editor(thumbs.preview("p01")), 3, "10,10,10,20")
     with pytest.raises(gr.Error, match="four whole numbers"):
-        webapp.handlers.search(engine, thumbs, editor(thumbs.preview("p01")), 3, "1,2,3")
+        webapp.handlers.search(ctx, editor(thumbs.preview("p01")), 3, "1,2,3")
 
 
 def test_parse_box():
@@ -171,7 +170,7 @@ def test_parse_box():
 
 
 def test_the_editor_value_shown_is_the_one_searched(tmp_path):
-    # editor_image is gone: the UI hands the file unprocessed and uploaded_path picks composite over background.
+    # The UI hands the file unprocessed and uploaded_path picks composite over background.
     def fd(name):
         (tmp_path / name).write_bytes(b"")  # an upload, under Gradio's upload folder (see uploads_under_pytest_temp)
         return {"path": str(tmp_path / name), "meta": {"_type": "gradio.FileData"}}
@@ -183,58 +182,18 @@ def test_the_editor_value_shown_is_the_one_searched(tmp_path):
         webapp.queries.uploaded_path({"background": "not a dict"})
 
 
-def warned(fn, *args):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        value = fn(*args)
-    return value, [str(w.message) for w in caught]
-
-
-def test_read_link_takes_a_good_link_as_it_is(served):
-    engine, _, _ = served
-    assert warned(webapp.handlers.read_link, engine, {"id": "p04", "k": "7", "box": "1,2,30,40"}) == (
-        {"id": "p04", "k": 7, "box": "1,2,30,40"}, [])
-    assert warned(webapp.handlers.read_link, engine, {"id": "p04"}) == ({"id": "p04", "k": 12, "box": ""}, [])
-    assert webapp.handlers.read_link(engine, {}) is None and webapp.handlers.read_link(engine, {"id": ""}) is None
-
-
-@pytest.mark.parametrize("k", ["abc", "0", "13", "2.5", ""])
-def test_read_link_replaces_a_bad_k_and_says_so(served, k):
-    engine, _, _ = served
-    link, messages = warned(webapp.handlers.read_link, engine, {"id": "p04", "k": k})
-    assert link == {"id": "p04", "k": 12, "box": ""}
-    assert messages == ["k must be a whole number from 1 to 12; using 12."]
-
-
-def test_read_link_drops_a_bad_box_and_refuses_an_unknown_id(served):
-    engine, _, _ = served
-    link, messages = warned(webapp.handlers.read_link, engine, {"id": "p04", "k": "3", "box": "1,2"})
-    assert link == {"id": "p04", "k": 3, "box": ""}
-    assert messages == ["Ignoring the box '1,2': it must be four whole numbers x0,y0,x1,y1."]
-    link, messages = warned(webapp.handlers.read_link, engine, {"id": "../../etc/passwd"})
-    assert link is None and messages == ["The link names an image that is not in this index ('../../etc/passwd')."]
-
-
-def test_run_link_shows_the_linked_image_and_its_results(served):
-    engine, thumbs, _ = served
-    out = webapp.handlers.run_link(engine, thumbs, None, {"id": "p06", "k": 4, "box": ""})
-    editor_png, k, box, source, gallery, records, timings, searched, line, preview, share, _deep = out
-    share = share["value"]
-    assert Image.open(editor_png).size == shown(thumbs, "p06").size and (k, box, source) == (4, "", "p06")
-    assert records == engine.search_id("p06", 4).to_records() and len(gallery) == 4
-    assert share == "?id=p06&k=4" and "stored descriptor" in line and searched["id"] == "p06"
-
-
 def test_examples_are_spread_over_the_index_and_picking_one_loads_it(served):
     engine, thumbs, _ = served
-    assert webapp.handlers.example_ids(engine.index) == ["p00", "p01", "p03", "p04", "p06", "p07", "p09", "p10"]
-    assert webapp.handlers.example_ids(engine.index, n=3) == ["p00", "p04", "p08"]
-    assert webapp.handlers.example_ids(engine.index, n=20) == [f"p{i:02d}" for i in range(N)]
+    assert webapp.context.example_ids(engine.index) == ["p00", "p01", "p03", "p04", "p06", "p07", "p09", "p10"]
+    assert webapp.context.example_ids(engine.index, n=3) == ["p00", "p04", "p08"]
+    assert webapp.context.example_ids(engine.index, n=20) == [f"p{i:02d}" for i in range(N)]
+    assert context(served).examples == webapp.context.example_ids(engine.index)
 
     class Selected:
         index = 2
 
-    png, box, source = webapp.handlers.pick_example(thumbs, ["p00", "p05", "p09"], Selected())
+    ctx = webapp.context.AppContext(engine, thumbs, webapp.gate.Gate(1, 1), examples=["p00", "p05", "p09"])
+    png, box, source = webapp.handlers.pick_example(ctx, Selected())
     assert (box, source) == ("", "p09")
     assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), np.asarray(shown(thumbs, "p09")))
 
@@ -262,15 +221,6 @@ def test_the_preview_is_an_inline_jpeg_of_at_most_320_pixels():
     assert webapp.thumbnails.preview_html(None) == ""
 
 
-def test_share_query_only_for_the_unedited_index_image():
-    searched = {"id": "p01"}
-    assert webapp.handlers.share_query("p01", "", 5, searched) == "?id=p01&k=5"
-    assert webapp.handlers.share_query("p01", "", 5.0, searched) == "?id=p01&k=5"
-    assert webapp.handlers.share_query("p01", "", 5, {"id": None}) == ""
-    assert webapp.handlers.share_query("p01", "", 5, {"id": "p02"}) == ""
-    assert webapp.handlers.share_query(None, "", 5, searched) == "" and webapp.handlers.share_query("p01", "", 5, None) == ""
-
-
 class Args:
     def __init__(self, **kw):
         self.index, self.images, self.out, self.network, self.weights = None, None, None, "efficientnet-lite0", "none"
@@ -280,7 +230,7 @@ class Args:
 
 def test_start_up_takes_index_repo_at_its_revision(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(app, "pull_index", lambda repo, revision=None: calls.append((repo, revision)) or "pulled")
+    monkeypatch.setattr("retrieval.hub.pull_index", lambda repo, revision=None: calls.append((repo, revision)) or "pulled")
     monkeypatch.setattr(app, "DEFAULT_INDEX", tmp_path / "absent")
     assert app.open_index(Args(), {"INDEX_REPO": "me/idx", "INDEX_REVISION": "v2"}) == "pulled"
     assert app.open_index(Args(), {"INDEX_REPO": "me/idx", "INDEX_REVISION": ""}) == "pulled"
@@ -292,7 +242,7 @@ def test_start_up_takes_index_repo_at_its_revision(monkeypatch, tmp_path):
 
 def test_index_on_the_command_line_comes_before_index_repo(monkeypatch, served, tmp_path):
     engine, _, _ = served
-    monkeypatch.setattr(app, "pull_index", lambda *a, **k: pytest.fail("INDEX_REPO was used"))
+    monkeypatch.setattr("retrieval.hub.pull_index", lambda *a, **k: pytest.fail("INDEX_REPO was used"))
     index = app.open_index(Args(index=engine.index.path), {"INDEX_REPO": "me/idx"})
     assert index.path == engine.index.path and len(index) == N
     monkeypatch.setattr(app, "DEFAULT_INDEX", engine.index.path)
@@ -334,22 +284,25 @@ def refusal(fn, *args) -> tuple[str, str]:
 
 def test_every_refusal_has_its_title_and_message(served, tmp_path, monkeypatch):
     engine, thumbs, _ = served
+    ctx = context(served)
     assert refusal(webapp.queries.check_k, engine, 0) == ("Bad K", "K must be a whole number from 1 to 12; got '0'.")
     assert refusal(webapp.queries.parse_box, "1,2") == ("Bad box", "A box is four whole numbers x0,y0,x1,y1 in pixels; got '1,2'.")
     (tmp_path / "notes.png").write_text("not a picture")
     title, message = refusal(webapp.queries.decode_query, str(tmp_path / "notes.png"))
     assert title == "Not a usable image" and message.startswith("This file cannot be used as a query: not a readable")
-    assert refusal(webapp.handlers.search, engine, thumbs, None, 3) == (
-        "No image", "Upload an image first (or pick one of the examples).")
-    title, message = refusal(webapp.handlers.search, engine, thumbs, editor(thumbs.preview("p01")), 3, "10,10,10,20")
-    assert title == "Empty crop" and message.startswith("The crop is empty: the crop (10, 10, 10, 20) is empty")
+    assert refusal(webapp.handlers.search, ctx, None, 3) == ("No image", webapp.messages.NO_IMAGE)
+    assert refusal(webapp.handlers.search, ctx, editor(thumbs.preview("p01")), 3, "10,10,10,20") == (
+        "Empty crop", "The box 10,10,10,20 holds no pixel of this 80 × 60 image: drag a box on the image, or clear "
+                      "the box.")
+    assert refusal(webapp.handlers.search, ctx, editor(thumbs.preview("p01")), 3, "500,500,600,600")[1].startswith(
+        "The box 500,500,600,600 holds no pixel of this 80 × 60 image")
     from retrieval.features import ImageError
 
     def unusable(*args, **kwargs):
         raise ImageError("too strange")
 
     monkeypatch.setattr(engine, "search", unusable)
-    assert refusal(webapp.handlers.search, engine, thumbs, Image.new("RGB", (40, 40)), 3) == (
+    assert refusal(webapp.handlers.search, ctx, Image.new("RGB", (40, 40)), 3) == (
         "Not a usable image", "This image cannot be searched: too strange.")
 
 
@@ -358,55 +311,16 @@ def test_timings_are_rounded_to_hundredths_of_a_millisecond(served, monkeypatch)
 
     engine, thumbs, _ = served
     monkeypatch.setattr(engine, "search", lambda image, k: SearchResult(["p00"], [0.5], 12.3456, 0.6789))
-    _, records, timings, _ = webapp.handlers.search(engine, thumbs, Image.new("RGB", (40, 40)), 1)
+    _, records, timings, _ = webapp.handlers.search(context(served), Image.new("RGB", (40, 40)), 1)
     assert timings == {"embed_ms": 12.35, "search_ms": 0.68, "total_ms": 13.02, "runtime": "keras"}
-    assert records == [{"rank": 1, "id": "p00", "score": 0.5}]
-
-
-class Recorder:
-    """Stands in for gr.Warning: records (title, message) of each warning the user would see."""
-
-    def __init__(self):
-        self.shown = []
-
-    def __call__(self, message, *, title=None, **kwargs):
-        self.shown.append((title, message))
-
-
-def test_link_warnings_have_their_titles_and_cut_long_values(served, monkeypatch):
-    engine, _, _ = served
-    shown = Recorder()
-    monkeypatch.setattr(webapp.handlers.gr, "Warning", shown)
-    long_id, long_box = "x" * 100, "9" * 100
-    assert webapp.handlers.read_link(engine, {"id": long_id}) is None
-    assert webapp.handlers.read_link(engine, {"id": "p01", "k": "0", "box": long_box}) == {"id": "p01", "k": 12, "box": ""}
-    assert shown.shown == [
-        ("Unknown image", f"The link names an image that is not in this index ({'x' * 80!r})."),
-        ("Bad k", "k must be a whole number from 1 to 12; using 12."),
-        ("Bad box", f"Ignoring the box {'9' * 80!r}: it must be four whole numbers x0,y0,x1,y1."),
-    ]
-
-
-@pytest.mark.parametrize("k", ["1", "12", "6"])
-def test_read_link_takes_every_k_in_range(served, k, monkeypatch):
-    engine, _, _ = served
-    shown = Recorder()
-    monkeypatch.setattr(webapp.handlers.gr, "Warning", shown)
-    assert webapp.handlers.read_link(engine, {"id": "p01", "k": k})["k"] == int(k) and shown.shown == []
-
-
-def test_run_link_with_a_box_searches_the_crop_and_shares_the_box(served):
-    engine, thumbs, _ = served
-    out = webapp.handlers.run_link(engine, thumbs, None, {"id": "p06", "k": 3, "box": "0,0,40,30"})
-    records, line, share = out[5], out[8], out[10]["value"]
-    assert records == engine.search(shown(thumbs, "p06").crop((0, 0, 40, 30)), 3).to_records()
-    assert share == "?id=p06&k=3&box=0%2C0%2C40%2C30" and "stored descriptor" not in line
+    assert records == [{"rank": 1, "id": "p00", "score": 0.5, "thumbnail": "/api/image?id=p00&size=thumbnail",
+                        "preview": "/api/image?id=p00&size=preview"}]
 
 
 def test_describe_without_a_searched_state():
-    line, preview, share = describe({"total_ms": 3.0, "embed_ms": 2.0, "search_ms": 1.0}, None, None, "", 5)
-    assert line == "**Query time 3.0 ms**: embedding 2.0 ms (keras) + search 1.0 ms" and (preview, share) == ("", "")
-    line, _, _ = describe({"total_ms": 1.25, "embed_ms": 0.0, "search_ms": 1.25}, {"id": "p01"}, "p01", "", 5)
+    line, preview = describe({"total_ms": 3.0, "embed_ms": 2.0, "search_ms": 1.0}, None)
+    assert line == "**Query time 3.0 ms**: embedding 2.0 ms (keras) + search 1.0 ms" and preview == ""
+    line, _ = describe({"total_ms": 1.25, "embed_ms": 0.0, "search_ms": 1.25}, {"id": "p01", "box": ""})
     assert line == "**Query time 1.2 ms**: search 1.2 ms (an index image: its stored descriptor needs no embedding)"
 
 
@@ -435,7 +349,7 @@ def test_help_lists_every_option(capsys, monkeypatch):
         app.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert " ".join(app.__doc__.split()[:12]) in text  # the module docstring, as written
-    assert "python app.py --index DIR # a folder made by" in text
+    assert ".venv/bin/python app.py --index DIR # a folder made by" in text
     for option, help_text in [
         ("--index INDEX", "an index folder (default: the embedded one, ./index)"),
         ("--images IMAGES", "a folder of images to index, then serve"),
@@ -474,8 +388,9 @@ def test_help_shows_the_runtime_options_and_the_examples_as_written(capsys, monk
     with pytest.raises(SystemExit):
         app.parse_args(["--help"])
     raw = capsys.readouterr().out
-    # The docstring's examples keep their lines and alignment (RawDescriptionHelpFormatter).
-    assert "\n    python app.py --index DIR            # a folder made by `python -m precompute.build_index`\n" in raw
+    # The docstring's examples keep their lines and alignment (RawDescriptionHelpFormatter), as run from a fresh clone.
+    assert ("\n    .venv/bin/python app.py --index DIR            # a folder made by "
+            "`.venv/bin/python -m precompute.build_index`\n") in raw
     text = " ".join(raw.split())
     for option, help_text in [
         ("--runtime RUNTIME", "what runs the network: auto (default: onnxruntime if it loads, else keras; openvino "
@@ -517,20 +432,6 @@ def test_an_unreadable_query_is_refused_without_naming_its_path(tmp_path):
         "Not a usable image", "This file cannot be used as a query: not a readable image (no image format recognised).")
 
 
-def test_describe_shows_exactly_one_share_control():
-    hidden = gr.update(value="", visible=False)
-    assert webapp.handlers.describe(None, None, None, "", 5) == ("", "", hidden, gr.update(visible=False))
-    timings = {"total_ms": 3.0, "embed_ms": 2.0, "search_ms": 1.0, "runtime": "openvino"}
-    line, _, share, deep = webapp.handlers.describe(timings, {"id": None}, "p01", "", 5)  # an upload: Gradio's deep link
-    assert line == "**Query time 3.0 ms**: embedding 2.0 ms (openvino) + search 1.0 ms"
-    assert (share, deep) == (hidden, gr.update(visible=True))
-    _, _, share, deep = webapp.handlers.describe(timings, {"id": "p01"}, "p01", "", 5)  # an index image: its short link
-    assert (share, deep) == (gr.update(value="?id=p01&k=5", visible=True), gr.update(visible=False))
-    line, _, share, deep = webapp.handlers.describe(timings, {"id": "p01"}, "p01", "1,2", 5)  # a box no link can carry
-    assert line == "**Query time 3.0 ms**: embedding 2.0 ms (openvino) + search 1.0 ms"
-    assert (share, deep) == (hidden, gr.update(visible=True))
-
-
 def test_the_preview_says_what_it_shows():
     assert 'alt="the query as searched"><figcaption>' in webapp.thumbnails.preview_html(Image.new("RGB", (10, 10)))
 
@@ -567,25 +468,28 @@ def test_every_search_path_runs_the_engine_inside_the_gate(served, monkeypatch):
         work = getattr(engine, name)
         monkeypatch.setattr(engine, name, lambda *a, work=work, name=name, **kw: seen.append((name, gate.held))
                             or work(*a, **kw))
-    webapp.handlers.search(engine, thumbs, editor(root / "p01.png"), 3, gate=gate)
-    webapp.handlers.search_ui(engine, thumbs, gate, file_data(root / "p02.png"), 3, "", None)
-    webapp.handlers.run_link(engine, thumbs, gate, {"id": "p06", "k": 3, "box": ""})
+    ctx = context(served, gate)
+    webapp.handlers.search(ctx, editor(root / "p01.png"), 3)
+    webapp.handlers.search_ui(ctx, file_data(root / "p02.png"), 3, "", None)
+    webapp.links.run_link(ctx, webapp.links.read_link(ctx, {"id": "p06", "k": "3"}))
     assert seen == [("search", 1), ("search", 1), ("search_id", 1)] and gate.held == 0
 
 
 def test_the_ui_searches_the_file_the_editor_holds(served):
     engine, thumbs, root = served
+    ctx = context(served)
     # An example the app put in the editor, unedited: searched by its stored descriptor.
-    _, records, _, searched = webapp.handlers.search_ui(engine, thumbs, None, file_data(thumbs.preview("p03")), 4, "", "p03")
-    assert records == engine.search_id("p03", 4).to_records() and searched["id"] == "p03"
+    _, records, _, searched = webapp.handlers.search_ui(ctx, file_data(thumbs.preview("p03")), 4, "", "p03")
+    assert ids_scores(records) == engine.search_id("p03", 4).to_records() and searched["id"] == "p03"
     # An upload in the editor's full value, with a box: its crop.
     value = {"background": file_data(root / "p07.png"), "layers": [], "composite": None}
-    _, records, _, searched = webapp.handlers.search_ui(engine, thumbs, None, value, 3, "0,0,40,30", None)
-    assert records == engine.search(Image.open(root / "p07.png").convert("RGB").crop((0, 0, 40, 30)), 3).to_records()
+    _, records, _, searched = webapp.handlers.search_ui(ctx, value, 3, "0,0,40,30", None)
+    assert ids_scores(records) == engine.search(
+        Image.open(root / "p07.png").convert("RGB").crop((0, 0, 40, 30)), 3).to_records()
     assert searched["image"].size == (40, 30) and searched["id"] is None
     with pytest.raises(gr.Error) as caught:
-        webapp.handlers.search_ui(engine, thumbs, None, "https://example.com/a.jpg", 3, "", None)
-    assert (caught.value.title, caught.value.message) == ("Not an image", webapp.queries.URL_MESSAGE)
+        webapp.handlers.search_ui(ctx, "https://example.com/a.jpg", 3, "", None)
+    assert (caught.value.title, caught.value.message) == ("Not an image", webapp.messages.URL_MESSAGE)
 
 
 def test_uploaded_path_takes_only_files_gradio_checked(tmp_path):
@@ -621,5 +525,79 @@ def test_thumbnails_are_staged_in_their_own_folder(served, tmp_path, monkeypatch
 def test_run_query_defaults_to_no_crop(served):
     engine, thumbs, root = served
     picture = Image.open(root / "p01.png").convert("RGB")
-    result, searched = webapp.queries.run_query(engine, thumbs, picture, 3)
+    result, searched = webapp.queries.run_query(context(served), picture, 3)
     assert result.to_records() == engine.search(picture, 3).to_records() and searched["image"].size == (80, 60)
+    assert (searched["box"], searched["k"], searched["file"]) == ("", 3, None)
+
+
+def test_an_example_with_a_box_is_embedded_and_its_search_keeps_the_box(served):
+    engine, thumbs, _ = served
+    _, records, timings, searched = webapp.handlers.search(context(served), editor(thumbs.preview("p05")), 3,
+                                                           " 0 0 40 30 ", "p05")
+    assert ids_scores(records) == engine.search(shown(thumbs, "p05").crop((0, 0, 40, 30)), 3).to_records()
+    assert searched["id"] == "p05" and searched["image"].size == (40, 30) and timings["embed_ms"] > 0
+    assert searched["box"] == "0,0,40,30"  # as a link writes it
+    line, _ = describe(timings, searched)
+    assert "embedding" in line and "stored descriptor" not in line
+
+
+def test_a_whole_file_is_decoded_once_as_the_build_decodes_it(served, tmp_path, monkeypatch):
+    import retrieval.features
+
+    engine, _, root = served
+    Image.open(root / "p04.png").convert("RGB").resize((2400, 1800)).save(tmp_path / "p04.jpg", quality=90)
+    decoded, real = [], retrieval.features.load_image
+
+    def counted(*args, **kwargs):
+        decoded.append(kwargs.get("draft_size"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(retrieval.features, "load_image", counted)
+    monkeypatch.setattr(webapp.queries, "load_image", counted)
+    _, records, _, searched = webapp.handlers.search(context(served), editor(tmp_path / "p04.jpg"), 3)
+    assert len(decoded) == 1 and decoded[0] is not None  # once, with the build's JPEG draft
+    monkeypatch.undo()
+    assert ids_scores(records) == engine.search(str(tmp_path / "p04.jpg"), 3).to_records()
+    # Decoded at a quarter of its size, as the build decodes it; the page keeps that picture.
+    assert searched["image"].size == engine.decode(str(tmp_path / "p04.jpg")).image.size == (600, 450)
+
+
+def test_changing_k_searches_again_only_when_results_are_shown(served, tmp_path):
+    engine, _, root = served
+    ctx = context(served)
+    value = file_data(root / "p07.png")
+    _, _, _, searched = webapp.handlers.search_ui(ctx, value, 4, "", None)
+    _, records, _, again = webapp.handlers.search_again(ctx, value, 6, "", None, searched)
+    assert ids_scores(records) == engine.search(str(root / "p07.png"), 6).to_records() and again["k"] == 6
+    skip = gr.skip()
+    assert webapp.handlers.search_again(ctx, value, 6, "", None, None) == (skip,) * 4  # nothing searched yet
+    assert webapp.handlers.search_again(ctx, None, 6, "", None, searched) == (skip,) * 4  # the editor was cleared
+
+
+def test_describe_shows_the_share_button_and_closes_the_match_panel():
+    hidden, share = gr.update(visible=False), gr.update(value="", visible=False)
+    assert webapp.handlers.describe(None, None) == ("", "", hidden, share, hidden, None)
+    timings = {"total_ms": 3.0, "embed_ms": 2.0, "search_ms": 1.0, "runtime": "openvino"}
+    line, _, button, old_link, panel, shown_id = webapp.handlers.describe(timings, {"id": None, "box": ""})
+    assert line == "**Query time 3.0 ms**: embedding 2.0 ms (openvino) + search 1.0 ms"
+    assert (button, old_link, panel, shown_id) == (gr.update(visible=True), share, hidden, None)
+    line, *_ = webapp.handlers.describe(timings, {"id": "p01", "box": "1,2,30,40"})  # an index image's crop is embedded
+    assert line == "**Query time 3.0 ms**: embedding 2.0 ms (openvino) + search 1.0 ms"
+
+
+def test_app_imports_nothing_heavy_before_its_checks():
+    import subprocess
+    import sys
+
+    # What app.py imports before it binds the port and checks the source: the refusals answer in a
+    # fraction of a second (benchmarks.app_latency times them), TensorFlow and gradio come after.
+    code = ("import sys, app; heavy = [m for m in ('gradio', 'tensorflow', 'scipy', 'sklearn', 'fastapi', 'PIL') "
+            "if m in sys.modules]; print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(app.__file__).parent, capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def ids_scores(records) -> list[dict]:
+    """The engine's own fields of API records ({rank, id, score}), without their image URLs."""
+    return [{k: r[k] for k in ("rank", "id", "score")} for r in records]

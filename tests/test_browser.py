@@ -6,6 +6,7 @@ Without it the tests skip, except under CI (env CI set), where they fail.
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -40,7 +41,7 @@ def browser():
 @pytest.fixture
 def page(browser, app_url):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    # The deep-link button copies its link to the clipboard.
+    # "Link to this page" copies its link to the clipboard.
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=app_url.rstrip("/"))
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
@@ -147,27 +148,44 @@ def test_dragging_draws_a_box_and_search_searches_inside_it(page, app_url, rpari
     captions = page.locator("#results .caption-label").all_inner_texts()
     assert [c.split("\n")[0].split(" · ")[0] for c in captions] == [f"#{r}" for r in range(1, 8)]
     assert searched_size(page) == (x1 - x0, y1 - y0)  # the search ran on exactly that region
-    # An upload has no ?id= link: the one share control is Gradio's deep link.
-    assert not page.locator("#share").is_visible()
+    assert not page.locator("#share").is_visible()  # a link is made when asked for
     page.mouse.move(0, 0)
     page.screenshot(path=str(artifacts_dir / "app-results.png"), full_page=True)
 
     # Clicking a result shows why it matched.
-    page.locator("#results .thumbnail-item").first.click()
+    page.locator("#results .thumbnail-item").nth(1).click()
     page.locator("#match img").wait_for()
-    assert re.fullmatch(r"\d+ matching points between the query and #1 .+", page.locator("#match-count").inner_text())
+    second = captions[1].split("\n")[1]
+    assert re.fullmatch(rf"\d+ matching points? between the query and #2 {second}: .+",
+                        page.locator("#match-count").inner_text())
     page.screenshot(path=str(artifacts_dir / "app-match.png"), full_page=True)
 
-    # Gradio's deep link brings the page back as it is: the query, its box, K and the results.
-    page.get_by_role("button", name="Link to this page").click()
-    page.wait_for_function("() => navigator.clipboard.readText().then(t => t.includes('deep_link='))")
-    link = page.evaluate("() => navigator.clipboard.readText()")
+    # The page's link brings it back whole: the query image, its box, K, the results and the match view.
+    link = share(page)
+    assert parse_qs(urlsplit(link).query).keys() == {"q", "k", "box", "match"}
     restored = page.context.new_page()
     restored.goto(link)
     wait_for_results(restored, 7)
     assert restored.locator("#results .caption-label").all_inner_texts() == captions
     assert restored.locator("#k input[type=number]").input_value() == "7"
+    assert box_field(restored).input_value() == f"{x0},{y0},{x1},{y1}"
     assert searched_size(restored) == (x1 - x0, y1 - y0)
+    wait_for_query_image(restored)
+    assert (image_rect(restored)["width"], image_rect(restored)["height"]) == Image.open(photo).size  # the upload
+    restored.locator("#match img").wait_for()
+    assert restored.locator("#match-title").inner_text().startswith(f"#2 {second} · score")
+    assert in_view(restored, "#match-panel")
+    restored.screenshot(path=str(artifacts_dir / "app-link-restored.png"))
+    restored.locator("#search").click()  # the restored query image is there to search again
+    try:  # a new search closes the match panel
+        restored.wait_for_function("() => !document.querySelector('#match-panel') || "
+                                   "document.querySelector('#match-panel').offsetParent === null")
+    except Exception:  # noqa: BLE001  (say what the page showed instead)
+        restored.screenshot(path=str(artifacts_dir / "app-link-search-again.png"), full_page=True)
+        raise AssertionError("the restored page did not search again: "
+                             + " | ".join(restored.locator(".toast-body").all_inner_texts())) from None
+    wait_for_results(restored, 7)
+    assert restored.locator("#results .caption-label").all_inner_texts() == captions
 
 
 def test_a_typed_box_is_drawn_and_a_click_clears_it(page, app_url, rparis_dir):
@@ -211,10 +229,8 @@ def test_share_link_opens_and_runs_its_query(page, app_url):
     r = image_rect(page)
     assert max(r["width"], r["height"]) == 512
     assert frame_rect(page)["width"] == pytest.approx(130 * r["s"], abs=3)
-    assert not page.get_by_role("button", name="Link to this page").is_visible()  # one share control
     assert "embedding" in page.locator("#timing").inner_text()
-    page.wait_for_function("() => document.querySelector('#share textarea, #share input').value.startsWith('http')")
-    link = urlsplit(page.locator("#share textarea, #share input").first.input_value())
+    link = urlsplit(share(page))
     assert f"{link.scheme}://{link.netloc}{link.path}" == app_url
     assert parse_qs(link.query) == {"id": ["paris_eiffel_000266"], "k": ["5"], "box": ["20,10,150,130"]}
 
@@ -228,8 +244,7 @@ def test_example_click_searches_that_index_image_first(page, app_url):
     assert "stored descriptor" in page.locator("#timing").inner_text()
     wait_for_query_image(page)
     assert max(image_rect(page)["width"], image_rect(page)["height"]) == 512  # the preview, not the thumbnail
-    page.wait_for_function("() => document.querySelector('#share textarea, #share input').value.includes('?id=')")
-    image_id = parse_qs(urlsplit(page.locator("#share textarea, #share input").first.input_value()).query)["id"][0]
+    image_id = parse_qs(urlsplit(share(page)).query)["id"][0]
     assert first.split("\n")[1] == image_id  # its own stored descriptor finds itself first
 
     # Searching again is the same query: the editor still holds that index image, unedited.
@@ -237,10 +252,80 @@ def test_example_click_searches_that_index_image_first(page, app_url):
     page.locator("#search").click()
     wait_for_results(page, 19)
     assert page.locator("#results .caption-label").first.inner_text() == first
-    page.wait_for_function("() => document.querySelector('#share textarea, #share input').value.includes('k=19')")
+    assert "k=19" in share(page)
 
 
 def test_a_link_to_an_unknown_id_warns_and_runs_nothing(page, app_url):
     page.goto(app_url + "?id=..%2F..%2Fetc%2Fpasswd&k=5")
     page.get_by_text("not in this index").wait_for()
     assert result_count(page) == 0
+def test_a_result_click_shows_it_in_view_at_its_largest_stored_size(page, app_url, lite0_index, artifacts_dir):
+    page.goto(app_url)
+    page.locator("#examples .thumbnail-item").nth(1).click()
+    wait_for_results(page, 20)
+    last = page.locator("#results .thumbnail-item").nth(18)
+    last.scroll_into_view_if_needed()
+    last.click()
+    # At once: the panel, in the window, with the result's stored preview; the match view follows.
+    page.locator("#result-image img").wait_for()
+    assert in_view(page, "#match-panel")
+    caption = page.locator("#results .caption-label").nth(18).inner_text()
+    image_id = caption.split("\n")[1]
+    size = page.evaluate("() => { const i = document.querySelector('#result-image img');"
+                         " return i.complete ? [i.naturalWidth, i.naturalHeight] : null; }")
+    if size is None:
+        page.wait_for_function("() => document.querySelector('#result-image img').naturalWidth > 0")
+        size = page.evaluate("() => { const i = document.querySelector('#result-image img');"
+                             " return [i.naturalWidth, i.naturalHeight]; }")
+    from retrieval.index import load_index
+
+    stored = Image.open(io.BytesIO(load_index(lite0_index).preview(image_id)))
+    assert tuple(size) == stored.size and max(size) == 512  # the largest size the index stores
+    assert page.locator("#match-title").inner_text().startswith(f"#19 {image_id} · score")
+    page.locator("#match img").wait_for()
+    assert re.match(rf"\d+ matching points? between the query and #19 {image_id}: ",
+                    page.locator("#match-count").inner_text())
+    page.screenshot(path=str(artifacts_dir / "app-result-in-view.png"))
+
+
+def test_a_link_with_a_box_outside_the_image_keeps_its_id_and_k(page, app_url):
+    page.goto(app_url + "?id=paris_pantheon_000753&k=5&box=900,900,1000,1000")
+    wait_for_results(page, 5)
+    assert page.locator("#results .caption-label").first.inner_text().split("\n")[1] == "paris_pantheon_000753"
+    assert page.locator("#k input[type=number]").input_value() == "5"
+    assert box_field(page).input_value() == ""
+    wait_for_query_image(page)
+    page.get_by_text("holds no pixel of the 512 × 384 image, so it was left out").wait_for()
+    # One warning, and nothing in error: the page stays usable.
+    assert page.locator(".toast-body").count() == 1 and page.locator(".toast-body.warning").count() == 1
+    assert page.get_by_text("Error", exact=True).count() == 0
+    page.locator("#search").click()
+    page.wait_for_function("() => /stored descriptor/.test(document.querySelector('#timing').innerText)")
+
+
+def test_an_old_error_closes_on_fresh_results_and_a_new_k_searches_again(page, app_url):
+    page.goto(app_url)
+    page.locator("#search").click()
+    page.locator(".toast-body.error").wait_for()
+    assert "No image to search" in page.locator(".toast-body.error").inner_text()
+    page.locator("#examples .thumbnail-item").nth(3).click()
+    wait_for_results(page, 20)
+    page.wait_for_function("() => !document.querySelector('.toast-body.error')")
+    set_k(page, 6)  # no Search click: a new K is a new search
+    wait_for_results(page, 6)
+
+
+def share(page) -> str:
+    """Clicks "Link to this page"; returns the link it shows (and copies)."""
+    page.get_by_role("button", name="Link to this page").click()
+    page.wait_for_function("() => (document.querySelector('#share textarea, #share input') || {}).value"
+                           "?.startsWith('http')")
+    link = page.locator("#share textarea, #share input").first.input_value()
+    assert page.evaluate("() => navigator.clipboard.readText()") == link
+    return link
+
+
+def in_view(page, selector: str) -> bool:
+    """Tells whether the top of the element is inside the window (not above it, not below it)."""
+    return page.evaluate("s => { const r = document.querySelector(s).getBoundingClientRect();"
+                         " return r.top >= 0 && r.top < window.innerHeight - 100; }", selector)

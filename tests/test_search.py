@@ -170,9 +170,9 @@ def test_the_kd_tree_reads_a_memory_map_into_memory_and_checks_it(tmp_path):
 
 
 def test_each_backend_answers_with_its_own_structure(monkeypatch, blocks_calls):
-    import retrieval.search as search_module
+    import sklearn.neighbors  # Searcher imports its KDTree from here when it builds one
 
-    trees, real_tree = [], search_module.KDTree
+    trees, real_tree = [], sklearn.neighbors.KDTree
 
     class RecordingTree:
         def __init__(self, x, **kwargs):
@@ -186,7 +186,7 @@ def test_each_backend_answers_with_its_own_structure(monkeypatch, blocks_calls):
         def query_radius(self, *args, **kwargs):
             return self.tree.query_radius(*args, **kwargs)
 
-    monkeypatch.setattr(search_module, "KDTree", RecordingTree)
+    monkeypatch.setattr(sklearn.neighbors, "KDTree", RecordingTree)
     db, q = random_unit(120, 5, 4), random_unit(3, 5, 5)
     want = oracle(db, q, 4)[1]
     np.testing.assert_array_equal(Searcher(db, backend="kdtree").search(q, 4)[1], want)

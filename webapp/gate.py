@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import threading
 
+# Measured on 2 CPU cores (benchmarks/app_latency.py): 20 queries at once finish as soon with
+# 1 as with 2 or 4 running together, and each waits least with 1; TensorFlow already spreads one
+# forward pass over the cores.
+CONCURRENCY_LIMIT = 1
 
 
 class Gate:

@@ -13,14 +13,12 @@ import json
 import logging
 from pathlib import Path
 
-from gradio import utils as gradio_utils
+from webapp.messages import NOT_UPLOADED
 
 log = logging.getLogger("landmark-search")
 
 # What is read and dropped after a body was refused at the cap, before the connection closes.
 LINGER_BYTES = 1024 * 1024
-NOT_UPLOADED = ("The image must be a file uploaded with this request (gradio_client: handle_file(path); "
-                "HTTP: POST /api/search with the multipart field \"image\").")
 
 
 class NotUploaded(ValueError):
@@ -32,6 +30,8 @@ class NotUploaded(ValueError):
 
 def upload_folder() -> Path:
     """Returns Gradio's upload folder (GRADIO_TEMP_DIR, else <temp>/gradio), where uploads and cached outputs live."""
+    from gradio import utils as gradio_utils  # imported when first needed: app.py refuses a bad start-up without it
+
     return Path(gradio_utils.get_upload_folder())
 
 
@@ -42,6 +42,8 @@ def checked_upload(path: str) -> str:
     uploads), on the path with links and ".." resolved. A missing file and a file elsewhere get
     the same refusal, so a request cannot tell which server paths exist.
     """
+    from gradio import utils as gradio_utils
+
     try:
         resolved = Path(path).resolve()
     except (OSError, RuntimeError, ValueError):  # a loop of links, a NUL byte

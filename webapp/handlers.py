@@ -1,51 +1,59 @@
-"""The Gradio handlers: the UI search, /search, /match, the match view of a result, the upload check, links and examples."""
+"""The Gradio handlers: the page's search, /search, /match, the match view of a result, the upload check and examples.
+
+Each takes the `AppContext` first; `webapp.links` holds the handlers of page links.
+"""
 
 from __future__ import annotations
-
-from contextlib import nullcontext
-from urllib.parse import urlencode
 
 import gradio as gr
 from PIL import Image
 
-from retrieval.engine import SearchEngine
-from retrieval.features import ImageError, crop_box
-from retrieval.index import Index
 from retrieval.matchview import match_view
 from webapp import queries
-from webapp.gate import Gate
-from webapp.queries import (DEFAULT_K, NO_IMAGE, QueryError, log, max_k, parse_box, refused, run_query, timings_of,
-                            uploaded_path)
-from webapp.thumbnails import Thumbnails, preview_html, result_gallery
+from webapp.context import AppContext
+from webapp.messages import QueryError, no_image, unknown_image
+from webapp.queries import DEFAULT_K, log, parse_box, refused, run_query, uploaded_path
+from webapp.records import records_of, timings_of
+from webapp.thumbnails import preview_html, result_gallery
 
-N_EXAMPLES = 8
 
+def search(ctx: AppContext, image, k=DEFAULT_K, box: str | None = "", source: str | None = None, root: str = ""):
+    """Runs one query for the page; returns (gallery, records, timings, searched).
 
-def search(engine: SearchEngine, thumbnails: Thumbnails, image, k=DEFAULT_K, box: str | None = "",
-           source: str | None = None, *, gate: Gate | None = None):
-    """Runs one query for the UI; returns (gallery, [{rank, id, score}], timings, searched).
+    Args:
+        root: the app's address as the caller sees it, for the records' image URLs (`webapp.records.root_url`).
 
     Raises:
         gr.Error: the query is refused (see `run_query`); logged as one line.
     """
     try:
-        result, searched = run_query(engine, thumbnails, image, k, box, source, gate=gate)
+        result, searched = run_query(ctx, image, k, box, source)
     except QueryError as e:
         raise refused(e) from None
-    return result_gallery(thumbnails, result), result.to_records(), timings_of(result, engine), searched
+    return (result_gallery(ctx.thumbnails, result), records_of(result, root), timings_of(result, ctx.engine),
+            searched)
 
 
-def search_ui(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, image, k, box, source):
-    """Runs the UI's query: `image` is the editor's value, unprocessed (see `uploaded_path`)."""
+def search_ui(ctx: AppContext, image, k, box, source, root: str = ""):
+    """Runs the page's query: `image` is the editor's value, unprocessed (see `uploaded_path`)."""
     try:
         path = uploaded_path(image)
     except QueryError as e:
         raise refused(e) from None
-    return search(engine, thumbnails, path, k, box, source, gate=gate)
+    return search(ctx, path, k, box, source, root)
 
 
-def search_api(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, image, k=DEFAULT_K, box=""):
+def search_again(ctx: AppContext, image, k, box, source, searched: dict | None, root: str = ""):
+    """Searches again with the new K when the page shows results and the editor holds an image; else changes nothing."""
+    if not searched or image is None:
+        return (gr.skip(),) * 4
+    return search_ui(ctx, image, k, box, source, root)
+
+
+def search_api(ctx: AppContext, image, k=DEFAULT_K, box="", root: str = ""):
     """Finds the k indexed images most similar to `image`, cropped to `box`; the endpoint /search.
+
+    The same search over plain HTTP: POST /api/search?k=&box= with the multipart field "image".
 
     Args:
         image: an image file (handle_file(path)), or the image editor's dict {"background": file}.
@@ -53,26 +61,27 @@ def search_api(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, image, 
         box: optional crop "x0,y0,x1,y1" in pixels of the image (default: the whole image).
 
     Returns:
-        (gallery of (thumbnail, caption), [{rank, id, score}], {"embed_ms", "search_ms", "total_ms"}).
+        (results, timings): results is [{rank, id, score, thumbnail, preview}], best first, where
+        thumbnail and preview are the URLs of the image's stored 192-px thumbnail and larger
+        preview; timings is {"embed_ms", "search_ms", "total_ms", "runtime"}. No file to download.
     """
     try:
-        path = uploaded_path(image)
+        result, _ = run_query(ctx, uploaded_path(image), k, box)
     except QueryError as e:
         raise refused(e) from None
-    return search(engine, thumbnails, path, k, box, gate=gate)[:3]
+    return records_of(result, root), timings_of(result, ctx.engine)
 
 
-def match(engine: SearchEngine, thumbnails: Thumbnails, picture: Image.Image, image_id: str, *,
-          gate: Gate | None = None):
-    """Returns (side-by-side picture, "N matching points") of a query as searched and an index image."""
-    if image_id not in engine.index:
-        raise QueryError("Unknown image", f"{str(image_id)[:80]!r} is not in this index.")
-    with gate or nullcontext():
-        view = match_view(picture, engine.index.preview(image_id))
+def match(ctx: AppContext, picture: Image.Image, image_id: str):
+    """Returns (side-by-side picture, number of matching points) of a query as searched and an index image."""
+    if image_id not in ctx.index:
+        raise unknown_image(image_id)
+    with ctx.gate:
+        view = match_view(picture, ctx.index.preview(image_id))
     return view.image, view.count
 
 
-def match_api(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, image, box="", id=""):  # noqa: A002
+def match_api(ctx: AppContext, image, box="", id=""):  # noqa: A002
     """Shows why an index image matched a query: both side by side, geometrically consistent matches drawn.
 
     Args:
@@ -86,65 +95,83 @@ def match_api(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, image, b
     try:
         path, parsed = uploaded_path(image), parse_box(box)
         if path is None:
-            raise QueryError("No image", NO_IMAGE)
-        with gate or nullcontext():
+            raise no_image()
+        with ctx.gate:
             picture = queries.decode_query(path)
             if parsed is not None:
-                picture = crop_box(picture, parsed)
-        view, count = match(engine, thumbnails, picture, id, gate=gate)
-    except ImageError as e:
-        raise refused(QueryError("Empty crop", f"The crop is empty: {e}.")) from None
+                picture = queries.crop_query(picture, parsed)
+        view, count = match(ctx, picture, id)
     except QueryError as e:
         raise refused(e) from None
     return view, {"id": id, "matches": count}
 
 
-def show_match(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, searched: dict | None, records,
-               evt: gr.SelectData):
-    """Opens the match view for the selected result: the picture and its count line."""
-    if not searched or not records or not 0 <= evt.index < len(records):
-        return gr.update(visible=False), ""
-    image_id = records[evt.index]["id"]
+def match_line(count: int, image_id: str, rank: int | None) -> str:
+    """Returns the line under the match view: how many points matched, and what that number means."""
+    which = f"#{rank} `{image_id}`" if rank else f"`{image_id}`"
+    if count == 0:
+        return (f"**0 matching points** between the query and {which}: no detail of the query was found again "
+                "in this photo in the same arrangement. It was ranked by its overall look (one descriptor of the "
+                "whole image), not by shared details: it may show the place from afar or from another side, in "
+                "other light, or only look alike.")
+    return (f"**{count} matching point{'s' if count != 1 else ''}** between the query and {which}: details "
+            "found in both photos (SIFT) that agree on one geometry (RANSAC), joined by lines.")
+
+
+def open_result(ctx: AppContext, image_id: str | None, records):
+    """Opens the match panel on an index image at once, before its match view is computed.
+
+    Returns updates for (the panel, its title, the image at its largest stored size, the line under
+    the match view, the match view, the share link) and the id now shown (None: nothing to open).
+    """
+    if not image_id or image_id not in ctx.index:
+        return (gr.update(visible=False), "", None, "", gr.update(value=None, visible=False), gr.update(),
+                None)
+    row = next((r for r in records or [] if r.get("id") == image_id), None)
+    path = ctx.thumbnails.preview(image_id)
+    with Image.open(path) as shown:
+        width, height = shown.size
+    title = f"### #{row['rank']} `{image_id}` · score {row['score']:.3f}" if row else f"### `{image_id}`"
+    title += f"\n<small>Shown at its largest stored size, {width} × {height} px.</small>"
+    return (gr.update(visible=True), title, path, "*Finding the matching points…*",
+            gr.update(value=None, visible=False), gr.update(value="", visible=False), image_id)
+
+
+def pick_result(ctx: AppContext, records, evt: gr.SelectData):
+    """The results gallery's click: `open_result` on the clicked result."""
+    image_id = records[evt.index]["id"] if records and 0 <= evt.index < len(records) else None
+    return open_result(ctx, image_id, records)
+
+
+def show_match(ctx: AppContext, searched: dict | None, image_id: str | None, records=None):
+    """Returns (the match view, its line) of the query as searched and the index image shown in the panel."""
+    if not searched or not image_id:
+        return gr.update(value=None, visible=False), ""
     try:
-        view, count = match(engine, thumbnails, searched["image"], image_id, gate=gate)
+        view, count = match(ctx, searched["image"], image_id)
     except QueryError as e:
         raise refused(e) from None
-    return (gr.update(value=view, visible=True),
-            f"**{count} matching points** between the query and #{evt.index + 1} `{image_id}`: local features "
-            "that agree on one geometry (SIFT, RANSAC).")
+    rank = next((r["rank"] for r in records or [] if r.get("id") == image_id), None)
+    return gr.update(value=view, visible=True), match_line(count, image_id, rank)
 
 
-def share_query(source: str | None, box_text: str | None, k: int, searched: dict | None) -> str:
-    """Returns the "?id=..&k=..&box=.." query of a search on an unedited index image, else ""."""
-    if not source or not searched or searched.get("id") != source:
-        return ""
-    params = {"id": source, "k": int(k)}
-    box = parse_box(box_text)
-    if box is not None:
-        params["box"] = ",".join(str(v) for v in box)
-    return "?" + urlencode(params)
-
-
-def describe(timings: dict | None, searched: dict | None, source: str | None, box: str | None, k: float):
-    """Returns the query-time line, the query as searched, the ?id= link and which share control shows."""
+def describe(timings: dict | None, searched: dict | None):
+    """Returns, after a search, the query-time line, the query as searched, and updates that show the share
+    button, hide an old share link and close the match panel (and forget which result it showed)."""
+    share_button, share = gr.update(visible=bool(timings)), gr.update(value="", visible=False)
+    closed = gr.update(visible=False)
     if not timings:
-        return "", "", gr.update(value="", visible=False), gr.update(visible=False)
-    if searched and searched.get("id") and not (box or "").strip():
+        return "", "", share_button, share, closed, None
+    if searched and searched.get("id") and not searched.get("box"):
         line = (f"**Query time {timings['total_ms']:.1f} ms**: search {timings['search_ms']:.1f} ms"
                 " (an index image: its stored descriptor needs no embedding)")
     else:
         line = (f"**Query time {timings['total_ms']:.1f} ms**: embedding {timings['embed_ms']:.1f} ms"
                 f" ({timings.get('runtime', 'keras')}) + search {timings['search_ms']:.1f} ms")
-    try:
-        link = share_query(source, box, k, searched)
-    except QueryError:
-        link = ""
-    # One share control: the short ?id= link for an index image, Gradio's deep link for anything else.
-    return (line, preview_html(searched.get("image") if searched else None),
-            gr.update(value=link, visible=bool(link)), gr.update(visible=not link))
+    return line, preview_html(searched.get("image") if searched else None), share_button, share, closed, None
 
 
-def check_upload(value: dict | None, gate: Gate | None = None):
+def check_upload(ctx: AppContext, value: dict | None):
     """Checks an upload as it arrives: an unusable file is said so at once and cleared from the editor.
 
     The decoding waits for the gate, as a search does: uploads do not decode side by side.
@@ -152,7 +179,7 @@ def check_upload(value: dict | None, gate: Gate | None = None):
     try:
         path = uploaded_path(value)
         if path is not None:
-            with gate or nullcontext():
+            with ctx.gate:
                 queries.decode_query(path)
     except QueryError as e:
         log.info("refused upload: %s: %s", e.title, e)
@@ -161,52 +188,8 @@ def check_upload(value: dict | None, gate: Gate | None = None):
     return gr.update(), "", None
 
 
-def read_link(engine: SearchEngine, params: dict) -> dict | None:
-    """Returns the query {"id", "k", "box"} that ?id=&k=&box= in a page address describe, or None.
-
-    Nothing from the address is ever used as a path: the id must be an index id, k a number in
-    range, box four integers. A bad k or box is replaced (with a warning); a bad id gives None.
-    """
-    image_id = params.get("id")
-    if not image_id:
-        return None
-    if image_id not in engine.index:
-        gr.Warning(f"The link names an image that is not in this index ({image_id[:80]!r}).", title="Unknown image")
-        return None
-    k = min(DEFAULT_K, max_k(engine))
-    if "k" in params:
-        try:
-            k = int(params["k"])
-        except ValueError:
-            k = -1
-        if not 1 <= k <= max_k(engine):
-            k = min(DEFAULT_K, max_k(engine))
-            gr.Warning(f"k must be a whole number from 1 to {max_k(engine)}; using {k}.", title="Bad k")
-    box = params.get("box", "")
-    try:
-        parse_box(box)
-    except QueryError:
-        gr.Warning(f"Ignoring the box {box[:80]!r}: it must be four whole numbers x0,y0,x1,y1.", title="Bad box")
-        box = ""
-    return {"id": image_id, "k": k, "box": box}
-
-
-def run_link(engine: SearchEngine, thumbnails: Thumbnails, gate: Gate, link: dict):
-    """Returns new values for the editor, k, box and source, then the outputs of `search` and `describe`."""
-    image_id, k, box = link["id"], link["k"], link["box"]
-    shown = thumbnails.preview(image_id)
-    outputs = search(engine, thumbnails, shown, k, box, image_id, gate=gate)
-    return (shown, k, box, image_id, *outputs, *describe(outputs[2], outputs[3], image_id, box, k))
-
-
-def pick_example(thumbnails: Thumbnails, examples: list[str], evt: gr.SelectData):
+def pick_example(ctx: AppContext, evt: gr.SelectData):
     """Loads the selected example (an index image) into the editor, as its sharp preview."""
-    image_id = examples[evt.index]
-    return thumbnails.preview(image_id), "", image_id
+    image_id = ctx.examples[evt.index]
+    return ctx.thumbnails.preview(image_id), "", image_id
 
-
-def example_ids(index: Index, n: int = N_EXAMPLES) -> list[str]:
-    """Returns n index ids spread evenly over the index."""
-    count = len(index)
-    n = min(n, count)  # an index smaller than n shows each image once
-    return [str(index.ids[i * count // n]) for i in range(n)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from pathlib import Path
 
 import gradio as gr
@@ -14,9 +13,10 @@ from PIL import Image
 
 from retrieval.engine import SearchEngine
 from retrieval.features import ImageError, crop_box, load_image
-from webapp.gate import Gate
-from webapp.guard import NOT_UPLOADED, NotUploaded, checked_upload
-from webapp.thumbnails import Thumbnails
+from webapp.context import AppContext
+from webapp.guard import NotUploaded, checked_upload
+from webapp.messages import (NOT_UPLOADED, URL_MESSAGE, QueryError, bad_box, bad_k, empty_crop, no_image, not_usable,
+                             unsearchable)
 
 DEFAULT_K = 20
 MAX_K = 100
@@ -25,23 +25,10 @@ MAX_K = 100
 # Queries larger than this are downscaled before embedding: the network sees a few hundred
 # pixels anyway, and a 48-megapixel phone photo would only cost time and memory.
 QUERY_MAX_SIDE = 2048
-URL_MESSAGE = ("URLs are not fetched: send the image file itself (gradio_client: handle_file(path) of a local "
-               "file; HTTP: multipart field \"image\").")
-
-
 EDITOR_KEYS = ("background", "composite", "layers")
-NO_IMAGE = "Upload an image first (or pick one of the examples)."
 
 
 log = logging.getLogger("landmark-search")
-
-
-class QueryError(ValueError):
-    """A query the app refuses, with a title and a one-line message that names no server path."""
-
-    def __init__(self, title: str, message: str):
-        super().__init__(message)
-        self.title = title
 
 
 def refused(error: QueryError) -> gr.Error:
@@ -64,8 +51,13 @@ def parse_box(text: str | None) -> tuple[int, int, int, int] | None:
     except (ValueError, OverflowError):
         box = ()
     if len(box) != 4:
-        raise QueryError("Bad box", f"A box is four whole numbers x0,y0,x1,y1 in pixels; got {str(text)[:80]!r}.")
+        raise bad_box(text)
     return box
+
+
+def box_text(box: tuple[int, int, int, int] | None) -> str:
+    """Returns a box as a link and the box field write it, "x0,y0,x1,y1", or "" for none."""
+    return "" if box is None else ",".join(str(v) for v in box)
 
 
 def check_k(engine: SearchEngine, k) -> int:
@@ -75,21 +67,33 @@ def check_k(engine: SearchEngine, k) -> int:
     except (TypeError, ValueError, OverflowError):
         whole = None
     if whole is None or isinstance(k, bool) or whole != k or not 1 <= whole <= max_k(engine):
-        raise QueryError("Bad K", f"K must be a whole number from 1 to {max_k(engine)}; got {str(k)[:40]!r}.")
+        raise bad_k(k, max_k(engine))
     return whole
 
 
-def decode_query(source, name: str = "the file") -> Image.Image:
-    """Returns the query image decoded by `retrieval.features.load_image` (our pixel limit, our messages).
+def decode_query(source, name: str = "the file", *, decode=None):
+    """Returns the query image decoded by `decode` (`retrieval.features.load_image`: our pixel limit, our messages).
+
+    Args:
+        decode: `load_image` (the default: the image at full size), or `SearchEngine.decode` (a whole
+            file as the build decodes it).
 
     Raises:
         QueryError: the file is not an image we can decode safely; the message names no path.
     """
     try:
-        return load_image(source)
+        return (decode or load_image)(source)
     except (ImageError, OSError) as e:
         message = str(e).replace(str(source), name) if isinstance(source, (str, Path)) else str(e)
-        raise QueryError("Not a usable image", f"This file cannot be used as a query: {message}.") from None
+        raise not_usable(message) from None
+
+
+def crop_query(picture: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """Returns the box's region of the picture (clipped to it); raises QueryError when no pixel is left."""
+    try:
+        return crop_box(picture, box)
+    except ImageError:
+        raise empty_crop(box, picture.size) from None
 
 
 def refuse_urls(component: gr.components.Component) -> gr.components.Component:
@@ -145,55 +149,55 @@ def max_k(engine: SearchEngine) -> int:
     return max(1, min(MAX_K, len(engine)))
 
 
-def run_query(engine: SearchEngine, thumbnails: Thumbnails, image, k=DEFAULT_K, box: str | None = "",
-              source: str | None = None, *, gate: Gate | None = None):
-    """Runs one query and returns (SearchResult, searched) where searched = {"id", "image"}.
+def run_query(ctx: AppContext, image, k=DEFAULT_K, box: str | None = "", source: str | None = None):
+    """Runs one query and returns (SearchResult, searched), searched = {"id", "image", "file", "box", "k"}.
+
+    The image is decoded once, under the gate: a whole file as the build decoded the index's photos
+    (`SearchEngine.decode`: an indexed photo sent as a query then has its indexed descriptor, and
+    comes first), a box cut from the image at full size. `searched` is the query as the page shows
+    and shares it: the index id it was when unedited, the picture searched (at most 2048 px), the
+    file it came from, the box and K.
 
     Args:
         image: a path of an uploaded file, encoded bytes or a PIL image; None for none.
         k: how many results; box: optional "x0,y0,x1,y1" crop in pixels of the image.
         source: the index id of the image the app put in the editor, when it did (UI state).
-        gate: held while the engine works.
 
     Raises:
         QueryError: no image, an unusable image, a bad K or box, or an empty crop.
     """
+    engine = ctx.engine
     k = check_k(engine, k)
     parsed_box = parse_box(box)
     if image is None:
-        raise QueryError("No image", NO_IMAGE)
+        raise no_image()
     unedited = (source is not None and source in engine.index and isinstance(image, str)
-                and thumbnails.is_unedited(source, image))
+                and ctx.thumbnails.is_unedited(source, image))
     # Decoding is the costliest step in memory (about 0.9 GB for a 99-megapixel PNG): under the gate,
     # so that no two run at once, whichever way the queries came in.
-    with gate or nullcontext():
-        picture = decode_query(image)
-        searched = {"id": source if unedited else None, "image": picture}
-        if unedited and parsed_box is None:
+    with ctx.gate:
+        if parsed_box is None and isinstance(image, (str, bytes)):
+            decoded = decode_query(image, decode=engine.decode)
             # A whole index image: its stored descriptor is the exact one, made from the full-size photo.
-            return engine.search_id(source, k), searched
-        try:
+            result = engine.search_id(source, k) if unedited else searched_by(engine, decoded, k)
+            picture = decoded.image
+        else:
+            picture = decode_query(image)
             if parsed_box is not None:
-                picture = crop_box(picture, parsed_box)
-        except ImageError as e:
-            raise QueryError("Empty crop", f"The crop is empty: {e}.") from None
-        if max(picture.size) > QUERY_MAX_SIDE:
-            picture.thumbnail((QUERY_MAX_SIDE, QUERY_MAX_SIDE), Image.BILINEAR)  # in place: no second full copy
-        searched["image"] = picture
-        # A whole file goes to the engine as it came, to be decoded as the build decoded it: an indexed
-        # photo sent as a query then has its indexed descriptor, and comes first (SearchEngine.duplicate_row).
-        whole_file = parsed_box is None and isinstance(image, (str, bytes))
-        try:
-            return engine.search(image if whole_file else picture, k), searched
-        except ImageError as e:
-            raise QueryError("Not a usable image", f"This image cannot be searched: {e}.") from None
+                picture = crop_query(picture, parsed_box)
+            if max(picture.size) > QUERY_MAX_SIDE:
+                picture.thumbnail((QUERY_MAX_SIDE, QUERY_MAX_SIDE), Image.BILINEAR)  # in place: no second full copy
+            result = searched_by(engine, picture, k)
+        if max(picture.size) > QUERY_MAX_SIDE:  # what the page keeps of a whole file: at most 2048 px
+            picture.thumbnail((QUERY_MAX_SIDE, QUERY_MAX_SIDE), Image.BILINEAR)
+    searched = {"id": source if unedited else None, "image": picture, "file": image if isinstance(image, str) else None,
+                "box": box_text(parsed_box), "k": k}
+    return result, searched
 
 
-def timings_of(result, engine: SearchEngine) -> dict:
-    """Returns {"embed_ms", "search_ms", "total_ms", "runtime"} of a SearchResult, rounded to 0.01 ms."""
-    return {
-        "embed_ms": round(result.embed_ms, 2),
-        "search_ms": round(result.search_ms, 2),
-        "total_ms": round(result.embed_ms + result.search_ms, 2),
-        "runtime": engine.network.runtime,  # what ran the network (retrieval.networks.RUNTIMES)
-    }
+def searched_by(engine: SearchEngine, image, k: int):
+    """Returns engine.search(image, k), its refusal of an image said as a QueryError."""
+    try:
+        return engine.search(image, k)
+    except ImageError as e:
+        raise unsearchable(str(e)) from None

@@ -59,6 +59,10 @@
     setField([px(Math.min(x0, x1), p.x, w), px(Math.min(y0, y1), p.y, h),
               px(Math.max(x0, x1), p.x, w), px(Math.max(y0, y1), p.y, h)].join(','));
   }, true);
+  // Enter in K's number field commits it as leaving the field does: the slider's release, a new search.
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && e.target instanceof Element && e.target.matches('#k input[type=number]')) e.target.blur();
+  }, true);
   // Redraw from the field: after typing, a link, a new image or a resize.
   setInterval(() => {
     if (drag) return;
