@@ -106,12 +106,13 @@ def spy(log: list, fn):
 
 # POST /api/search --------------------------------------------------------------------------------
 
-def test_http_search_returns_the_results_and_timings(served):
+def test_http_search_returns_the_results_confidence_and_timings(served):
     engine, thumbs, root = served
     data = (root / "p07.png").read_bytes()
     status, body = webapp.http_api.http_search(ctx_of(served), data, "4", "", root="http://host:1")
-    assert status == 200 and set(body) == {"results", "timings"}
+    assert status == 200 and set(body) == {"results", "confidence", "timings"}
     expected = engine.search(picture(root / "p07.png"), 4)
+    assert body["confidence"] == expected.confidence.to_dict()
     # The records of /search: the engine's rows, with the URLs of each image's thumbnail and preview.
     assert body["results"] == [{**row, "thumbnail": f"http://host:1/api/image?id={row['id']}&size=thumbnail",
                                 "preview": f"http://host:1/api/image?id={row['id']}&size=preview"}
@@ -224,9 +225,9 @@ def test_http_search_holds_the_gate_while_the_engine_works(served, monkeypatch):
 
 def test_search_api_crops_to_the_box_and_takes_the_editor_dict(served):
     engine, thumbs, root = served
-    records, _ = webapp.handlers.search_api(ctx_of(served), upload(root / "p02.png"), 3, "0,0,40,30")
+    records, _, _ = webapp.handlers.search_api(ctx_of(served), upload(root / "p02.png"), 3, "0,0,40,30")
     assert ids_scores(records) == engine.search(picture(root / "p02.png").crop((0, 0, 40, 30)), 3).to_records()
-    records, _ = webapp.handlers.search_api(ctx_of(served), {"background": upload(root / "p02.png")}, 3)
+    records, _, _ = webapp.handlers.search_api(ctx_of(served), {"background": upload(root / "p02.png")}, 3)
     assert ids_scores(records) == engine.search(picture(root / "p02.png"), 3).to_records()
 
 
@@ -549,8 +550,8 @@ def ctx_of(served, gate=None) -> webapp.context.AppContext:
 
 
 def ids_scores(records) -> list[dict]:
-    """The engine's own fields of API records ({rank, id, score}), without their image URLs."""
-    return [{k: r[k] for k in ("rank", "id", "score")} for r in records]
+    """The engine's own fields of API records ({rank, id, score, similarity}), without their image URLs."""
+    return [{k: r[k] for k in ("rank", "id", "score", "similarity")} for r in records]
 
 
 def test_one_message_for_an_empty_file_on_every_way_in(served, tmp_path, monkeypatch):
@@ -589,10 +590,10 @@ def test_a_truncated_file_is_said_in_words_not_in_pythons(served, tmp_path):
 def test_search_api_returns_records_with_image_urls_and_timings_and_no_file(served):
     engine, thumbs, root = served
     out = webapp.handlers.search_api(ctx_of(served), upload(root / "p07.png"), 4, root="https://me.hf.space")  # box left out
-    assert len(out) == 2
-    records, timings = out
+    assert len(out) == 3
+    records, timings, confidence = out
     expected = engine.search(picture(root / "p07.png"), 4)
-    assert ids_scores(records) == expected.to_records()
+    assert ids_scores(records) == expected.to_records() and confidence == expected.confidence.to_dict()
     assert [r["thumbnail"] for r in records] == [f"https://me.hf.space/api/image?id={i}&size=thumbnail"
                                                  for i in expected.ids]
     assert [r["preview"] for r in records] == [f"https://me.hf.space/api/image?id={i}&size=preview" for i in expected.ids]
@@ -609,7 +610,7 @@ def test_a_result_click_opens_the_panel_at_once_with_the_result_at_its_largest_s
     assert panel == gr.update(visible=True) and shown == image_id
     assert Path(path).read_bytes() == engine.index.preview(image_id)  # the largest size the index stores
     width, height = Image.open(io.BytesIO(engine.index.preview(image_id))).size
-    assert title == (f"### #3 `{image_id}` · score {records[2]['score']:.3f}\n"
+    assert title == (f"### #3 `{image_id}` · similarity {records[2]['similarity']:.3f}\n"
                      f"<small>Shown at its largest stored size, {width} × {height} px.</small>")
     assert line == "*Finding the matching points…*" and view == gr.update(value=None, visible=False)
     assert share == gr.update(value="", visible=False)  # the page changed: an old link no longer says it

@@ -84,10 +84,10 @@ def test_an_unedited_example_is_searched_by_its_stored_descriptor(served):
                                                                  "p03")
     stored = engine.search_id("p03", 5)
     assert [r["id"] for r in records] == stored.ids
-    assert [{k: r[k] for k in ("rank", "id", "score")} for r in records] == stored.to_records()
+    assert ids_scores(records) == stored.to_records()
     assert timings["embed_ms"] == 0.0 and timings["total_ms"] == timings["search_ms"]
     assert (searched["id"], searched["box"], searched["k"]) == ("p03", "", 5)
-    assert [caption for _, caption in gallery] == [f"#{r['rank']} · {r['score']:.3f}\n{r['id']}" for r in records]
+    assert [caption for _, caption in gallery] == [f"#{r['rank']} · {r['similarity']:.3f}\n{r['id']}" for r in records]
     assert [Path(f).read_bytes() for f, _ in gallery] == [engine.index.thumbnail(i) for i in stored.ids]
     line, preview = describe(timings, searched)
     assert "its stored descriptor needs no embedding" in line and "embedding 0.0 ms" not in line
@@ -310,11 +310,23 @@ def test_timings_are_rounded_to_hundredths_of_a_millisecond(served, monkeypatch)
     from retrieval.engine import SearchResult
 
     engine, thumbs, _ = served
-    monkeypatch.setattr(engine, "search", lambda image, k: SearchResult(["p00"], [0.5], 12.3456, 0.6789))
-    _, records, timings, _ = webapp.handlers.search(context(served), Image.new("RGB", (40, 40)), 1)
+    from retrieval.confidence import judge
+
+    monkeypatch.setattr(engine, "search", lambda image, k: SearchResult(["p00"], [0.5], [0.4], 12.3456, 0.6789,
+                                                                        judge(0.4, 0.68)))
+    _, records, timings, searched = webapp.handlers.search(context(served), Image.new("RGB", (40, 40)), 1)
     assert timings == {"embed_ms": 12.35, "search_ms": 0.68, "total_ms": 13.02, "runtime": "keras"}
-    assert records == [{"rank": 1, "id": "p00", "score": 0.5, "thumbnail": "/api/image?id=p00&size=thumbnail",
-                        "preview": "/api/image?id=p00&size=preview"}]
+    assert records == [{"rank": 1, "id": "p00", "score": 0.5, "similarity": 0.4,
+                        "thumbnail": "/api/image?id=p00&size=thumbnail", "preview": "/api/image?id=p00&size=preview"}]
+    # No confident match: the line above the results says so first, and the results stay.
+    assert searched["confidence"] == {"confident": False, "evidence": {
+        "similarity": 0.4, "threshold": 0.68, "rule": "best similarity >= threshold"}}
+    line = webapp.handlers.describe(timings, searched)[0]
+    assert line.startswith(webapp.handlers.NO_CONFIDENT_MATCH + "\n\n**Query time 13.0 ms**")
+    monkeypatch.setattr(engine, "search", lambda image, k: SearchResult(["p00"], [0.5], [0.7], 1.0, 1.0,
+                                                                        judge(0.7, 0.68)))
+    _, _, timings, searched = webapp.handlers.search(context(served), Image.new("RGB", (40, 40)), 1)
+    assert webapp.handlers.describe(timings, searched)[0].startswith("**Query time")
 
 
 def test_describe_without_a_searched_state():
@@ -599,5 +611,5 @@ def test_app_imports_nothing_heavy_before_its_checks():
 
 
 def ids_scores(records) -> list[dict]:
-    """The engine's own fields of API records ({rank, id, score}), without their image URLs."""
-    return [{k: r[k] for k in ("rank", "id", "score")} for r in records]
+    """The engine's own fields of API records ({rank, id, score, similarity}), without their image URLs."""
+    return [{k: r[k] for k in ("rank", "id", "score", "similarity")} for r in records]

@@ -173,7 +173,7 @@ def test_dragging_draws_a_box_and_search_searches_inside_it(page, app_url, rpari
     wait_for_query_image(restored)
     assert (image_rect(restored)["width"], image_rect(restored)["height"]) == Image.open(photo).size  # the upload
     restored.locator("#match img").wait_for()
-    assert restored.locator("#match-title").inner_text().startswith(f"#2 {second} · score")
+    assert restored.locator("#match-title").inner_text().startswith(f"#2 {second} · similarity")
     assert in_view(restored, "#match-panel")
     restored.screenshot(path=str(artifacts_dir / "app-link-restored.png"))
     restored.locator("#search").click()  # the restored query image is there to search again
@@ -281,7 +281,7 @@ def test_a_result_click_shows_it_in_view_at_its_largest_stored_size(page, app_ur
 
     stored = Image.open(io.BytesIO(load_index(lite0_index).preview(image_id)))
     assert tuple(size) == stored.size and max(size) == 512  # the largest size the index stores
-    assert page.locator("#match-title").inner_text().startswith(f"#19 {image_id} · score")
+    assert page.locator("#match-title").inner_text().startswith(f"#19 {image_id} · similarity")
     page.locator("#match img").wait_for()
     assert re.match(rf"\d+ matching points? between the query and #19 {image_id}: ",
                     page.locator("#match-count").inner_text())

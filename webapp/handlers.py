@@ -13,12 +13,17 @@ from webapp import queries
 from webapp.context import AppContext
 from webapp.messages import QueryError, no_image, unknown_image
 from webapp.queries import DEFAULT_K, log, parse_box, refused, run_query, uploaded_path
-from webapp.records import records_of, timings_of
+from webapp.records import confidence_of, records_of, timings_of
 from webapp.thumbnails import preview_html, result_gallery
+
+
+NO_CONFIDENT_MATCH = "**No confident match in this collection: these are the most similar photos.**"
 
 
 def search(ctx: AppContext, image, k=DEFAULT_K, box: str | None = "", source: str | None = None, root: str = ""):
     """Runs one query for the page; returns (gallery, records, timings, searched).
+
+    `searched` also holds the answer's confidence ({"confident", "evidence"}), for `describe`.
 
     Args:
         root: the app's address as the caller sees it, for the records' image URLs (`webapp.records.root_url`).
@@ -30,6 +35,7 @@ def search(ctx: AppContext, image, k=DEFAULT_K, box: str | None = "", source: st
         result, searched = run_query(ctx, image, k, box, source)
     except QueryError as e:
         raise refused(e) from None
+    searched["confidence"] = confidence_of(result)
     return (result_gallery(ctx.thumbnails, result), records_of(result, root), timings_of(result, ctx.engine),
             searched)
 
@@ -61,15 +67,19 @@ def search_api(ctx: AppContext, image, k=DEFAULT_K, box="", root: str = ""):
         box: optional crop "x0,y0,x1,y1" in pixels of the image (default: the whole image).
 
     Returns:
-        (results, timings): results is [{rank, id, score, thumbnail, preview}], best first, where
-        thumbnail and preview are the URLs of the image's stored 192-px thumbnail and larger
-        preview; timings is {"embed_ms", "search_ms", "total_ms", "runtime"}. No file to download.
+        (results, timings, confidence): results is [{rank, id, score, similarity, thumbnail,
+        preview}], best first: similarity is the cosine of the query and the image, score the
+        ranking score (αQE, diffusion) that orders the list, thumbnail and preview the URLs of the
+        image's stored 192-px thumbnail and larger preview; timings is {"embed_ms", "search_ms",
+        "total_ms", "runtime"}; confidence is {"confident", "evidence"}: confident is false when the
+        collection holds no confident match (the results are then the most similar photos), null
+        where no threshold was measured for the index. No file to download.
     """
     try:
         result, _ = run_query(ctx, uploaded_path(image), k, box)
     except QueryError as e:
         raise refused(e) from None
-    return records_of(result, root), timings_of(result, ctx.engine)
+    return records_of(result, root), timings_of(result, ctx.engine), confidence_of(result)
 
 
 def match(ctx: AppContext, picture: Image.Image, image_id: str):
@@ -131,7 +141,7 @@ def open_result(ctx: AppContext, image_id: str | None, records):
     path = ctx.thumbnails.preview(image_id)
     with Image.open(path) as shown:
         width, height = shown.size
-    title = f"### #{row['rank']} `{image_id}` · score {row['score']:.3f}" if row else f"### `{image_id}`"
+    title = f"### #{row['rank']} `{image_id}` · similarity {row['similarity']:.3f}" if row else f"### `{image_id}`"
     title += f"\n<small>Shown at its largest stored size, {width} × {height} px.</small>"
     return (gr.update(visible=True), title, path, "*Finding the matching points…*",
             gr.update(value=None, visible=False), gr.update(value="", visible=False), image_id)
@@ -156,8 +166,9 @@ def show_match(ctx: AppContext, searched: dict | None, image_id: str | None, rec
 
 
 def describe(timings: dict | None, searched: dict | None):
-    """Returns, after a search, the query-time line, the query as searched, and updates that show the share
-    button, hide an old share link and close the match panel (and forget which result it showed)."""
+    """Returns, after a search, the line above the results (the no-confident-match notice, the query time),
+    the query as searched, and updates that show the share button, hide an old share link and close the
+    match panel (and forget which result it showed)."""
     share_button, share = gr.update(visible=bool(timings)), gr.update(value="", visible=False)
     closed = gr.update(visible=False)
     if not timings:
@@ -168,6 +179,8 @@ def describe(timings: dict | None, searched: dict | None):
     else:
         line = (f"**Query time {timings['total_ms']:.1f} ms**: embedding {timings['embed_ms']:.1f} ms"
                 f" ({timings.get('runtime', 'keras')}) + search {timings['search_ms']:.1f} ms")
+    if searched and (searched.get("confidence") or {}).get("confident") is False:
+        line = NO_CONFIDENT_MATCH + "\n\n" + line
     return line, preview_html(searched.get("image") if searched else None), share_button, share, closed, None
 
 

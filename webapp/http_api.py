@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from webapp.context import AppContext
 from webapp.messages import MAX_FILE_MB, QueryError, busy, text_field, too_large, unknown_image, wrong_field
 from webapp.queries import DEFAULT_K, log, max_k, run_query
-from webapp.records import IMAGE_SIZES, records_of, root_url, timings_of
+from webapp.records import IMAGE_SIZES, confidence_of, records_of, root_url, timings_of
 
 MAX_FILE_SIZE = f"{MAX_FILE_MB}mb"  # as Gradio's max_file_size takes it
 MAX_FILE_BYTES = MAX_FILE_MB * 1024 * 1024
@@ -50,7 +50,8 @@ def http_search(ctx: AppContext, data: bytes | None, k, box, *, root: str = "", 
                 ctx.gate.done_waiting()
     except QueryError as e:
         return http_error(e)
-    return 200, {"results": records_of(result, root), "timings": timings_of(result, ctx.engine)}
+    return 200, {"results": records_of(result, root), "confidence": confidence_of(result),
+                 "timings": timings_of(result, ctx.engine)}
 
 
 def http_error(e: QueryError) -> tuple[int, dict]:

@@ -32,7 +32,7 @@ def image_url(root: str, image_id: str, size: str = "thumbnail") -> str:
 
 
 def records_of(result, root: str) -> list[dict]:
-    """Returns a SearchResult's rows, best first: its own fields ({rank, id, score}, see
+    """Returns a SearchResult's rows, best first: its own fields ({rank, id, score, similarity}, see
     `SearchResult.to_records`) and the URLs of each image's `thumbnail` and `preview`.
 
     Args:
@@ -41,6 +41,12 @@ def records_of(result, root: str) -> list[dict]:
     """
     return [{**row, "thumbnail": image_url(root, row["id"]), "preview": image_url(root, row["id"], "preview")}
             for row in result.to_records()]
+
+
+def confidence_of(result) -> dict:
+    """Returns {"confident", "evidence"}: whether the collection holds a confident match (see
+    `retrieval.confidence`); `confident` is None where no threshold was measured for the index."""
+    return result.confidence.to_dict()
 
 
 def timings_of(result, engine) -> dict:

@@ -71,10 +71,14 @@ class Thumbnails:
 
 
 def result_gallery(thumbnails: Thumbnails, result) -> list[tuple[str, str]]:
-    """Returns (thumbnail file, caption) pairs; a caption reads "#rank · score" over the image id."""
+    """Returns (thumbnail file, caption) pairs; a caption reads "#rank · similarity" over the image id.
+
+    The similarity is the cosine of the query and the image, the number a person can read; the
+    ranking score (αQE, diffusion) only orders the list.
+    """
     return [
-        (thumbnails.jpeg(image_id), f"#{rank} · {score:.3f}\n{image_id}")
-        for rank, (image_id, score) in enumerate(zip(result.ids, result.scores), 1)
+        (thumbnails.jpeg(image_id), f"#{rank} · {similarity:.3f}\n{image_id}")
+        for rank, (image_id, similarity) in enumerate(zip(result.ids, result.similarities), 1)
     ]
 
 

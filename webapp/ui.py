@@ -20,8 +20,11 @@ from webapp.records import root_url
 QUEUE_MAX_SIZE = 64
 
 
-RESULTS_SCHEMA = "[{rank, id, score, thumbnail, preview}], best first; thumbnail and preview are image URLs"
+RESULTS_SCHEMA = ("[{rank, id, score, similarity, thumbnail, preview}], best first; similarity is the cosine of "
+                  "the query and the image, score the ranking score; thumbnail and preview are image URLs")
 TIMINGS_SCHEMA = "{embed_ms, search_ms, total_ms, runtime}"
+CONFIDENCE_SCHEMA = ("{confident, evidence: {similarity, threshold, rule}}: confident is false when the collection "
+                     "holds no confident match, null where no threshold was measured for the index")
 # What the in-app API page says of /search, the plain HTTP endpoint included.
 SEARCH_DESCRIPTION = ("Finds the k indexed images most similar to `image`, cropped to `box`, as JSON records with "
                       "their images' URLs. The same search over plain HTTP: POST /api/search?k=&box= with the "
@@ -33,11 +36,12 @@ Upload a photo of a building or monument and find the most similar photos among 
 images**. To search for part of the photo, **drag a rectangle on it**, then **Search**. Or start
 from one of the example images. Click a result to see it larger and which details matched.
 <small>Each image is described by one vector from a convolutional network ({network}, {pooling}
-pooling, run by {runtime}); results are ranked by cosine similarity{rerank}.</small>"""
+pooling, run by {runtime}); results are ranked by cosine similarity{rerank}. Each result shows its
+cosine similarity to the query.</small>"""
 
 
 RERANK_DIFFUSION = (", then re-ranked by diffusion over the collection's neighbour graph, which favours"
-                    " photos of the same place; scores are then relative to the best match")
+                    " photos of the same place")
 SHARE_NOTE = ("<small>Anyone with the link sees the query image. An uploaded image is kept on the server for "
               "{hours} hours after its link is made, then deleted.</small>")
 
@@ -210,13 +214,14 @@ def add_named_api(ctx: AppContext, engine_limit: dict) -> None:
     results = Api(None, {"type": "array", "items": {"type": "object"}, "description": RESULTS_SCHEMA},
                   label="results")
     timings = Api(None, {"type": "object", "description": TIMINGS_SCHEMA}, label="timings")
+    confidence = Api(None, {"type": "object", "description": CONFIDENCE_SCHEMA}, label="confidence")
     picture = gr.Image(label="match view", type="pil", format="jpeg", visible=False)
     matches = Api(None, {"type": "object", "description": "{\"id\", \"matches\"}"}, label="matches")
     # What gr.api does, with our own input components: gr.api would build plain ones.
     config = get_blocks_context()
     config.set_event_trigger(
         [], api_search, [query_file(), Api(most, {"type": "integer"}, label="k"), Api("", {"type": "string"}, label="box")],
-        [results, timings], api_name="search", api_description=SEARCH_DESCRIPTION, **engine_limit)
+        [results, timings, confidence], api_name="search", api_description=SEARCH_DESCRIPTION, **engine_limit)
     config.set_event_trigger(
         [], api_match, [query_file(), Api("", {"type": "string"}, label="box"), Api("", {"type": "string"}, label="id")],
         [picture, matches], api_name="match", api_description=match_api.__doc__.split("\n")[0], **engine_limit)
