@@ -257,7 +257,7 @@ def tables(report: dict) -> dict:
     def pct(x):
         return f"{100 * x:.0f}%"
 
-    evidence = [[name, f"≥ {e['threshold']:g}", f"{e['gap']:+.3f}", pct(e["in_domain_confident"]),
+    evidence = [[name, f"≥ {e['threshold']:g}", f"{e['gap']:+.3g}", pct(e["in_domain_confident"]),
                  pct(e["out_of_domain_not_confident"]), f"{e['added_ms']:g}"] for name, e in report["evidence"].items()]
     rule = report["rule"]
     settings = [[s["setting"], str(s["in_domain_queries"]), pct(s["in_domain_confident"]),
