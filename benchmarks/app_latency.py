@@ -1,29 +1,33 @@
-"""Measures the app through each way of calling it: launch-to-first-answer, warm latency, concurrency.
+"""Measures the app through each way of calling it: its refusals at start-up, launch-to-first-answer, warm latency.
 
-    python -m benchmarks.app_latency --index DIR [--queries 40] [--clients 20] [--concurrency 1] [--json FILE]
+    .venv/bin/python -m benchmarks.app_latency --index DIR [--queries 40] [--clients 20] [--concurrency 1] [--json FILE]
 
-Starts app.py on a free local port for each --concurrency value, as the tests do. Warm, k = 20,
-sequential calls cycling over the query crops, each way of calling in turn:
+First, how fast `app.py` refuses what cannot work (each run 5 times, in a fresh process): a port
+in use, a missing --images folder, no index at all, an --index that is not one. Then it starts
+app.py on a free local port for each --concurrency value, as the tests do. Warm, sequential calls
+cycling over the query crops, each way of calling in turn:
 
-- the plain HTTP endpoint, POST /api/search (httpx, one kept-alive connection);
-- Gradio's protocol by hand (httpx): upload, queue join, event stream, each timed;
-- the JavaScript client, @gradio/client from npm, run by node (benchmarks/js; `npm ci` there);
-- Python's gradio_client with download_files=False, and with the 20 result thumbnails downloaded;
+- the plain HTTP endpoint, POST /api/search (httpx, one kept-alive connection), k = 20;
+- Gradio's protocol by hand (httpx): upload, queue join, event stream, each timed, k = 20;
+- the JavaScript client, @gradio/client from npm, run by node (benchmarks/js; `npm ci` there), k = 20;
+- Python's gradio_client as a newcomer calls it: `Client(url).predict(image=handle_file(p),
+  api_name="/search")`, no option at all (k defaults to 20);
 - /match through the JavaScript client (the match view of the first result).
 
 The overhead of a call is its wall time less the app's own embed + search time for that call (the
-timings it returns). Prints one line per measurement; --json also writes them, with the README's
-table, to FILE. Not a test: timings depend on the machine and whatever else runs on it.
+timings it returns). Prints one line per measurement; --json also writes them, with the tables of
+docs/app.md, to FILE. Not a test: timings depend on the machine and whatever else runs on it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import re
+import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -33,19 +37,26 @@ from pathlib import Path
 import httpx
 from gradio_client import Client, handle_file
 
-from tests.appserver.process import ROOT, running_app
+from benchmarks.benchmark import machine_info
+from benchmarks.report import save_results
+from tests.appserver.process import ROOT, app_env, free_port, running_app
 
 CROPS = ROOT.parent / "shared" / "data" / "rparis6k" / "query_crops"
 JS_DIR = Path(__file__).resolve().parent / "js"
 K = 20
-# Overhead targets over the app's own time (issue 12).
+# Overhead targets over the app's own time (issue 12), and the plain Python call's whole time (issue 29).
 TARGETS = {"javascript": 40.0, "http": 15.0}
+PYTHON_TARGET_MS = 200.0
+# The start-up refusals (issue 29): each answers in one line, exit status 1, within this many seconds.
+REFUSAL_TARGET_S = 3.0
+REFUSAL_RUNS = 5
 
 
-def ask(client: Client, image: Path, k: int = K, server: list | None = None) -> float:
-    """Returns the wall time of one /search call in ms; appends the app's own timings to `server`."""
+def ask(client: Client, image: Path, server: list | None = None) -> float:
+    """Returns the wall time of one plain /search call in ms (no option: k is the default 20);
+    appends the app's own timings to `server`."""
     t0 = time.perf_counter()
-    _, _, timings = client.predict(image=handle_file(str(image)), k=k, api_name="/search")
+    _, timings = client.predict(image=handle_file(str(image)), api_name="/search")
     if server is not None:
         server.append(timings)
     return (time.perf_counter() - t0) * 1000
@@ -120,7 +131,7 @@ def by_protocol(url: str, crops: list[Path], queries: int) -> dict:
             phases["join"].append((t2 - t1) * 1000)
             phases["stream"].append((t3 - t2) * 1000)
             walls.append((t3 - t0) * 1000)
-            own.append(output["data"][2]["total_ms"])
+            own.append(output["data"][1]["total_ms"])
     out = summary(walls, own)
     out["phases_median_ms"] = {name: statistics.median(v) for name, v in phases.items()}
     return out
@@ -136,29 +147,63 @@ def by_javascript(url: str, crops: list[Path], queries: int) -> dict:
     return {"search": search, "match": summary([c["wall_ms"] for c in calls["match"]])}
 
 
-def by_python(url: str, crops: list[Path], queries: int, *, download: bool) -> dict:
-    client = Client(url, verbose=False, download_files=download)
+def by_python(url: str, crops: list[Path], queries: int) -> dict:
+    """gradio_client as a newcomer calls it: Client(url), every default kept."""
+    client = Client(url, verbose=False)
     ask(client, crops[0])
     server: list[dict] = []
     walls = [ask(client, crops[i % len(crops)], server=server) for i in range(queries)]
     return summary(walls, [t["total_ms"] for t in server])
 
 
+def refusals(index: Path, runs: int = REFUSAL_RUNS) -> dict:
+    """Times `app.py` refusing what cannot work, in fresh processes: {case: {median_s, max_s, exit, lines}}."""
+    cases = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "not-an-index").mkdir()
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            commands = {
+                "port in use": ["--index", str(index), "--port", str(taken.getsockname()[1])],
+                "--images folder missing": ["--images", str(tmp / "missing"), "--port", str(free_port())],
+                "no index at all": ["--port", str(free_port())],
+                "--index not an index": ["--index", str(tmp / "not-an-index"), "--port", str(free_port())],
+            }
+            env = app_env(tmp)
+            for case, args in commands.items():
+                walls, answers = [], set()
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    done = subprocess.run([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", *args],
+                                          cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
+                    walls.append(time.perf_counter() - t0)
+                    said = done.stderr.strip().splitlines() or [""]
+                    # The first line as written, with this run's folder and port in words.
+                    first = said[0].replace(str(tmp), "TMP").replace(str(ROOT), "REPO")
+                    first = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", first)
+                    answers.add((done.returncode, len(said), first))
+                (code, lines, first), = answers  # every run answers alike
+                cases[case] = {"median_s": statistics.median(walls), "max_s": max(walls), "exit": code,
+                               "lines": lines, "first_line": first}
+    return cases
+
+
 def measure(index: Path, concurrency: int, queries: int, clients: int, crops: list[Path]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         with running_app(["--index", str(index), "--concurrency", str(concurrency)], Path(tmp) / "app.log") as url:
-            ask(Client(url, verbose=False, download_files=False), crops[0])
+            ask(Client(url, verbose=False), crops[0])
             first = time.perf_counter() - started
             ways = {
                 "http": by_http(url, crops, queries),
                 "protocol": by_protocol(url, crops, queries),
                 "javascript": by_javascript(url, crops, queries),
-                "python": by_python(url, crops, queries, download=False),
-                "python_download": by_python(url, crops, queries, download=True),
+                "python": by_python(url, crops, queries),
             }
-            # Clients made beforehand and no thumbnail downloads: this times the app, not the callers.
-            callers = [Client(url, verbose=False, download_files=False) for _ in range(clients)]
+            # Clients made beforehand: this times the app, not the callers.
+            callers = [Client(url, verbose=False) for _ in range(clients)]
             t0 = time.perf_counter()
             with ThreadPoolExecutor(clients) as pool:
                 burst = list(pool.map(lambda i: ask(callers[i], crops[i % len(crops)]), range(clients)))
@@ -171,7 +216,7 @@ def measure(index: Path, concurrency: int, queries: int, clients: int, crops: li
 def report_lines(m: dict) -> list[str]:
     lines = [f"concurrency_limit={m['concurrency']}: launch to first answer {m['launch_to_first_answer_s']:.1f} s"]
     names = {"http": "POST /api/search (httpx)", "protocol": "Gradio protocol by hand (httpx)",
-             "python": "gradio_client, download_files=False", "python_download": "gradio_client, downloads"}
+             "python": "gradio_client, the plain call"}
     for key, name in names.items():
         s = m[key]
         lines.append(f"  {name}: median {s['median_ms']:.1f} ms (p95 {s['p95_ms']:.1f}); app's own "
@@ -188,16 +233,23 @@ def report_lines(m: dict) -> list[str]:
     phases = m["protocol"]["phases_median_ms"]
     lines.append("  Gradio protocol phases, median ms: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
     b = m["burst"]
-    lines.append(f"  {b['clients']} clients at once (no downloads): all answered in {b['all_answered_s']:.1f} s; "
+    lines.append(f"  {b['clients']} clients at once: all answered in {b['all_answered_s']:.1f} s; "
                  f"per client median {b['median_ms']:.0f} ms, max {b['max_ms']:.0f} ms")
     return lines
 
 
-def readme_tables(m: dict, command: str) -> dict:
-    """Returns the README's tables (see benchmarks/readme_tables.py) from one measurement."""
+def refusal_lines(cases: dict) -> list[str]:
+    return [f"  app.py, {case}: median {c['median_s']:.2f} s (max {c['max_s']:.2f}), exit {c['exit']}, "
+            f"{c['lines']} line(s): {c['first_line']}" for case, c in cases.items()]
 
-    def row(name, s, target=None):
-        verdict = "" if target is None else (f"≤ {target:g}: " + ("PASS" if s["overhead_median_ms"] <= target else "MISS"))
+
+def readme_tables(m: dict, command: str, cases: dict) -> dict:
+    """Returns the tables of docs/app.md (see benchmarks/readme_tables.py) from one measurement."""
+
+    def row(name, s, target=None, whole=False):
+        measured = s["median_ms"] if whole else s["overhead_median_ms"]
+        verdict = "" if target is None else (
+            ("whole call " if whole else "") + f"≤ {target:g}: " + ("PASS" if measured <= target else "MISS"))
         return [name, f"{s['median_ms']:.1f}", f"{s['p95_ms']:.1f}", f"{s['app_median_ms']:.1f}",
                 f"{s['overhead_median_ms']:.1f}", verdict]
 
@@ -207,8 +259,8 @@ def readme_tables(m: dict, command: str) -> dict:
     if "skipped" not in m["javascript"]:
         rows.append(row("JavaScript `@gradio/client` 2.7.0 (node)", m["javascript"]["search"], TARGETS["javascript"]))
     rows += [row("Gradio protocol by hand (httpx: upload, join, stream)", m["protocol"]),
-             row("Python `gradio_client`, `download_files=False`", m["python"]),
-             row("Python `gradio_client`, downloading the 20 thumbnails", m["python_download"])]
+             row("Python `gradio_client`, the plain call `Client(url).predict(image=..., api_name=\"/search\")`",
+                 m["python"], PYTHON_TARGET_MS, whole=True)]
     tables = {"app_latency": {"columns": ["way of calling /search (k = 20, warm)", "median ms", "p95 ms",
                                           "app's own ms", "overhead ms", "overhead target"],
                               "align": "lrrrrl", "rows": rows}}
@@ -221,6 +273,13 @@ def readme_tables(m: dict, command: str) -> dict:
                       f"{m['javascript']['match']['median_ms']:.0f}"])
     extra.append(["launch to first answered query (s)", f"{m['launch_to_first_answer_s']:.1f}"])
     tables["app_latency_parts"] = {"columns": ["part", "median ms"], "align": "lr", "rows": extra}
+    tables["app_refusals"] = {
+        "columns": ["app.py started with", "what it says (first line)", "lines", "exit", "median s", "max s",
+                    "target"], "align": "llrrrrl",
+        "rows": [[case, f"`{c['first_line']}`", c["lines"], c["exit"], f"{c['median_s']:.2f}",
+                  f"{c['max_s']:.2f}", f"≤ {REFUSAL_TARGET_S:g} s: " + ("PASS" if c["max_s"] <= REFUSAL_TARGET_S
+                                                                        else "MISS")]
+                 for case, c in cases.items()]}
     return tables
 
 
@@ -233,20 +292,21 @@ def main(argv=None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the figures and the README tables here")
     args = parser.parse_args(argv)
     crops = sorted(CROPS.glob("*.jpg"))
+    machine = machine_info()
+    cases = refusals(args.index)
+    print("\n".join(refusal_lines(cases)), flush=True)
     runs = []
     for concurrency in args.concurrency:
         runs.append(measure(args.index, concurrency, args.queries, args.clients, crops))
         print("\n".join(report_lines(runs[-1])), flush=True)
     if args.json:
-        command = ("python -m benchmarks.app_latency --index INDEX --queries "
+        command = (".venv/bin/python -m benchmarks.app_latency --index INDEX --queries "
                    f"{args.queries} --concurrency {' '.join(map(str, args.concurrency))}")
-        info = {"command": command, "index_count": json.loads((args.index / "index.json").read_text())["count"],
-                "network": json.loads((args.index / "index.json").read_text())["network"],
-                "machine": {"python": platform.python_version(), "processor": platform.processor(),
-                            "cores": os.cpu_count()},
-                "runs": runs, "tables": readme_tables(runs[0], command)}
+        meta = json.loads((args.index / "index.json").read_text())
+        info = {"command": command, "index_count": meta["count"], "network": meta["network"], "machine": machine,
+                "refusals": cases, "runs": runs, "tables": readme_tables(runs[0], command, cases)}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(info, indent=2) + "\n")
+        save_results(info, args.json)
 
 
 if __name__ == "__main__":
