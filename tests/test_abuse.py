@@ -321,6 +321,7 @@ def test_the_served_socket_answers_without_waiting_for_acks():
     """The port app.py binds first is one on which asyncio turns Nagle's algorithm off (TCP_NODELAY):
     with it on, every kept-alive request waited about 40 ms for the client's delayed ACK."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     import webapp.server
 
@@ -341,7 +342,9 @@ def test_the_served_socket_answers_without_waiting_for_acks():
         await server.wait_closed()
         return seen
 
-    seen = asyncio.run(accepted_nodelay())
+    # In a thread of its own: an earlier test (Playwright) may have left an event loop running in this one.
+    with ThreadPoolExecutor(1) as pool:
+        seen = pool.submit(lambda: asyncio.run(accepted_nodelay())).result(60)
     assert len(seen) == 1 and seen[0] != 0
 
 

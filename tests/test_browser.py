@@ -174,6 +174,7 @@ def test_dragging_draws_a_box_and_search_searches_inside_it(page, app_url, rpari
     assert (image_rect(restored)["width"], image_rect(restored)["height"]) == Image.open(photo).size  # the upload
     restored.locator("#match img").wait_for()
     assert restored.locator("#match-title").inner_text().startswith(f"#2 {second} · similarity")
+    wait_in_view(restored, "#match-panel")
     assert in_view(restored, "#match-panel")
     restored.screenshot(path=str(artifacts_dir / "app-link-restored.png"))
     restored.locator("#search").click()  # the restored query image is there to search again
@@ -268,6 +269,8 @@ def test_a_result_click_shows_it_in_view_at_its_largest_stored_size(page, app_ur
     last.click()
     # At once: the panel, in the window, with the result's stored preview; the match view follows.
     page.locator("#result-image img").wait_for()
+    # The scroll runs on the frame after the panel is drawn: wait for it (5 s at most), then check.
+    wait_in_view(page, "#match-panel")
     assert in_view(page, "#match-panel")
     caption = page.locator("#results .caption-label").nth(18).inner_text()
     image_id = caption.split("\n")[1]
@@ -323,6 +326,16 @@ def share(page) -> str:
     link = page.locator("#share textarea, #share input").first.input_value()
     assert page.evaluate("() => navigator.clipboard.readText()") == link
     return link
+
+
+def wait_in_view(page, selector: str, timeout: float = 5000) -> None:
+    """Waits until the top of the element is inside the window; a timeout leaves the assertion to fail."""
+    try:
+        page.wait_for_function("s => { const r = document.querySelector(s).getBoundingClientRect();"
+                               " return r.top >= 0 && r.top < window.innerHeight - 100; }",
+                               arg=selector, timeout=timeout)
+    except Exception:  # noqa: BLE001 - playwright's TimeoutError; the caller's assertion says what failed
+        pass
 
 
 def in_view(page, selector: str) -> bool:

@@ -180,19 +180,22 @@ def run_query(ctx: AppContext, image, k=DEFAULT_K, box: str | None = "", source:
             decoded = decode_query(image, decode=engine.decode)
             # A whole index image: its stored descriptor is the exact one, made from the full-size photo.
             result = engine.search_id(source, k) if unedited else searched_by(engine, decoded, k)
-            picture = decoded.image
+            picture = fit(decoded.image)  # what the page keeps of a whole file, after it was searched whole
         else:
             picture = decode_query(image)
             if parsed_box is not None:
                 picture = crop_query(picture, parsed_box)
-            if max(picture.size) > QUERY_MAX_SIDE:
-                picture.thumbnail((QUERY_MAX_SIDE, QUERY_MAX_SIDE), Image.BILINEAR)  # in place: no second full copy
-            result = searched_by(engine, picture, k)
-        if max(picture.size) > QUERY_MAX_SIDE:  # what the page keeps of a whole file: at most 2048 px
-            picture.thumbnail((QUERY_MAX_SIDE, QUERY_MAX_SIDE), Image.BILINEAR)
+            result = searched_by(engine, fit(picture), k)
     searched = {"id": source if unedited else None, "image": picture, "file": image if isinstance(image, str) else None,
                 "box": box_text(parsed_box), "k": k}
     return result, searched
+
+
+def fit(picture: Image.Image) -> Image.Image:
+    """Returns the picture downscaled in place (no second full copy) to at most QUERY_MAX_SIDE a side."""
+    if max(picture.size) > QUERY_MAX_SIDE:
+        picture.thumbnail((QUERY_MAX_SIDE, QUERY_MAX_SIDE), Image.BILINEAR)
+    return picture
 
 
 def searched_by(engine: SearchEngine, image, k: int):
