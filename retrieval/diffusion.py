@@ -354,17 +354,16 @@ class Diffusion:
         return min(self.settings.candidates, len(self))
 
     def scores(self, rows: np.ndarray, sims: np.ndarray) -> np.ndarray:
-        """Returns the (needs,) diffusion scores of the first ranking's top `needs` rows.
+        """Returns the diffusion scores of the first ranking's top `needs` rows (of all of a shorter
+        ranking: an ANN that found fewer rows than asked).
 
         Args:
-            rows: (>= needs,) database rows of the query's first ranking, best first.
+            rows: database rows of the query's first ranking, best first.
             sims: the query's similarity to each of the first `seeds` rows (or more).
         """
         cfg = self.settings
         rows = np.asarray(rows, dtype=np.int64)
         sims = np.asarray(sims, dtype=np.float32)
-        if len(rows) < self.needs:
-            raise ValueError(f"diffusion re-ranks the top {self.needs} rows; the first ranking has {len(rows)}")
         seeds = min(cfg.seeds, len(rows), len(sims))
         if cfg.seed_ratio and seeds:
             seeds = max(1, int(np.count_nonzero(sims[:seeds] >= cfg.seed_ratio * sims[0])))

@@ -166,3 +166,29 @@ def test_rank_depth_is_capped_by_the_rows(qe):
     db = _rows(6)
     ranked = QueryPath(db, Searcher(db, backend="exact"), qe=qe).rank(_rows(1, seed=7)[0], 6)
     assert sorted(ranked.rows.tolist()) == list(range(6))
+
+
+class _ShortLists:
+    """A searcher that, as an ANN can, finds fewer rows than asked and pads the list with -1."""
+
+    def __init__(self, db: np.ndarray, found: int):
+        self.exact, self.found = Searcher(db, backend="exact"), found
+
+    def __len__(self) -> int:
+        return len(self.exact)
+
+    def search(self, q, k):
+        scores, rows = self.exact.search(q, k)
+        scores[:, self.found:], rows[:, self.found:] = -np.inf, -1
+        return scores, rows
+
+
+@pytest.mark.parametrize("qe, diffusion", [(0, False), (2, False), (2, True)])
+def test_the_rows_an_ann_pads_a_short_list_with_never_reach_the_ranking(qe, diffusion):
+    db = _rows(30, seed=9)
+    settings = DiffusionSettings(k=5, seeds=3, candidates=20, truncate=True)
+    path = QueryPath(db, _ShortLists(db, 6), qe=qe,
+                     diffusion=Diffusion(build_graph(db, k=5), settings) if diffusion else None)
+    ranked = path.rank(_rows(1, seed=10)[0], 10)
+    assert len(ranked.rows) == 6 and (ranked.rows >= 0).all()  # not row -1, the last image
+    assert np.isfinite(ranked.scores).all() and np.isfinite(ranked.similarities).all()
