@@ -452,5 +452,11 @@ def test_decode_gives_the_search_a_file_decoded_as_the_build_did(tiny, index, tm
     want = decode_file(photo, PIPE, idx.meta.get("preview_side"))
     assert decoded.image.size == want.image.size
     assert np.array_equal(np.asarray(decoded.image), np.asarray(want.image))
+    # embed decodes a whole file the same way: the preview size recorded in index.json sets the draft
+    from retrieval.features import embed_image
+
+    preview_side = idx.meta["preview_side"]
+    assert np.array_equal(engine.embed(photo), embed_image(tiny, photo, PIPE, preview_side=preview_side))
+    assert not np.allclose(engine.embed(photo), embed_image(tiny, photo, PIPE), atol=1e-6)
     by_file, by_decoded = engine.search(photo, 4), engine.search(decoded, 4)
     assert by_decoded.ids == by_file.ids and by_decoded.scores == pytest.approx(by_file.scores, abs=1e-6)
