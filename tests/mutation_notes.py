@@ -18,6 +18,7 @@ _V = "retrieval.verify."
 _W = "retrieval.rows."
 _X = "retrieval.ann."
 _D = "retrieval.diffusion."
+_Q = "retrieval.query."
 _ONE_D = "row numbers are a 1-D sequence (the documented contract): reshape(-2) and reshape(None) leave it as it is"
 _BYTES = ("the buffer covers the whole block whatever its view: the first preadv fills it, and the loop "
           "ends on its length")
@@ -676,4 +677,17 @@ NOTES.update({
     _B + "xǁ_Cacheǁcompact__mutmut_9": "missing_ok matters only if another process deletes an old shard between the "
                                        "listing and this unlink (concurrent builds into one folder); a single build "
                                        "always finds it",
+})
+
+# Reviewed on 2026-12-08: the query path (retrieval/query.py) after issues 26 and 27.
+_ROUNDING = ("float64 instead of float32 arithmetic on float32 inputs, rounded back to float32: the values differ "
+             "in the last bit at most, far below every tolerance that reads them (1e-4 for the indexed photo)")
+EQUIVALENT.update({
+    _Q + "x_self_similarity__mutmut_4": _ROUNDING,
+    _Q + "x_self_similarity__mutmut_15": _UPPER_EINSUM,
+    **{_Q + f"x_self_similarity__mutmut_{i}": _ROUNDING for i in (17, 19)},
+    **{_Q + f"x_similarities__mutmut_{i}": _ROUNDING for i in (9, 15, 17)},
+    _Q + "x_found__mutmut_5": "filtering by a mask that keeps every row gives the same scores and rows (copies)",
+    **{_Q + f"xǁQueryPathǁrank__mutmut_{i}": "seed rows are an integer array already (a ranking's rows): int64 "
+       "or the platform's integer, the same rows" for i in (71, 73)},
 })

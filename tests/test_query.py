@@ -189,6 +189,6 @@ def test_the_rows_an_ann_pads_a_short_list_with_never_reach_the_ranking(qe, diff
     settings = DiffusionSettings(k=5, seeds=3, candidates=20, truncate=True)
     path = QueryPath(db, _ShortLists(db, 6), qe=qe,
                      diffusion=Diffusion(build_graph(db, k=5), settings) if diffusion else None)
-    ranked = path.rank(_rows(1, seed=10)[0], 10)
-    assert len(ranked.rows) == 6 and (ranked.rows >= 0).all()  # not row -1, the last image
+    ranked = path.rank(db[0], 10)  # row 0 itself is found (first), and kept
+    assert len(ranked.rows) == 6 and (ranked.rows >= 0).all() and ranked.rows[0] == 0  # no -1: the last image
     assert np.isfinite(ranked.scores).all() and np.isfinite(ranked.similarities).all()
