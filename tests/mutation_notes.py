@@ -172,9 +172,6 @@ EQUIVALENT.update({
     _X + "x__neighbours__mutmut_111": _DEFAULT_AXIS,
     _X + "x_exact_search_blocks__mutmut_51": "a block no wider than k is partitioned at its last column instead of "
                                              "taken whole: [:, :kk] still holds every column, and the merge sorts them",
-    _N + "xǁSearchEngineǁsearch_id__mutmut_17": "results are never empty (k >= 1), and when the image already comes first "
-                                               "the rewrite puts it first again with max(scores), its own score, since "
-                                               "results are sorted",
 })
 
 # Reviewed on 2026-12-02: search and rerank after the ANN and memory-map paths got their tests, and the
@@ -271,16 +268,11 @@ EQUIVALENT.update({
     _D + "x_graph_from_knn__mutmut_66": "zero-weight edges kept as explicit zeros: min and max with the transpose treat "
                                         "them as the missing entries they stand for, and eliminate_zeros drops them",
     **{_D + f"x_graph_from_knn__mutmut_{i}": "the matrix is float32 already: its weights are" for i in (123, 125)},
-    _D + "xǁDiffusionǁranked__mutmut_18": "numpy reads the sort kind in any case",
-    **{_D + f"xǁDiffusionǁranked__mutmut_{i}": "the candidates are never empty: the settings need at least one and "
-       "scores refuses a shorter first ranking" for i in (26, 28)},
 })
 
 NOTES.update({
     _D + "x_exact_knn__mutmut_56": "partitioning at k - 2: numpy's introselect still leaves the k-th best at k - 1 "
                                    "(no difference in 2,400 random rows of 120 to 5,000), but numpy does not promise it",
-    _D + "x_normalized__mutmut_21": _WIDER_FLOATS,
-    **{_D + f"xǁDiffusionǁscores__mutmut_{i}": _WIDER_FLOATS for i in (34, 36, 50, 52)},
 })
 
 # Reviewed on 2026-12-02: index, after memory-mapped indexes, the ANN file, the stored graph and the
