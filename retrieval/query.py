@@ -146,8 +146,9 @@ class QueryPath:
         keep = depth if seed_rows is None else max(depth, len(seed_rows))  # a seeded ranking is kept whole
         top_rows, top_scores = put_first([int(r) for r in rows[0, :keep]], [float(s) for s in scores[0, :keep]],
                                          same)
-        top_rows = np.asarray(top_rows, dtype=np.int64)
-        return Ranked(top_rows, np.asarray(top_scores, dtype=np.float32), same, float(first_scores[0, 0]),
+        found = [i for i, r in enumerate(top_rows) if r >= 0]  # an ANN (Milvus) may return fewer rows than asked: -1
+        top_rows = np.asarray([top_rows[i] for i in found], dtype=np.int64)
+        return Ranked(top_rows, np.asarray([top_scores[i] for i in found], dtype=np.float32), same, float(first_scores[0, 0]),
                       query, self.features)
 
     def duplicate_row(self, scores: np.ndarray, rows: np.ndarray) -> int | None:

@@ -140,3 +140,25 @@ def test_rank_depth_is_capped_by_the_rows(qe):
     db = _rows(6)
     ranked = QueryPath(db, Searcher(db, backend="exact"), qe=qe).rank(_rows(1, seed=7)[0], 6)
     assert sorted(ranked.rows.tolist()) == list(range(6))
+
+
+class _ShortSearcher(Searcher):
+    """Exact search that finds only the first `found` rows and pads with -1, as an ANN (Milvus) may."""
+
+    def __init__(self, db: np.ndarray, found: int):
+        super().__init__(db, backend="exact")
+        self.found = found
+
+    def search(self, queries, k):
+        scores, rows = super().search(queries, k)
+        scores[:, self.found:], rows[:, self.found:] = -np.inf, -1
+        return scores, rows
+
+
+def test_rows_a_backend_did_not_find_are_left_out_of_the_ranking():
+    db, q = _rows(), _rows(1, 16, seed=9)[0]
+    ranked = QueryPath(db, _ShortSearcher(db, 7)).rank(q, 10)
+    want, sims = _oracle(db, q, 7)
+    np.testing.assert_array_equal(ranked.rows, want)
+    np.testing.assert_allclose(ranked.scores, sims, atol=1e-6)
+    np.testing.assert_allclose(ranked.similarities, sims, atol=1e-6)  # read only for the rows found
