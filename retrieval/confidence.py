@@ -5,7 +5,7 @@ real match from none is the query's best cosine similarity with any photo of the
 first search's top, before αQE or diffusion reorder anything): it costs nothing, the search
 computed it. `python -m benchmarks.confidence` measured it against the margin over the next
 photos and against local-feature verification of the top few (results/confidence.json,
-docs/evaluation.md, "No confident match"): on the 19 Paris crops and 47 photos and made images of
+docs/evaluation.md, "No confident match"): on the 19 Paris crops and 41 photos and made images of
 nothing in the collection the similarity alone separates both sets, where the margin does not and
 verification costs far more.
 

@@ -357,17 +357,16 @@ class Diffusion:
         return min(self.settings.candidates, len(self))
 
     def scores(self, rows: np.ndarray, sims: np.ndarray) -> np.ndarray:
-        """Returns the (needs,) diffusion scores of the first ranking's top `needs` rows.
+        """Returns the diffusion scores of the first ranking's top `needs` rows (of all of a shorter
+        ranking: an ANN that found fewer rows than asked).
 
         Args:
-            rows: (>= needs,) database rows of the query's first ranking, best first.
+            rows: database rows of the query's first ranking, best first.
             sims: the query's similarity to each of the first `seeds` rows (or more).
         """
         cfg = self.settings
         rows = np.asarray(rows, dtype=np.int64)
         sims = np.asarray(sims, dtype=np.float32)
-        if len(rows) < self.needs:
-            raise ValueError(f"diffusion re-ranks the top {self.needs} rows; the first ranking has {len(rows)}")
         seeds = min(cfg.seeds, len(rows), len(sims))
         if cfg.seed_ratio and seeds:
             seeds = max(1, int(np.count_nonzero(sims[:seeds] >= cfg.seed_ratio * sims[0])))
@@ -458,16 +457,10 @@ class CandidateDiffusion(Diffusion):
         return len(self.rows)
 
     def subgraph(self, candidates: np.ndarray) -> sparse.csr_matrix:
-        """Returns the (c, c) mutual kNN affinity of the candidates' vectors; a row of -1 (an ANN
-        that returned fewer rows than asked) has no edges."""
+        """Returns the (c, c) mutual kNN affinity of the c candidates' vectors."""
         candidates = np.asarray(candidates, dtype=np.int64)
-        c, found = len(candidates), np.flatnonzero(candidates >= 0)
-        if len(found) < 2:
-            return sparse.csr_matrix((c, c), dtype=np.float32)
-        vectors = as_rows(take_rows(self.rows, candidates[found]), name="candidates")
-        cfg = self.settings
-        sub = graph_from_knn(*exact_knn(vectors, min(cfg.k, len(found) - 1)), gamma=cfg.gamma).affinity()
-        if len(found) == c:
-            return sub
-        sub = sub.tocoo()
-        return sparse.csr_matrix((sub.data, (found[sub.row], found[sub.col])), shape=(c, c), dtype=np.float32)
+        if len(candidates) < 2:
+            return sparse.csr_matrix((len(candidates), len(candidates)), dtype=np.float32)
+        vectors = as_rows(take_rows(self.rows, candidates), name="candidates")
+        k = min(self.settings.k, len(candidates) - 1)
+        return graph_from_knn(*exact_knn(vectors, k), gamma=self.settings.gamma).affinity()

@@ -43,6 +43,13 @@ def similarities(query: np.ndarray, features: np.ndarray, rows: np.ndarray) -> n
     return (take_rows(features, rows).astype(np.float32) @ np.asarray(query, dtype=np.float32).ravel()).astype(np.float32)
 
 
+def found(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns one query's (1, k) scores and rows without the -1 rows (and their scores) that an ANN
+    pads a short list with: a -1 would index the last row of every array it reaches."""
+    keep = rows[0] >= 0
+    return (scores, rows) if keep.all() else (scores[:, keep], rows[:, keep])
+
+
 @dataclass
 class Ranked:
     """One query's ranking: (depth,) rows best first, their ranking scores, the row of the indexed
@@ -129,13 +136,13 @@ class QueryPath:
         want = depth if self.diffusion is None else max(depth, self.diffusion.needs)
         want = min(n, want)
         q = np.asarray(query, dtype=np.float32).reshape(1, -1)
-        first_scores, first = self.searcher.search(q, min(n, max(want, DUPLICATE_CANDIDATES)))
+        first_scores, first = found(*self.searcher.search(q, min(n, max(want, DUPLICATE_CANDIDATES))))
         if same is None:
             same = self.duplicate_row(first_scores[0, :DUPLICATE_CANDIDATES], first[0, :DUPLICATE_CANDIDATES])
         scores, rows = first_scores[:, :want], first[:, :want]
         if self.qe > 0:
             q = alpha_query_expansion(q, self.features, first[:, : self.qe], k=self.qe, alpha=self.alpha)
-            scores, rows = self.searcher.search(q, want)
+            scores, rows = found(*self.searcher.search(q, want))
         if self.diffusion is not None:
             if seed_rows is not None:
                 rows = np.asarray(seed_rows, dtype=np.int64)[None]
@@ -146,9 +153,8 @@ class QueryPath:
         keep = depth if seed_rows is None else max(depth, len(seed_rows))  # a seeded ranking is kept whole
         top_rows, top_scores = put_first([int(r) for r in rows[0, :keep]], [float(s) for s in scores[0, :keep]],
                                          same)
-        found = [i for i, r in enumerate(top_rows) if r >= 0]  # an ANN (Milvus) may return fewer rows than asked: -1
-        top_rows = np.asarray([top_rows[i] for i in found], dtype=np.int64)
-        return Ranked(top_rows, np.asarray([top_scores[i] for i in found], dtype=np.float32), same, float(first_scores[0, 0]),
+        top_rows = np.asarray(top_rows, dtype=np.int64)
+        return Ranked(top_rows, np.asarray(top_scores, dtype=np.float32), same, float(first_scores[0, 0]),
                       query, self.features)
 
     def duplicate_row(self, scores: np.ndarray, rows: np.ndarray) -> int | None:

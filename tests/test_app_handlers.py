@@ -322,7 +322,7 @@ def test_timings_are_rounded_to_hundredths_of_a_millisecond(served, monkeypatch)
     assert searched["confidence"] == {"confident": False, "evidence": {
         "similarity": 0.4, "threshold": 0.68, "rule": "best similarity >= threshold"}}
     line = webapp.handlers.describe(timings, searched)[0]
-    assert line.startswith(webapp.handlers.NO_CONFIDENT_MATCH + "\n\n**Query time 13.0 ms**")
+    assert line.startswith(f"**{webapp.messages.NO_CONFIDENT_MATCH}**\n\n**Query time 13.0 ms**")
     monkeypatch.setattr(engine, "search", lambda image, k: SearchResult(["p00"], [0.5], [0.7], 1.0, 1.0,
                                                                         judge(0.7, 0.68)))
     _, _, timings, searched = webapp.handlers.search(context(served), Image.new("RGB", (40, 40)), 1)

@@ -18,6 +18,7 @@ import webapp.gate
 import webapp.handlers
 import webapp.kept
 import webapp.links
+import webapp.messages
 from tests.test_app_handlers import N, served, uploads_under_pytest_temp  # noqa: F401  (the same tiny index; uploads)
 
 
@@ -251,3 +252,15 @@ def test_a_link_with_an_id_runs_the_stored_descriptor_and_a_box_embeds_the_crop(
     assert ids(out[5]) == engine.search(crop, 3).ids and out[6]["embed_ms"] > 0
     assert webapp.links.share_link(ctx, out[7], None) == "?id=p06&k=3&box=0%2C0%2C40%2C30"
     assert warned.shown == []
+
+
+def test_a_link_to_a_query_without_a_confident_match_says_so_above_its_results(ctx, served, monkeypatch, warned):
+    from retrieval.confidence import judge
+    from retrieval.engine import SearchResult
+
+    engine, _, _ = served
+    weak = SearchResult(["p03"], [0.5], [0.41], 1.0, 1.0, judge(0.41, 0.68))
+    monkeypatch.setattr(engine, "search_id", lambda image_id, k: weak)
+    *_, timings, searched = webapp.links.run_link(ctx, webapp.links.read_link(ctx, {"id": "p06", "k": "1"}))
+    assert searched["confidence"]["confident"] is False
+    assert webapp.handlers.describe(timings, searched)[0].startswith(f"**{webapp.messages.NO_CONFIDENT_MATCH}**")

@@ -8,7 +8,8 @@ from scipy import sparse
 
 from retrieval import diffusion as diffusion_module
 from retrieval.diffusion import (
-    CandidateDiffusion, Diffusion, DiffusionSettings, Graph, build_graph, conjugate_gradient, exact_knn, graph_from_knn, normalized,
+    CandidateDiffusion, Diffusion, DiffusionSettings, Graph, build_graph, conjugate_gradient, exact_knn, graph_from_knn,
+    normalized,
 )
 
 
@@ -55,8 +56,8 @@ def test_truncated_diffusion_and_candidates_keep_the_tail_in_order():
     # Truncated: the subgraph of {1, 3, 0} has no edge 1-3 or 0-3, so 3 gets nothing and drops below 0.
     truncated = Diffusion(graph, DiffusionSettings(k=1, seeds=1, alpha=0.5, gamma=1.0, candidates=3, truncate=True))
     assert truncated.rerank(np.array([1, 3, 0, 2]), np.array([0.9, 0.5, 0.4, 0.3])).tolist() == [1, 0, 3, 2]
-    with pytest.raises(ValueError, match="top 3"):
-        truncated.rerank(np.array([1, 3]), np.array([0.9, 0.5]))
+    # A shorter first ranking (an ANN that found fewer rows) is diffused whole: 1 seeds, 3 has no edge to it.
+    assert truncated.rerank(np.array([1, 3]), np.array([0.9, 0.5])).tolist() == [1, 3]
 
 
 def test_conjugate_gradient_matches_a_dense_solve_on_a_random_graph():
@@ -535,16 +536,11 @@ def test_candidate_diffusion_is_the_stored_graphs_truncated_diffusion_on_the_can
     assert CandidateDiffusion(db, replace(few, truncate=False)).settings.truncate
 
 
-def test_candidate_diffusion_leaves_rows_an_ann_did_not_return_last():
+def test_candidate_diffusion_diffuses_a_shorter_first_ranking_whole():
     db = clustered(40, 8, 8)
     sims_all = db @ db[0]
-    rows = np.argsort(-sims_all, kind="stable")[:30]
-    settings = replace(TRUNCATED, candidates=40)
-    # An ANN that found 30 rows of the 40 asked pads with -1, whose similarity is -inf.
-    padded = np.r_[rows, np.full(10, -1)]
-    sims = np.r_[sims_all[rows], np.full(10, -np.inf, np.float32)]
-    ranked, _ = CandidateDiffusion(db, settings).ranked(padded, sims)
-    alone, _ = Diffusion(build_graph(db[rows], k=8, gamma=3.0), replace(settings, candidates=30)).ranked(
-        np.arange(30), sims[:30])
-    np.testing.assert_array_equal(ranked[:30], rows[alone])
-    assert list(ranked[30:]) == [-1] * 10
+    rows = np.argsort(-sims_all, kind="stable")[:30]  # an ANN that found 30 rows of the 40 asked
+    ranked, _ = CandidateDiffusion(db, replace(TRUNCATED, candidates=40)).ranked(rows, sims_all[rows])
+    alone, _ = Diffusion(build_graph(db[rows], k=8, gamma=3.0), replace(TRUNCATED, candidates=30)).ranked(
+        np.arange(30), sims_all[rows])
+    np.testing.assert_array_equal(ranked, rows[alone])

@@ -142,23 +142,27 @@ def test_rank_depth_is_capped_by_the_rows(qe):
     assert sorted(ranked.rows.tolist()) == list(range(6))
 
 
-class _ShortSearcher(Searcher):
-    """Exact search that finds only the first `found` rows and pads with -1, as an ANN (Milvus) may."""
+class _ShortLists:
+    """A searcher that, as an ANN can, finds fewer rows than asked and pads the list with -1."""
 
     def __init__(self, db: np.ndarray, found: int):
-        super().__init__(db, backend="exact")
-        self.found = found
+        self.exact, self.found = Searcher(db, backend="exact"), found
 
-    def search(self, queries, k):
-        scores, rows = super().search(queries, k)
+    def __len__(self) -> int:
+        return len(self.exact)
+
+    def search(self, q, k):
+        scores, rows = self.exact.search(q, k)
         scores[:, self.found:], rows[:, self.found:] = -np.inf, -1
         return scores, rows
 
 
-def test_rows_a_backend_did_not_find_are_left_out_of_the_ranking():
-    db, q = _rows(), _rows(1, 16, seed=9)[0]
-    ranked = QueryPath(db, _ShortSearcher(db, 7)).rank(q, 10)
-    want, sims = _oracle(db, q, 7)
-    np.testing.assert_array_equal(ranked.rows, want)
-    np.testing.assert_allclose(ranked.scores, sims, atol=1e-6)
-    np.testing.assert_allclose(ranked.similarities, sims, atol=1e-6)  # read only for the rows found
+@pytest.mark.parametrize("qe, diffusion", [(0, False), (2, False), (2, True)])
+def test_the_rows_an_ann_pads_a_short_list_with_never_reach_the_ranking(qe, diffusion):
+    db = _rows(30, seed=9)
+    settings = DiffusionSettings(k=5, seeds=3, candidates=20, truncate=True)
+    path = QueryPath(db, _ShortLists(db, 6), qe=qe,
+                     diffusion=Diffusion(build_graph(db, k=5), settings) if diffusion else None)
+    ranked = path.rank(_rows(1, seed=10)[0], 10)
+    assert len(ranked.rows) == 6 and (ranked.rows >= 0).all()  # not row -1, the last image
+    assert np.isfinite(ranked.scores).all() and np.isfinite(ranked.similarities).all()

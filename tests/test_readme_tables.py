@@ -46,3 +46,14 @@ def test_missing_table_is_named(tmp_path):
         rt.regenerate("<!-- table r.json#x -->\n<!-- /table -->\n", root=tmp_path)
     with pytest.raises(ValueError, match="missing"):
         rt.regenerate("<!-- table nope.json -->\n<!-- /table -->\n", root=tmp_path)
+
+
+def test_the_distractor_table_is_the_one_its_source_results_make():
+    """results/distractors.json is written from the evaluation results it names: a source rerun
+    without rewriting the table (as once happened) fails here."""
+    from benchmarks import distractor_table
+
+    combined = json.loads((rt.ROOT / "results" / "distractors.json").read_text())
+    reports = [json.loads((rt.ROOT / source).read_text()) for source in combined["sources"]]
+    assert len(reports) == 7
+    assert distractor_table.table(reports) == combined["tables"]["distractors"]

@@ -11,19 +11,19 @@ from PIL import Image
 from retrieval.matchview import match_view
 from webapp import queries
 from webapp.context import AppContext
-from webapp.messages import QueryError, no_image, unknown_image
+from webapp.messages import NO_CONFIDENT_MATCH, QueryError, no_image, unknown_image
 from webapp.queries import DEFAULT_K, log, parse_box, refused, run_query, uploaded_path
 from webapp.records import confidence_of, records_of, timings_of
 from webapp.thumbnails import preview_html, result_gallery
 
 
-NO_CONFIDENT_MATCH = "**No confident match in this collection: these are the most similar photos.**"
 
 
 def search(ctx: AppContext, image, k=DEFAULT_K, box: str | None = "", source: str | None = None, root: str = ""):
     """Runs one query for the page; returns (gallery, records, timings, searched).
 
-    `searched` also holds the answer's confidence ({"confident", "evidence"}), for `describe`.
+    `searched` also holds the answer's confidence ({"confident", "evidence"}), for `describe`
+    (`run_query` puts it there, so a link's query has it too).
 
     Args:
         root: the app's address as the caller sees it, for the records' image URLs (`webapp.records.root_url`).
@@ -35,7 +35,6 @@ def search(ctx: AppContext, image, k=DEFAULT_K, box: str | None = "", source: st
         result, searched = run_query(ctx, image, k, box, source)
     except QueryError as e:
         raise refused(e) from None
-    searched["confidence"] = confidence_of(result)
     return (result_gallery(ctx.thumbnails, result), records_of(result, root), timings_of(result, ctx.engine),
             searched)
 
@@ -180,7 +179,7 @@ def describe(timings: dict | None, searched: dict | None):
         line = (f"**Query time {timings['total_ms']:.1f} ms**: embedding {timings['embed_ms']:.1f} ms"
                 f" ({timings.get('runtime', 'keras')}) + search {timings['search_ms']:.1f} ms")
     if searched and (searched.get("confidence") or {}).get("confident") is False:
-        line = NO_CONFIDENT_MATCH + "\n\n" + line
+        line = f"**{NO_CONFIDENT_MATCH}**\n\n" + line
     return line, preview_html(searched.get("image") if searched else None), share_button, share, closed, None
 
 

@@ -14,6 +14,8 @@ URL_MESSAGE = ("URLs are not fetched: send the image file itself (gradio_client:
                "file; HTTP: multipart field \"image\").")
 NOT_UPLOADED = ("The image must be a file uploaded with this request (gradio_client: handle_file(path); "
                 "HTTP: POST /api/search with the multipart field \"image\").")
+# Above the results when the collection holds no confident match (retrieval.confidence); they still show.
+NO_CONFIDENT_MATCH = "No confident match in this collection: these are the most similar photos."
 
 
 class QueryError(ValueError):

@@ -18,6 +18,7 @@ from webapp.context import AppContext
 from webapp.guard import NotUploaded, checked_upload
 from webapp.messages import (NOT_UPLOADED, URL_MESSAGE, QueryError, bad_box, bad_k, empty_crop, no_image, not_usable,
                              unavailable, unsearchable)
+from webapp.records import confidence_of
 
 DEFAULT_K = 20
 MAX_K = 100
@@ -151,13 +152,14 @@ def max_k(engine: SearchEngine) -> int:
 
 
 def run_query(ctx: AppContext, image, k=DEFAULT_K, box: str | None = "", source: str | None = None):
-    """Runs one query and returns (SearchResult, searched), searched = {"id", "image", "file", "box", "k"}.
+    """Runs one query and returns (SearchResult, searched), searched = {"id", "image", "file", "box", "k", "confidence"}.
 
     The image is decoded once, under the gate: a whole file as the build decoded the index's photos
     (`SearchEngine.decode`: an indexed photo sent as a query then has its indexed descriptor, and
     comes first), a box cut from the image at full size. `searched` is the query as the page shows
     and shares it: the index id it was when unedited, the picture searched (at most 2048 px), the
-    file it came from, the box and K.
+    file it came from, the box, K, and the answer's confidence ({"confident", "evidence"}), which the
+    line above the results reads however the query came (the page, a link).
 
     Args:
         image: a path of an uploaded file, encoded bytes or a PIL image; None for none.
@@ -189,7 +191,7 @@ def run_query(ctx: AppContext, image, k=DEFAULT_K, box: str | None = "", source:
                 picture = crop_query(picture, parsed_box)
             result = searched_by(engine, fit(picture), k)
     searched = {"id": source if unedited else None, "image": picture, "file": image if isinstance(image, str) else None,
-                "box": box_text(parsed_box), "k": k}
+                "box": box_text(parsed_box), "k": k, "confidence": confidence_of(result)}
     return result, searched
 
 
