@@ -234,3 +234,25 @@ def test_the_evaluation_ranks_through_milvus_as_through_exact_search(tmp_path):
         assert json.loads(json.dumps(target.report.record))["collection"] == "scratch"
     with pytest.raises(Exception):
         client.has_collection("scratch")  # closed with its temporary Milvus Lite
+
+
+def test_evaluate_backend_milvus_ranks_the_paris_crops_as_exact_search(rparis_dir, tiny, tmp_path, monkeypatch):
+    from precompute import evaluate
+
+    monkeypatch.setattr(evaluate, "network_from_args", lambda args: tiny)
+    common = ["--dataset", "rparis6k", "--data-root", str(rparis_dir.parent), "--network", "efficientnet-lite0",
+              "--max-side", "64", "--cache-dir", str(tmp_path / "cache")]  # the default DBA, αQE and diffusion
+    reports = {}
+    for backend in ("exact", "milvus"):  # milvus: no --milvus, so Milvus Lite in a temporary folder
+        out = tmp_path / f"{backend}.json"
+        assert evaluate.main([*common, "--backend", backend, "--json", str(out)]) == 0
+        reports[backend] = json.loads(out.read_text())
+    exact, milvus = reports["exact"], reports["milvus"]
+    # 397 rows, every one a diffusion candidate: the candidates' own graph is the stored one.
+    assert [q["top10"] for q in milvus["per_query"]] == [q["top10"] for q in exact["per_query"]]
+    assert milvus["map"] == pytest.approx(exact["map"], abs=1e-6)
+    record = milvus["pipeline"]["milvus"]
+    assert record["collection"] == "landmark_search_evaluation" and record["count"] == 397
+    assert milvus["pipeline"]["backend"] == "milvus" and "milvus" not in exact["pipeline"]
+    assert milvus["pipeline"]["diffusion"]["truncate"] and milvus["pipeline"]["qe"]["k"] == 5
+    assert ".db" not in json.dumps(record)  # where the scratch Milvus Lite lived is not recorded
