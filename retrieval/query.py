@@ -163,7 +163,8 @@ class QueryPath:
 
         A query is image i when its cosine with row i is the image's own (`self_similarity`: 1
         without DBA, lower where DBA mixed neighbours into the row), within DUPLICATE_TOLERANCE;
-        of several, the closest. Rows that went through DBA without self-similarities say None.
+        of several, the closest (of equals, the first). Rows that went through DBA without
+        self-similarities say None.
         """
         own = self.self_similarity
         if own is None and self.augmented:
@@ -173,6 +174,6 @@ class QueryPath:
             # |cosine - own|, not cosine >= own: with DBA another image's row can lie closer to the
             # query than the image's own row does, and it is not the image.
             gap = abs(float(score) - (1.0 if own is None else float(own[row]))) if row >= 0 else np.inf
-            if gap <= closest:
+            if gap < closest:  # strictly: of two rows as close (a photo stored twice), the one ranked first
                 best, closest = int(row), gap
         return best

@@ -57,7 +57,12 @@ MODULES = {
     "verify": ("retrieval/verify.py", ["tests/test_verify.py"], "fork"),
     "features": ("retrieval/features.py", ["tests/test_features.py"], "forkserver"),
     "query": ("retrieval/query.py", ["tests/test_query.py", "tests/test_engine.py"], "forkserver"),
-    "evaluation": ("retrieval/evaluation.py", ["tests/test_evaluate_command.py", "tests/test_verify.py"], "forkserver"),
+    "evaluation": ("retrieval/evaluation.py", ["tests/test_evaluation.py", "tests/test_evaluate_command.py",
+                                                "tests/test_verify.py"], "forkserver"),
+    "confidence": ("retrieval/confidence.py", [
+        "tests/test_confidence.py::test_the_threshold_holds_only_for_the_space_it_was_measured_in",
+        "tests/test_confidence.py::test_the_verdict_is_the_best_similarity_against_the_threshold",
+        "tests/test_engine.py"], "forkserver"),
     # The app's parts (app.py itself is start-up only, exercised through a live server).
     "queries": ("webapp/queries.py", ["tests/test_app_handlers.py", "tests/test_app_endpoints.py"], "forkserver"),
     "handlers": ("webapp/handlers.py", ["tests/test_app_handlers.py", "tests/test_app_endpoints.py"], "forkserver"),
@@ -74,8 +79,10 @@ MODULES = {
 # (app.py, webapp/server.py: serve runs uvicorn and does not return) are not mutated at all: the
 # live-app and browser tests (tests/test_app.py, tests/test_browser.py) exercise them through a server.
 OUT_OF_SCOPE: dict[str, tuple[str, ...]] = {}
-# The modules with the 90% target; the rest count towards the 80% over all core modules.
-STRICT = ("search", "rerank", "evaluate", "index", "engine")
+# The modules with the 90% target; the rest count towards the 80% over all core modules. `query` holds
+# the query path that moved out of `engine` (issue 27), so it keeps the engine's target; `evaluation`
+# is the runner that moved out of the evaluate command, which had none.
+STRICT = ("search", "rerank", "evaluate", "index", "engine", "query")
 DETECTED = {"killed", "timeout", "caught by type check", "segfault"}
 
 

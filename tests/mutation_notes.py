@@ -18,6 +18,7 @@ _V = "retrieval.verify."
 _W = "retrieval.rows."
 _X = "retrieval.ann."
 _D = "retrieval.diffusion."
+_Q = "retrieval.query."
 _ONE_D = "row numbers are a 1-D sequence (the documented contract): reshape(-2) and reshape(None) leave it as it is"
 _BYTES = ("the buffer covers the whole block whatever its view: the first preadv fills it, and the loop "
           "ends on its length")
@@ -171,9 +172,6 @@ EQUIVALENT.update({
     _X + "x__neighbours__mutmut_111": _DEFAULT_AXIS,
     _X + "x_exact_search_blocks__mutmut_51": "a block no wider than k is partitioned at its last column instead of "
                                              "taken whole: [:, :kk] still holds every column, and the merge sorts them",
-    _N + "xǁSearchEngineǁsearch_id__mutmut_17": "results are never empty (k >= 1), and when the image already comes first "
-                                               "the rewrite puts it first again with max(scores), its own score, since "
-                                               "results are sorted",
 })
 
 # Reviewed on 2026-12-02: search and rerank after the ANN and memory-map paths got their tests, and the
@@ -270,16 +268,11 @@ EQUIVALENT.update({
     _D + "x_graph_from_knn__mutmut_66": "zero-weight edges kept as explicit zeros: min and max with the transpose treat "
                                         "them as the missing entries they stand for, and eliminate_zeros drops them",
     **{_D + f"x_graph_from_knn__mutmut_{i}": "the matrix is float32 already: its weights are" for i in (123, 125)},
-    _D + "xǁDiffusionǁranked__mutmut_18": "numpy reads the sort kind in any case",
-    **{_D + f"xǁDiffusionǁranked__mutmut_{i}": "the candidates are never empty: the settings need at least one and "
-       "scores refuses a shorter first ranking" for i in (26, 28)},
 })
 
 NOTES.update({
     _D + "x_exact_knn__mutmut_56": "partitioning at k - 2: numpy's introselect still leaves the k-th best at k - 1 "
                                    "(no difference in 2,400 random rows of 120 to 5,000), but numpy does not promise it",
-    _D + "x_normalized__mutmut_21": _WIDER_FLOATS,
-    **{_D + f"xǁDiffusionǁscores__mutmut_{i}": _WIDER_FLOATS for i in (34, 36, 50, 52)},
 })
 
 # Reviewed on 2026-12-02: index, after memory-mapped indexes, the ANN file, the stored graph and the
@@ -676,4 +669,17 @@ NOTES.update({
     _B + "xǁ_Cacheǁcompact__mutmut_9": "missing_ok matters only if another process deletes an old shard between the "
                                        "listing and this unlink (concurrent builds into one folder); a single build "
                                        "always finds it",
+})
+
+# Reviewed on 2026-12-08: the query path (retrieval/query.py) after issues 26 and 27.
+_ROUNDING = ("float64 instead of float32 arithmetic on float32 inputs, rounded back to float32: the values differ "
+             "in the last bit at most, far below every tolerance that reads them (1e-4 for the indexed photo)")
+EQUIVALENT.update({
+    _Q + "x_self_similarity__mutmut_4": _ROUNDING,
+    _Q + "x_self_similarity__mutmut_15": _UPPER_EINSUM,
+    **{_Q + f"x_self_similarity__mutmut_{i}": _ROUNDING for i in (17, 19)},
+    **{_Q + f"x_similarities__mutmut_{i}": _ROUNDING for i in (9, 15, 17)},
+    _Q + "x_found__mutmut_5": "filtering by a mask that keeps every row gives the same scores and rows (copies)",
+    **{_Q + f"xǁQueryPathǁrank__mutmut_{i}": "seed rows are an integer array already (a ranking's rows): int64 "
+       "or the platform's integer, the same rows" for i in (71, 73)},
 })

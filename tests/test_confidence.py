@@ -22,6 +22,7 @@ def test_the_threshold_holds_only_for_the_space_it_was_measured_in():
     assert threshold_for({**LITE0, "dba": None}) is None  # rows without DBA lie elsewhere
     assert threshold_for({**LITE0, "pipeline": {**LITE0["pipeline"], "gem_p": 4.6}}) is None
     assert threshold_for({**LITE0, "whitening": {"dim": 256}}) is None
+    assert threshold_for({"network": "efficientnet-lite0", "dba": {"k": 3}}) is None  # no pipeline recorded
 
 
 def test_the_verdict_is_the_best_similarity_against_the_threshold():
@@ -29,7 +30,9 @@ def test_the_verdict_is_the_best_similarity_against_the_threshold():
     assert judge(0.9, None).confident is None
     assert judge(0.5, 0.68).to_dict() == {"confident": False, "evidence": {
         "similarity": 0.5, "threshold": 0.68, "rule": "best similarity >= threshold"}}
-    assert judge(0.5, None).to_dict()["evidence"]["rule"].startswith("no threshold measured")
+    assert judge(0.12345678, None).to_dict() == {"confident": None, "evidence": {
+        "similarity": 0.123457, "threshold": None,
+        "rule": "no threshold measured for this index's network, pipeline and DBA"}}
 
 
 def test_the_separating_threshold_is_the_midpoint_of_the_gap_or_the_best_balance():

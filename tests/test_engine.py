@@ -149,7 +149,7 @@ def test_records_and_warm_up(tiny, index):
 
     from retrieval.confidence import judge
 
-    result = SearchResult(["a", "b"], [0.123456789, 0.5], [0.7, -0.25000004], 1.0, 2.0, judge(0.7, None))
+    result = SearchResult(["a", "b"], [0.123456789, 0.5], [0.7000004, -0.25000004], 1.0, 2.0, judge(0.7, None))
     assert result.to_records() == [{"rank": 1, "id": "a", "score": 0.123457, "similarity": 0.7},
                                    {"rank": 2, "id": "b", "score": 0.5, "similarity": -0.25}]
     assert result.confident is None
@@ -422,3 +422,41 @@ def test_a_search_by_id_reports_each_images_cosine_with_the_stored_row(tiny, dif
     stored = np.asarray(idx.features[idx.row_of("p04")], dtype=np.float32)
     assert result.ids[0] == "p04"
     assert result.similarities == pytest.approx(stored_cosines(idx, stored, result.ids), abs=2e-6)
+
+
+def test_the_engine_judges_with_the_threshold_measured_for_its_index(tiny, index, monkeypatch):
+    import retrieval.confidence
+
+    idx, root = index
+    assert SearchEngine(idx, tiny).threshold is None  # nothing measured for the tiny network
+    measured = (idx.meta["network"], PIPE, 0, 0.5)
+    monkeypatch.setattr(retrieval.confidence, "THRESHOLDS", (measured,))
+    engine = SearchEngine(idx, tiny)
+    assert engine.threshold == 0.5
+    result = engine.search(root / "p03.png", 3)
+    assert result.confidence.threshold == 0.5
+    assert result.confident is (result.confidence.similarity >= 0.5)
+    assert result.confidence.similarity == pytest.approx(1.0, abs=1e-5)  # the photo itself is indexed
+
+
+def test_decode_gives_the_search_a_file_decoded_as_the_build_did(tiny, index, tmp_path):
+    from retrieval.features import Decoded, decode_file
+
+    idx, root = index
+    engine = SearchEngine(idx, tiny)
+    photo = tmp_path / "large.jpg"  # a JPEG large enough to be drafted: the preview size sets how far
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).resize((1600, 1200)).save(photo, quality=90)
+    decoded = engine.decode(photo)
+    assert isinstance(decoded, Decoded) and decoded.size == (1600, 1200)
+    want = decode_file(photo, PIPE, idx.meta.get("preview_side"))
+    assert decoded.image.size == want.image.size
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(want.image))
+    # embed decodes a whole file the same way: the preview size recorded in index.json sets the draft
+    from retrieval.features import embed_image
+
+    preview_side = idx.meta["preview_side"]
+    assert np.array_equal(engine.embed(photo), embed_image(tiny, photo, PIPE, preview_side=preview_side))
+    assert not np.allclose(engine.embed(photo), embed_image(tiny, photo, PIPE), atol=1e-6)
+    by_file, by_decoded = engine.search(photo, 4), engine.search(decoded, 4)
+    assert by_decoded.ids == by_file.ids and by_decoded.scores == pytest.approx(by_file.scores, abs=1e-6)

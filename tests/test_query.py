@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from retrieval.diffusion import Diffusion, DiffusionSettings, build_graph
-from retrieval.query import DUPLICATE_TOLERANCE, QueryPath, put_first, self_similarity
+from retrieval.query import DUPLICATE_TOLERANCE, QueryPath, put_first, self_similarity, similarities
 from retrieval.rerank import alpha_query_expansion
 from retrieval.search import Searcher
 
@@ -41,6 +41,29 @@ def test_self_similarity_reads_the_rows_as_saved_in_float16():
     np.testing.assert_allclose(got, np.sum(own * halves, axis=1), rtol=0, atol=1e-7)
     # float16 rounding moves the value by more than the tolerance's resolution, so the dtype matters
     assert np.max(np.abs(got - self_similarity(own, stored))) > 1e-6
+
+
+# ---------------------------------------------------------------- similarities
+
+
+def test_similarities_are_the_query_cosine_with_each_row_asked_in_that_order():
+    db = _rows(7, 8, seed=5)
+    q = _rows(1, 8, seed=6)[0]
+    got = similarities(q.astype(np.float64), db, np.array([5, 0, 5]))
+    assert got.dtype == np.float32 and got.shape == (3,)
+    np.testing.assert_allclose(got, [float(db[5] @ q), float(db[0] @ q), float(db[5] @ q)], rtol=0, atol=1e-6)
+    one = similarities(q, db, np.array([3]))  # a single row is a row, not "no rows"
+    assert one.shape == (1,) and one[0] == pytest.approx(float(db[3] @ q), abs=1e-6)
+    none = similarities(q, db, np.array([], np.int64))
+    assert none.shape == (0,) and none.dtype == np.float32
+
+
+def test_similarities_read_float16_rows_as_stored():
+    db = _rows(7, 8, seed=7)
+    q = _rows(1, 8, seed=8)[0]
+    halves = db.astype(np.float16)
+    got = similarities(q, halves, np.arange(7))
+    np.testing.assert_allclose(got, halves.astype(np.float32) @ q, rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------- put_first
@@ -130,6 +153,9 @@ def test_duplicate_row_takes_the_closest_within_the_tolerance():
     scores = np.array([0.9 + 2 * DUPLICATE_TOLERANCE, 0.8 + 3 * near, 0.6 - near], np.float64)
     assert path.duplicate_row(scores, np.array([0, 1, 3])) == 3
     assert path.duplicate_row(scores[:1], np.array([0])) is None
+    # a photo stored twice: both rows equally close, the one ranked first is the image
+    twin = QueryPath(db, Searcher(db, backend="exact"), self_similarity=np.array([1, 1, 1, 1, 1], np.float32))
+    assert twin.duplicate_row(np.array([1.0, 1.0, 0.3], np.float32), np.array([4, 1, 0])) == 4
     # with DBA and no self-similarities nothing can be told
     blind = QueryPath(db, Searcher(db, backend="exact"), augmented=True)
     assert blind.duplicate_row(np.array([1.0]), np.array([0])) is None
@@ -163,6 +189,6 @@ def test_the_rows_an_ann_pads_a_short_list_with_never_reach_the_ranking(qe, diff
     settings = DiffusionSettings(k=5, seeds=3, candidates=20, truncate=True)
     path = QueryPath(db, _ShortLists(db, 6), qe=qe,
                      diffusion=Diffusion(build_graph(db, k=5), settings) if diffusion else None)
-    ranked = path.rank(_rows(1, seed=10)[0], 10)
-    assert len(ranked.rows) == 6 and (ranked.rows >= 0).all()  # not row -1, the last image
+    ranked = path.rank(db[0], 10)  # row 0 itself is found (first), and kept
+    assert len(ranked.rows) == 6 and (ranked.rows >= 0).all() and ranked.rows[0] == 0  # no -1: the last image
     assert np.isfinite(ranked.scores).all() and np.isfinite(ranked.similarities).all()
