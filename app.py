@@ -8,6 +8,8 @@ the same port. Features, search and the match view live in `retrieval/`; nothing
     INDEX_REPO=user/name .venv/bin/python app.py   # an index on the Hugging Face Hub (INDEX_REVISION: a tag/commit)
     .venv/bin/python app.py --images DIR           # index a folder of images (incrementally), then serve it
     .venv/bin/python app.py                        # the index embedded next to this file, in index/
+    .venv/bin/python app.py --index DIR --milvus URI   # its rows searched in the Milvus collection it
+                                                       # was published to (MILVUS_URI, MILVUS_TOKEN, MILVUS_COLLECTION)
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="bfloat16: openvino's reduced-precision inference (faster, less exact)")
     parser.add_argument("--runtime-cache", type=Path, default=RUNTIME_CACHE,
                         help=f"folder of converted networks, reused across starts (default {RUNTIME_CACHE})")
+    parser.add_argument("--milvus", default=os.environ.get("MILVUS_URI") or None, metavar="URI",
+                        help="search the index's rows in Milvus (a server's http://host:19530, or a local FILE.db "
+                        "for Milvus Lite; default MILVUS_URI; token: MILVUS_TOKEN): no feature matrix is loaded")
+    parser.add_argument("--collection", default=os.environ.get("MILVUS_COLLECTION") or None, metavar="NAME",
+                        help="with --milvus: the collection (default MILVUS_COLLECTION, else the one index.json records)")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY_LIMIT,
                         help=f"searches run at once (default {CONCURRENCY_LIMIT}, measured best on 2 cores)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
@@ -58,17 +65,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def open_index(args: argparse.Namespace, environ):
+def open_index(args: argparse.Namespace, environ, *, rows: bool = True):
     """Returns the index to serve, from the first source given: --index, --images (indexed here
     first), INDEX_REPO (at INDEX_REVISION), else the embedded ./index.
 
     The command line comes before the environment, so that a Space's INDEX_REPO setting does
-    not override an explicit local run.
+    not override an explicit local run. `rows`: False loads a local index without its feature
+    matrix (its rows are searched in Milvus).
     """
     from retrieval.index import load_index
 
     if args.index is not None:
-        return load_index(args.index)
+        return load_index(args.index, features=rows)
     if args.images is not None:
         out = args.out or Path("indexes") / f"{args.images.resolve().name}-{args.network}"
         return load_index(build_from_images(args.images, out, args.network, args.weights, runtime_kwargs(args)))
@@ -77,7 +85,7 @@ def open_index(args: argparse.Namespace, environ):
 
         return pull_index(environ["INDEX_REPO"], revision=environ.get("INDEX_REVISION") or None)
     if DEFAULT_INDEX.is_dir():
-        return load_index(DEFAULT_INDEX)
+        return load_index(DEFAULT_INDEX, features=rows)
     raise SystemExit(NO_INDEX_MESSAGE.format(default=DEFAULT_INDEX))
 
 
@@ -89,6 +97,9 @@ def check_source(args: argparse.Namespace, environ) -> None:
         SystemExit: no index to serve.
         IndexFormatError, FileNotFoundError: as `open_index` would, with the same messages.
     """
+    if args.milvus is not None and args.images is not None:
+        raise SystemExit("Cannot serve this index: --milvus serves a published index; give --index DIR "
+                         "(see precompute.publish_milvus)")
     if args.index is not None:
         from retrieval.index import read_meta  # numpy, scipy and scikit-learn: only to check an --index
 
@@ -129,15 +140,55 @@ def runtime_kwargs(args: argparse.Namespace) -> dict:
     return {"runtime": args.runtime, "precision": args.precision, "cache_dir": args.runtime_cache}
 
 
-def load_engine(index, runtime: dict | None = None):
+def connect_milvus(uri: str, environ):
+    """Returns a client connected to the Milvus at `uri` (token: MILVUS_TOKEN).
+
+    Raises:
+        SystemExit: one line naming the URI (never the token) when Milvus cannot be reached.
+    """
+    from retrieval.milvus import MilvusError, connect
+
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # its retries' tracebacks: our one line instead
+    try:
+        return connect(uri, token=environ.get("MILVUS_TOKEN") or None)
+    except MilvusError as e:
+        raise SystemExit(f"Cannot serve this index: {e}") from None
+
+
+def milvus_rows(client, uri: str, index, collection: str | None):
+    """Returns the `MilvusRows` of the collection that serves `index`, after checking that it matches.
+
+    Raises:
+        SystemExit: no collection named, or one that does not hold this index (dimension, network,
+            row count or publication differ).
+    """
+    from retrieval.milvus import CollectionMismatch, MilvusError, MilvusRows, check_collection, safe_uri
+
+    record = index.meta.get("milvus") or {}
+    name = collection or record.get("collection")
+    if not name:
+        raise SystemExit("Cannot serve this index: it was never published to Milvus; give --collection NAME "
+                         "or publish it with python -m precompute.publish_milvus")
+    try:
+        record = check_collection(client, name, index.meta)
+    except CollectionMismatch as e:
+        raise SystemExit(f"Cannot serve this index from {safe_uri(uri)}: {e}") from None
+    except MilvusError as e:
+        raise SystemExit(f"Cannot serve this index: {e} (at {safe_uri(uri)})") from None
+    return MilvusRows(client, name, index.ids, dim=index.dim, search_params=record.get("search_params"),
+                      rerank=record.get("rerank", 256), where=f"Milvus at {safe_uri(uri)}")
+
+
+def load_engine(index, runtime: dict | None = None, milvus=None):
     """Returns a warmed-up engine over `index`, with the network recorded in it, run by the runtime
-    that `runtime` (build_network's runtime, precision and cache_dir) names."""
+    that `runtime` (build_network's runtime, precision and cache_dir) names; searched through
+    `milvus` (a `MilvusRows`) when given."""
     from retrieval.engine import SearchEngine
     from retrieval.networks import build_network  # TensorFlow: imported once the port and the index are known
 
     network = build_network(index.meta["network"], weights=index.meta["weights"], **(runtime or {}))
     print(network.describe(), file=sys.stderr, flush=True)
-    engine = SearchEngine(index, network)
+    engine = SearchEngine(index, network, milvus=milvus)
     engine.warm_up()
     return engine
 
@@ -145,6 +196,9 @@ def load_engine(index, runtime: dict | None = None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    # FAISS (imported with retrieval.build, before a Milvus or an index is checked) says at INFO which CPU
+    # build it loaded: noise in front of a one-line refusal.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     sock = bind(args.host, args.port)
     try:
         check_source(args, os.environ)  # seconds before TensorFlow would be imported
@@ -153,21 +207,33 @@ def main(argv=None) -> None:
     from retrieval.build import BuildError, os_message
     from retrieval.hub import HubError
     from retrieval.index import IndexFormatError
+    from retrieval.search import SearchUnavailable
     from webapp.guard import return_freed_memory
     from webapp.server import serve
 
+    started = time.perf_counter()
+    index = rows = None
+    if args.milvus:  # the collection is checked before TensorFlow is imported: a refusal takes seconds
+        client = connect_milvus(args.milvus, os.environ)
+        try:
+            index = open_index(args, os.environ, rows=False)  # the rows stay in the collection
+        except (IndexFormatError, FileNotFoundError, HubError) as e:
+            raise SystemExit(f"Cannot serve this index: {e}") from None
+        rows = milvus_rows(client, args.milvus, index, args.collection)
     return_freed_memory()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up notices, unless chosen
     from retrieval.networks import NetworkError  # imports TensorFlow: after the port is ours
 
-    started = time.perf_counter()
     try:
-        engine = load_engine(open_index(args, os.environ), runtime_kwargs(args))
+        engine = load_engine(index or open_index(args, os.environ), runtime_kwargs(args), milvus=rows)
     except (IndexFormatError, FileNotFoundError, NetworkError, BuildError, HubError) as e:
         raise SystemExit(f"Cannot serve this index: {e}") from None
     except OSError as e:  # a full disk, a read-only or forbidden folder while indexing --images
         raise SystemExit(f"Cannot serve this index: {os_message(e)}") from None
-    print(f"Loaded {len(engine)} images in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    except SearchUnavailable as e:  # Milvus went away between the check and the warm-up query
+        raise SystemExit(f"Cannot serve this index: {e}") from None
+    where = f", searched in collection {rows.collection!r} ({rows.where})" if rows is not None else ""
+    print(f"Loaded {len(engine)} images in {time.perf_counter() - started:.1f} s{where}", file=sys.stderr, flush=True)
     serve(engine, sock=sock, concurrency=args.concurrency)
 
 

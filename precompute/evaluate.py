@@ -13,7 +13,9 @@ With --distractors DIR the rows of the index at DIR (same network and pipeline) 
 database after the dataset's own images (the +R1M protocol). With --backend ann the database is
 searched through FAISS (`retrieval.ann`): each ranking is the ANN's top --ann-k, re-ranked
 exactly, then everything else with the distractors first (so a positive the ANN missed counts
-as found at the very end).
+as found at the very end). --backend milvus publishes the database into a scratch collection of
+the Milvus at --milvus (default MILVUS_URI, else Milvus Lite in a temporary folder; token:
+MILVUS_TOKEN) and ranks through it as the app serves it (docs/milvus.md).
 
 With --sv N the top N of each final ranking are spatially verified (`retrieval.verify`: SIFT,
 RootSIFT, RANSAC); the database's local features are cached beside the descriptors, and each
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +43,10 @@ from precompute.options import (
 from retrieval.datasets import DatasetError, load_dataset
 from retrieval.evaluate import KAPPAS, PROTOCOLS, precision_recall, protocol_gnd
 from retrieval.evaluation import DEFAULT_CACHE_DIR, Evaluation, run_evaluation
-from retrieval.search import BACKENDS
+from retrieval.milvus import DEFAULT_INDEX_TYPE as DEFAULT_MILVUS_INDEX
+from retrieval.milvus import INDEX_TYPES as MILVUS_INDEX_TYPES
+from retrieval.milvus import MilvusError
+from retrieval.search import BACKENDS, SearchUnavailable
 
 # ---------------------------------------------------------------- output
 
@@ -71,7 +77,7 @@ def describe(report: dict) -> str:
                      + (f" blended {d['blend']:g}" if d.get("blend", 1) < 1 else ""))
     if meta.get("sv"):
         parts.append(f"SV top {meta['sv']['top']}" + (" seeding the diffusion" if meta.get("sv_seeds_diffusion") else ""))
-    backend = f"ann top {meta['ann_k']}" if meta.get("ann_k") else meta["backend"]
+    backend = f"{meta['backend']} top {meta['ann_k']}" if meta.get("ann_k") else meta["backend"]
     distractors = f", +{report['distractors']['count']:,} distractors" if report.get("distractors") else ""
     return ", ".join(parts) + f", {backend}{distractors}"
 
@@ -186,6 +192,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     search.add_argument("--backend", choices=BACKENDS, default="kdtree")
     search.add_argument("--ann-k", type=positive_int, default=1000, metavar="K",
                         help="with --backend ann: the ANN's top K re-ranked exactly, then the rest (default 1000)")
+    search.add_argument("--milvus", default=os.environ.get("MILVUS_URI") or None, metavar="URI",
+                        help="with --backend milvus: the server (default MILVUS_URI, else Milvus Lite in a temporary "
+                        "folder); token: MILVUS_TOKEN")
+    search.add_argument("--collection", default="landmark_search_evaluation", metavar="NAME",
+                        help="with --backend milvus: the scratch collection, replaced and dropped (default %(default)s)")
+    search.add_argument("--milvus-index-type", choices=MILVUS_INDEX_TYPES, default=DEFAULT_MILVUS_INDEX,
+                        help="with --backend milvus: the collection's vector index (default %(default)s)")
     search.add_argument("--distractors", default=None, metavar="DIR",
                         help="add the rows of this index (same network and pipeline) to the database (+R1M)")
     search.add_argument("--whiten", action="store_true",
@@ -206,6 +219,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     parser.add_argument("--plot", default=None, metavar="FILE", help="draw per-query AP and PR curves to a PNG")
     return parser.parse_args(argv)
+
+
+@contextmanager
+def milvus_target(args: argparse.Namespace):
+    """Yields the `MilvusTarget` of --backend milvus (token: MILVUS_TOKEN), else None."""
+    if args.backend != "milvus":
+        yield None
+        return
+    from retrieval.milvus import evaluation_target
+
+    with evaluation_target(args.milvus, args.collection, token=os.environ.get("MILVUS_TOKEN") or None,
+                           index_type=args.milvus_index_type) as target:
+        yield target
 
 
 def main(argv=None) -> int:
@@ -231,15 +257,16 @@ def main(argv=None) -> int:
     bars = [tqdm(total=len(dataset.db_ids), unit="img", desc=desc, delay=1, dynamic_ncols=True, disable=off)
             for desc, off in (("embedding database", False), ("local features (SV)", not args.sv))]
     try:
-        evaluation = run_evaluation(
-            dataset, network, recipe.descriptor, backend=args.backend, whiten=args.whiten,
-            whiten_shrinkage=args.whiten_shrinkage, **recipe.build_options(), sv=args.sv,
-            sv_min_inliers=args.sv_min_inliers, distractors=args.distractors, ann_k=args.ann_k,
-            diffusion_then_sv=args.diffusion_then_sv,
-            cache_dir=args.cache_dir, batch_size=args.batch_size,
-            workers=args.workers, progress=bars[0].update, sv_progress=bars[1].update,
-        )
-    except (ValueError, OSError) as e:
+        with milvus_target(args) as milvus:
+            evaluation = run_evaluation(
+                dataset, network, recipe.descriptor, backend=args.backend, whiten=args.whiten,
+                whiten_shrinkage=args.whiten_shrinkage, **recipe.build_options(), sv=args.sv,
+                sv_min_inliers=args.sv_min_inliers, distractors=args.distractors, ann_k=args.ann_k,
+                diffusion_then_sv=args.diffusion_then_sv,
+                cache_dir=args.cache_dir, batch_size=args.batch_size,
+                workers=args.workers, progress=bars[0].update, sv_progress=bars[1].update, milvus=milvus,
+            )
+    except (ValueError, OSError, MilvusError, SearchUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:

@@ -16,17 +16,20 @@ joined to itself (`self_loops`) so that no degree is 0. `blend` mixes the diffus
 to the best, with the query's own similarity.
 
 The graph is built once, offline (`build_graph`, exact kNN in blocks), or from any kNN
-structure through `graph_from_knn` (an approximate search at 1M images). Everything here is
+structure through `graph_from_knn` (an approximate search at 1M images). Where no graph is stored
+(rows served from a Milvus collection), `CandidateDiffusion` builds the candidates' own graph at
+query time and runs the same truncated diffusion on it. Everything here is
 numpy and scipy.sparse: (n, d) float32 rows in, rankings out.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import sparse
 
+from retrieval.rows import take_rows
 from retrieval.search import as_rows
 
 # Rows of the database similarity matrix computed at once when the kNN are exact.
@@ -372,7 +375,7 @@ class Diffusion:
         if cfg.truncate:
             y = np.zeros(len(candidates), np.float32)
             y[:seeds] = weights
-            sub = self._affinity[candidates][:, candidates]
+            sub = self.subgraph(candidates)
             if cfg.self_loops:
                 sub = with_self_loops(sub)
             f = conjugate_gradient(normalized(sub), y, alpha=cfg.alpha, iterations=cfg.iterations)
@@ -385,6 +388,10 @@ class Diffusion:
         if degree is not None:
             f = (f / np.power(degree, cfg.degree_power)).astype(np.float32)
         return f
+
+    def subgraph(self, candidates: np.ndarray) -> sparse.csr_matrix:
+        """Returns the (c, c) affinity among `candidates`, (c,) rows: the truncated diffusion's graph."""
+        return self._affinity[candidates][:, candidates]
 
     def rerank(self, rows: np.ndarray, sims: np.ndarray) -> np.ndarray:
         """Returns the query's ranking after diffusion, the same length as `rows`, best first.
@@ -423,3 +430,37 @@ class Diffusion:
         if blend < 1:
             scores[len(order):] = (1 - blend) * sims[len(order): len(rows)]
         return np.concatenate([rows[: self.needs][order], rows[self.needs :]]), scores
+
+
+class CandidateDiffusion(Diffusion):
+    """Truncated diffusion over the candidates' own graph, built at query time from their vectors.
+
+    Where no graph of the whole database is stored (a Milvus collection of 100M images, whose
+    rows the serving machine does not hold), the first ranking's top `candidates` rows are joined
+    to their mutual k nearest neighbours among themselves (exact: candidates x candidates inner
+    products, with the settings' k and gamma), and `Diffusion`'s truncated diffusion runs on that
+    graph: seeds, self loops, degree power and blend as for the stored graph's subgraph. The two
+    graphs differ only in where each candidate's k neighbours were looked for: among the
+    candidates here, among the whole database there (then cut to the candidates).
+
+    Args:
+        rows: (n, d) rows or a `retrieval.rows.RowSource` (a Milvus collection), read only at the
+            candidates (`take_rows`).
+        settings: `DiffusionSettings`; `truncate` is implied (there is no whole graph to diffuse over).
+    """
+
+    def __init__(self, rows, settings: DiffusionSettings):
+        self.rows, self.graph = rows, None
+        self.settings = replace(settings, truncate=True)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subgraph(self, candidates: np.ndarray) -> sparse.csr_matrix:
+        """Returns the (c, c) mutual kNN affinity of the c candidates' vectors."""
+        candidates = np.asarray(candidates, dtype=np.int64)
+        if len(candidates) < 2:
+            return sparse.csr_matrix((len(candidates), len(candidates)), dtype=np.float32)
+        vectors = as_rows(take_rows(self.rows, candidates), name="candidates")
+        k = min(self.settings.k, len(candidates) - 1)
+        return graph_from_knn(*exact_knn(vectors, k), gamma=self.settings.gamma).affinity()

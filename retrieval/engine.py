@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from retrieval.confidence import Confidence, judge, threshold_for
-from retrieval.diffusion import Diffusion
+from retrieval.diffusion import CandidateDiffusion, Diffusion
 from retrieval.features import Decoded, decode_file, embed_image
 from retrieval.index import Index, IndexFormatError
 from retrieval.query import QueryPath
@@ -59,13 +59,16 @@ class SearchEngine:
         query_expansion: alpha query expansion with this many top results; None takes the
             index's setting (index.json "query_expansion"), 0 turns it off.
         diffusion: re-rank by diffusion over the index's graph (when it has one); False turns it off.
+        milvus: a `retrieval.milvus.MilvusRows` over the collection the index was published to:
+            the backend is then "milvus", the index may be loaded without its rows, and diffusion
+            runs on the candidates' own graph, built at query time (`CandidateDiffusion`).
 
     Raises:
         IndexFormatError: if the network is not the one recorded in the index.
     """
 
     def __init__(self, index: Index, network, *, backend: str | None = None, query_expansion: int | None = None,
-                 diffusion: bool = True):
+                 diffusion: bool = True, milvus=None):
         if network.name != index.meta["network"]:
             raise IndexFormatError(
                 f"the index was built with {index.meta['network']!r} but the network given is {network.name!r}"
@@ -74,17 +77,20 @@ class SearchEngine:
         self.network = network
         self.pipeline = index.pipeline
         if backend is None:
-            backend = "ann" if index.ann is not None else "kdtree"
+            backend = "milvus" if milvus is not None else "ann" if index.ann is not None else "kdtree"
         if backend == "ann" and index.ann is None:
             raise IndexFormatError(f"{index.path} has no ANN structure: build it with precompute.build_index --ann")
-        self.searcher = Searcher(index.features, backend=backend, ann=index.ann)
+        self.features = milvus if milvus is not None else index.features  # the rows searched and re-ranked
+        self.searcher = Searcher(self.features, backend=backend, ann=index.ann, milvus=milvus)
         recipe = index.recipe
         self.qe_k = min(recipe.qe if query_expansion is None else query_expansion, len(index))
         self.qe_alpha = recipe.alpha
         self.diffusion = None
-        if diffusion and recipe.diffusion is not None and index.graph is not None:
+        if diffusion and recipe.diffusion is not None and milvus is not None:
+            self.diffusion = CandidateDiffusion(milvus, recipe.diffusion)
+        elif diffusion and recipe.diffusion is not None and index.graph is not None:
             self.diffusion = Diffusion(index.graph, recipe.diffusion)
-        self.path = QueryPath(index.features, self.searcher, qe=self.qe_k, alpha=self.qe_alpha,
+        self.path = QueryPath(self.features, self.searcher, qe=self.qe_k, alpha=self.qe_alpha,
                               diffusion=self.diffusion, self_similarity=index.self_similarity,
                               augmented=recipe.dba > 0)
         self.threshold = threshold_for(index.meta)
@@ -134,7 +140,7 @@ class SearchEngine:
         """
         k = self.searcher.check_k(k)
         row = self.index.row_of(image_id)
-        return self._search_vector(take_rows(self.index.features, [row])[0], k, embed_ms=0.0, same=row)
+        return self._search_vector(take_rows(self.features, [row])[0], k, embed_ms=0.0, same=row)
 
     def duplicate_row(self, scores: np.ndarray, rows: np.ndarray) -> int | None:
         """Returns the row among a query's nearest `rows` whose image the query is, or None

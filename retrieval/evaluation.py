@@ -9,7 +9,9 @@ tables and plots are the command's (`precompute.evaluate`). Benchmarks call thes
 With `distractors` the rows of another index join the database after the dataset's own images
 (the +R1M protocol). With backend "ann" each ranking is the ANN's top `ann_k`, re-ranked
 exactly, then everything else with the distractors first (so a positive the ANN missed counts
-as found at the very end). With `sv` the top of each final ranking is spatially verified
+as found at the very end); backend "milvus" does the same through a Milvus collection the
+database is published to (`retrieval.milvus.MilvusTarget`), with diffusion on the candidates'
+own graph (`retrieval.diffusion.CandidateDiffusion`), as the app serves it. With `sv` the top of each final ranking is spatially verified
 (`retrieval.verify`), the database's local features cached beside the descriptors.
 """
 
@@ -29,10 +31,11 @@ from retrieval.ann import ann_neighbours
 from retrieval.database import add_distractors, augment_database, full_ranking, make_searcher, trained_ann
 from retrieval.datasets import Dataset
 from retrieval.defaults import DEFAULT, approximate
-from retrieval.diffusion import Diffusion, DiffusionSettings, Graph, build_graph, graph_from_knn
+from retrieval.diffusion import CandidateDiffusion, Diffusion, DiffusionSettings, Graph, build_graph, graph_from_knn
 from retrieval.evaluate import evaluate_ranks
 from retrieval.features import Pipeline, embed_image, extract_features
 from retrieval.query import QueryPath, self_similarity
+from retrieval.search import Searcher
 from retrieval.whitening import apply_whitening, learn_whitening
 
 ALPHA = DEFAULT.alpha
@@ -262,7 +265,8 @@ def verify_queries(
 def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree", whitening=None,
                  qe: int = 0, dba: int = 0, alpha: float = ALPHA, ann_k: int = 1000,
                  ann=None, diffusion: DiffusionSettings | None = None,
-                 seed_ranks: np.ndarray | None = None, reuse: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 seed_ranks: np.ndarray | None = None, reuse: dict | None = None,
+                 milvus=None) -> tuple[np.ndarray, np.ndarray]:
     """Returns (m, n) database rows per query, best first, and (m,) seconds of search per query.
 
     The database is whitened then augmented (DBA), and its diffusion graph built, once,
@@ -286,7 +290,11 @@ def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree"
             every call): the DBA rows and diffusion graphs made here are kept in it, by their
             settings, and a later call with the same settings takes them instead of making them
             again (a benchmark that ranks one database with many recipes).
+        milvus: with backend "milvus", the `retrieval.milvus.MilvusTarget` the database is
+            published to; the rankings are its top `ann_k`, as for "ann".
     """
+    if (backend == "milvus") != (milvus is not None):
+        raise ValueError("backend milvus needs a Milvus target (milvus=MilvusTarget), and only it")
     reuse = {} if reuse is None else reuse
     if whitening is not None:
         db = apply_whitening(db, whitening)
@@ -295,18 +303,22 @@ def rank_queries(db: np.ndarray, queries: np.ndarray, *, backend: str = "kdtree"
         if ("dba", dba, alpha) not in reuse:
             reuse["dba", dba, alpha] = augment_database(db, k=dba, alpha=alpha, ann=ann)
         db = reuse["dba", dba, alpha]
-    searcher = make_searcher(db, backend, ann)
-    graph = None
-    if diffusion is not None:
-        key = ("graph", dba, alpha, diffusion.k, diffusion.gamma)
-        if key not in reuse:
-            reuse[key] = graph_for(db, diffusion, ann)
-        graph = reuse[key]
+    if milvus is not None:  # the rows are searched and read in the collection, as the app serves them
+        rows = milvus.serve(db)
+        searcher = Searcher(rows, backend="milvus", milvus=rows)
+        reranker = CandidateDiffusion(rows, diffusion) if diffusion is not None else None
+    else:
+        rows, searcher, reranker = db, make_searcher(db, backend, ann), None
+        if diffusion is not None:
+            key = ("graph", dba, alpha, diffusion.k, diffusion.gamma)
+            if key not in reuse:
+                reuse[key] = graph_for(db, diffusion, ann)
+            reranker = Diffusion(reuse[key], diffusion)
     # The app's own query path (retrieval.query), over the database as an index would store it.
-    path = QueryPath(db, searcher, qe=qe, alpha=alpha, diffusion=Diffusion(graph, diffusion) if graph else None,
+    path = QueryPath(rows, searcher, qe=qe, alpha=alpha, diffusion=reranker,
                      self_similarity=self_similarity(own, db) if dba else None, augmented=bool(dba))
     n = len(searcher)
-    depth = min(ann_k, n) if backend == "ann" else n
+    depth = min(ann_k, n) if backend in ("ann", "milvus") else n
     ranks = np.empty((len(queries), n), dtype=np.int64)
     seconds = np.empty(len(queries))
     for i, query in enumerate(queries):
@@ -340,6 +352,14 @@ def graph_for(db: np.ndarray, settings: DiffusionSettings, ann=None) -> Graph:
     return graph_from_knn(rows, sims, gamma=settings.gamma, knn="ann")
 
 
+def _milvus_meta(milvus) -> dict | None:
+    """Returns what the report records of a Milvus target: its last publication (never the URI)."""
+    if milvus is None or milvus.report is None:
+        return None
+    return {**milvus.report.record, "publish_s": round(milvus.report.seconds, 3), "rerank": milvus.rerank,
+            "search_params": milvus.search_params or milvus.report.record["search_params"]}
+
+
 def _number(x) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), 6)
 
@@ -366,6 +386,7 @@ def run_evaluation(
     workers: int = 2,
     progress: Callable[[int], None] | None = None,
     sv_progress: Callable[[int], None] | None = None,
+    milvus=None,
 ) -> Evaluation:
     """Returns the evaluation of one pipeline and search setting on a dataset.
 
@@ -376,7 +397,7 @@ def run_evaluation(
         dataset: from `retrieval.datasets.load_dataset`.
         network: a `retrieval.networks.Network`.
         pipeline: resizing and pooling.
-        backend: "kdtree" or "exact".
+        backend: "kdtree", "exact", "ann" or "milvus" (with `milvus`).
         whiten: learn a PCA-whitening on the database descriptors and apply it to all.
         whiten_shrinkage: its eigenvalue shrinkage (see `learn_whitening`).
         qe, dba, alpha: alpha query expansion and database-side augmentation (0: off).
@@ -384,12 +405,13 @@ def run_evaluation(
         sv_min_inliers: fewest inliers that count as verified; None for the library's default.
         distractors: an index folder whose rows join the database after the dataset's (+R1M);
             it must be of the same network, weights and pipeline, without DBA or whitening.
-        ann_k: with backend "ann", the ANN's top rows re-ranked exactly (see `rank_queries`).
+        ann_k: with backend "ann" or "milvus", the top rows re-ranked exactly (see `rank_queries`).
         diffusion: diffusion re-ranking over the database's kNN graph, after QE (None: off).
             With sv, the spatially verified top of the first ranking seeds the diffusion,
             unless `diffusion_then_sv`: then SV re-ranks the top of the diffusion's ranking.
         cache_dir: descriptor (and local feature) cache folder, or None.
         progress, sv_progress: called with 1 per database image embedded / given local features.
+        milvus: with backend "milvus", the `retrieval.milvus.MilvusTarget` to publish the database to.
 
     Returns:
         An `Evaluation` whose `report` holds dataset, database_size, queries, map, report_map,
@@ -401,7 +423,7 @@ def run_evaluation(
     if distractors is not None:
         db, added, ann = add_distractors(found.db, distractors, network=network, pipeline=pipeline)
     whitening = learn_whitening(db, shrinkage=whiten_shrinkage) if whiten else None
-    search = dict(backend=backend, whitening=whitening, qe=qe, dba=dba, alpha=alpha, ann_k=ann_k, ann=ann)
+    search = dict(backend=backend, whitening=whitening, qe=qe, dba=dba, alpha=alpha, ann_k=ann_k, ann=ann, milvus=milvus)
     seeded = bool(sv) and diffusion is not None and not diffusion_then_sv
     ranks, search_seconds = rank_queries(db, found.queries, **search, diffusion=None if seeded else diffusion)
     verify_seconds, sv_meta = np.zeros(len(ranks)), None
@@ -444,7 +466,8 @@ def run_evaluation(
             "qe": {"k": qe, "alpha": alpha} if qe else None,
             "dba": {"k": dba, "alpha": alpha} if dba else None,
             "backend": backend,
-            "ann_k": ann_k if backend == "ann" else None,
+            "ann_k": ann_k if backend in ("ann", "milvus") else None,
+            **({"milvus": _milvus_meta(milvus)} if milvus is not None else {}),
             "sv": sv_meta,
             "diffusion": diffusion.to_meta() if diffusion is not None else None,
             "sv_seeds_diffusion": seeded,

@@ -63,7 +63,8 @@ class Index:
     Attributes:
         path: the folder it came from.
         features: (n, d) L2-normalised rows: float32 in memory, or for a large index the file's
-            own float16/float32 rows memory-mapped read-only (`np.memmap`).
+            own float16/float32 rows memory-mapped read-only (`np.memmap`); None when loaded
+            without them (`load_index(..., features=False)`: the rows live in Milvus).
         ids: (n,) unicode ids, row i describes ids[i].
         meta: the parsed index.json.
         whitening: applied to raw query descriptors before search, or None.
@@ -97,7 +98,7 @@ class Index:
 
     @property
     def dim(self) -> int:
-        return self.features.shape[1]
+        return self.features.shape[1] if self.features is not None else int(self.meta["dim"])
 
     @property
     def pipeline(self) -> Pipeline:
@@ -382,6 +383,25 @@ def _owner_alive(folder: Path) -> bool:
     return True
 
 
+def update_meta(path, **entries) -> dict:
+    """Sets top-level entries of an index folder's index.json (atomically: a reader sees the old file
+    or the new one) and returns the new metadata. index.json records no checksum of itself, so the
+    files' records stay valid.
+
+    Raises:
+        IndexFormatError: the folder is not an index.
+    """
+    path = Path(path)
+    meta = {**read_meta(path), **entries}
+    tmp = path / f".{META_FILE}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path / META_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return meta
+
+
 def read_meta(path) -> dict:
     """Returns the parsed index.json of an index folder.
 
@@ -412,7 +432,8 @@ def read_meta(path) -> dict:
     return meta
 
 
-def load_index(path, *, network: str | None = None, weights: str | None = None, verify: bool = True) -> Index:
+def load_index(path, *, network: str | None = None, weights: str | None = None, verify: bool = True,
+               features: bool = True) -> Index:
     """Returns the index in folder `path`, after checking that every part agrees with index.json.
 
     Args:
@@ -420,6 +441,8 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
         network: refuse an index built by another network than this one (e.g. "efficientnet-b7").
         weights: refuse an index built with other weights.
         verify: check each file's sha256 against index.json (catches truncated or altered files).
+        features: False: without its rows (`Index.features` is None), nor their ANN structure and
+            graph; the folder may lack them. For an index whose rows are searched elsewhere (Milvus).
 
     Raises:
         IndexFormatError: saying what does not match and why it matters.
@@ -433,11 +456,12 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
         )
     if weights is not None and meta["weights"] != weights:
         raise IndexFormatError(f"{path} was built with weights {meta['weights']!r}, not {weights!r}")
-    expected = list(DATA_FILES) + (list(WHITENING_FILES) if meta.get("whitening") else [])
-    expected += [ANN_FILE] if meta.get("ann") else []
+    expected = [f for f in DATA_FILES if features or f != "feature_list.npy"]
+    expected += list(WHITENING_FILES) if meta.get("whitening") else []
+    expected += [ANN_FILE] if meta.get("ann") and features else []
     has_previews = "previews.bin" in meta["files"]
     expected += list(PREVIEW_FILES) if has_previews else []
-    expected += list(GRAPH_FILES) if meta.get("graph") else []
+    expected += list(GRAPH_FILES) if meta.get("graph") and features else []
     has_self = SELF_SIMILARITY_FILE in meta["files"]
     expected += [SELF_SIMILARITY_FILE] if has_self else []
     for name in expected:
@@ -456,17 +480,20 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
             raise IndexFormatError(f"{path / name} does not match its sha256 in {META_FILE}: the file is corrupt or altered")
     n, dim = meta["count"], meta["dim"]
     mapped = isinstance(n, int) and isinstance(dim, int) and n * dim > IN_MEMORY_ELEMENTS
+    with_rows = features
     try:
-        features = np.load(path / "feature_list.npy", allow_pickle=False, mmap_mode="r" if mapped else None)
+        features = None
+        if with_rows:
+            features = np.load(path / "feature_list.npy", allow_pickle=False, mmap_mode="r" if mapped else None)
         if isinstance(features, np.memmap):
             hold_file(features)  # rows read by offset come from this file, as the mapping's do
         ids = np.load(path / "feature_id.npy", allow_pickle=False)
         offsets = np.load(path / "thumbnails_offsets.npy", allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise IndexFormatError(f"{path}: an array file cannot be read ({e})") from None
-    if features.ndim != 2 or features.shape != (n, dim):
+    if with_rows and (features.ndim != 2 or features.shape != (n, dim)):
         raise IndexFormatError(f"{path}: feature_list.npy has shape {features.shape}, {META_FILE} says ({n}, {dim})")
-    if str(features.dtype) != meta["dtype"]:
+    if with_rows and str(features.dtype) != meta["dtype"]:
         raise IndexFormatError(f"{path}: feature_list.npy is {features.dtype}, {META_FILE} says {meta['dtype']}")
     if ids.shape != (n,) or ids.dtype.kind != "U":
         raise IndexFormatError(f"{path}: feature_id.npy holds {ids.shape} {ids.dtype}, expected {n} unicode ids")
@@ -502,14 +529,14 @@ def load_index(path, *, network: str | None = None, weights: str | None = None, 
             raise IndexFormatError(f"{path}: the whitening arrays hold NaN or infinite values")
         whitening = Whitening(mean.astype(np.float32), projection.astype(np.float32),
                               float(meta["whitening"].get("shrinkage", 0.0)))
-    if not mapped:
+    if with_rows and not mapped:
         features = np.ascontiguousarray(features, dtype=np.float32)
-    if not (_all_finite(path / "feature_list.npy") if mapped else np.isfinite(features).all()):
+    if with_rows and not (_all_finite(path / "feature_list.npy") if mapped else np.isfinite(features).all()):
         raise IndexFormatError(f"{path}: feature_list.npy holds NaN or infinite values")
-    ann = _load_ann(path, meta) if meta.get("ann") else None
+    ann = _load_ann(path, meta) if meta.get("ann") and with_rows else None
     # Small indexes keep their thumbnails in memory; a large one reads each by offset when asked.
     thumbs = (path / "thumbnails.bin").read_bytes() if not mapped else b""
-    graph = _load_graph(path, meta) if meta.get("graph") else None
+    graph = _load_graph(path, meta) if meta.get("graph") and with_rows else None
     self_similarity = None
     if has_self:
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrieval.rows import take_rows
+from retrieval.rows import RowSource, take_rows
 from retrieval.search import as_rows, l2_normalize
 
 # Rows of the database similarity matrix computed at once: 1024 x n float32 stays small.
@@ -59,8 +59,8 @@ def alpha_query_expansion(queries: np.ndarray, db: np.ndarray, ranks: np.ndarray
     """
     k = _check(k, alpha)
     queries = as_rows(queries, name="queries")
-    if not isinstance(db, np.ndarray) or db.ndim != 2:
-        db = as_rows(db, name="database")  # a (memory-mapped) matrix is read only at the rows ranked
+    if not isinstance(db, (np.ndarray, RowSource)) or db.ndim != 2:
+        db = as_rows(db, name="database")  # a (memory-mapped) matrix or a RowSource is read only at the rows ranked
     ranks = np.asarray(ranks)
     if queries.shape[1] != db.shape[1]:
         raise ValueError(f"query dimension {queries.shape[1]} does not match the database's {db.shape[1]}")

@@ -8,7 +8,8 @@ queries (`madvise(MADV_RANDOM)` did not help).
 `take_rows` and `read_block` read the same bytes with `os.preadv` into ordinary arrays instead:
 the file's pages stay in the page cache, shared and reclaimable, and out of the process.
 
-Anything that is not a whole memory-mapped ``.npy`` matrix is indexed as usual.
+Anything that is not a whole memory-mapped ``.npy`` matrix is indexed as usual; a `RowSource`
+(rows held elsewhere, such as a Milvus collection) is asked for its rows.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["OpenFile", "hold_file", "read_block", "take_rows"]
+__all__ = ["OpenFile", "RowSource", "hold_file", "read_block", "take_rows"]
 
 
 class OpenFile:
@@ -48,6 +49,31 @@ class OpenFile:
 
     def __deepcopy__(self, memo):
         return self
+
+
+class RowSource:
+    """(n, d) float32 rows held elsewhere (a vector database), read by row number with `take`.
+
+    Indexing with an integer array (`rows[[3, 1]]`) reads those rows; so do `take_rows` and the
+    re-rankers that read rows through it. Subclasses define `take`, `__len__` and `dim`.
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+    dim: int
+
+    def take(self, rows) -> np.ndarray:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self.dim
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self.take(rows)
 
 
 def hold_file(features: np.memmap) -> np.memmap:
@@ -88,6 +114,8 @@ def take_rows(features: np.ndarray, rows) -> np.ndarray:
         IndexError: a row outside 0..n-1 (negative rows are not counted from the end here).
     """
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if isinstance(features, RowSource):
+        return features.take(rows)
     source = _source(features)
     if source is None:
         return np.asarray(features[rows])

@@ -1,4 +1,5 @@
-"""Nearest-neighbour search over L2-normalised descriptors: a KD-tree, exact inner products, or FAISS (ANN)."""
+"""Nearest-neighbour search over L2-normalised descriptors: a KD-tree, exact inner products, FAISS (ANN)
+or a Milvus collection."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import numbers
 
 import numpy as np
 
-BACKENDS = ("kdtree", "exact", "ann")
+BACKENDS = ("kdtree", "exact", "ann", "milvus")
 # Rows scoring within this of the k-th best are candidates too: the backends' arithmetic may
 # order them differently, and the final order is decided on scores computed the same way.
 TIE_TOLERANCE = 1e-5
+
+
+class SearchUnavailable(RuntimeError):
+    """The search backend (a Milvus server) did not answer; the query may succeed later."""
 
 
 def as_rows(x: np.ndarray, *, name: str = "array") -> np.ndarray:
@@ -54,16 +59,22 @@ class Searcher:
             product in numpy; faster in high dimensions).
         leaf_size: KD-tree leaf size.
         ann: for "ann", a `retrieval.ann.AnnIndex` built on `features`; None builds one here.
+        milvus: for "milvus", the `retrieval.milvus.MilvusRows` of a collection, which `features`
+            then is too: it searches the collection and reads rows from it.
 
     A memory-mapped `features` (a large index, see `retrieval.index.load_index`) is not read
     into memory by "exact" and "ann": exact search widens one block of rows at a time, the ANN
     reads only its candidates. The KD-tree always needs the rows in memory.
     """
 
-    def __init__(self, features: np.ndarray, *, backend: str = "kdtree", leaf_size: int = 40, ann=None):
+    def __init__(self, features: np.ndarray, *, backend: str = "kdtree", leaf_size: int = 40, ann=None,
+                 milvus=None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown search backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        mapped = isinstance(features, np.memmap) and backend != "kdtree"
+        if (backend == "milvus") != (milvus is not None):
+            raise ValueError("the milvus backend searches a collection: give milvus=MilvusRows, and only with it")
+        self.milvus = milvus
+        mapped = (isinstance(features, np.memmap) and backend != "kdtree") or milvus is not None
         self.features = features if mapped else as_rows(features, name="features")
         self._blocks = mapped and backend == "exact"
         if len(self.features) == 0:
@@ -115,6 +126,8 @@ class Searcher:
         queries = as_rows(queries, name="queries")
         if queries.shape[1] != self.dim:
             raise ValueError(f"query dimension {queries.shape[1]} does not match the index dimension {self.dim}")
+        if self.milvus is not None:
+            return self.milvus.search(queries, k)
         if self.ann is not None or self._blocks:
             from retrieval.ann import exact_search_blocks
 

@@ -8,7 +8,8 @@ from scipy import sparse
 
 from retrieval import diffusion as diffusion_module
 from retrieval.diffusion import (
-    Diffusion, DiffusionSettings, Graph, build_graph, conjugate_gradient, exact_knn, graph_from_knn, normalized,
+    CandidateDiffusion, Diffusion, DiffusionSettings, Graph, build_graph, conjugate_gradient, exact_knn, graph_from_knn,
+    normalized,
 )
 
 
@@ -499,3 +500,47 @@ def test_new_settings_are_refused_out_of_range():
     for name, bad in (("degree_power", 1.5), ("blend", -0.1), ("blend", 1.1), ("seed_ratio", 2.0)):
         with pytest.raises(ValueError, match=rf"^diffusion {name} must be in \[0, 1\], got"):
             DiffusionSettings(self_loops=True, **{name: bad})
+
+
+def clustered(n: int, d: int, seed: int) -> np.ndarray:
+    """(n, d) L2-normalised rows in clusters of about 20, as image descriptors are."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(1, n // 20), d))
+    x = centres[rng.integers(0, len(centres), n)] + 0.6 * rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+# The default's kind of diffusion: truncated, self loops, degree power, blend.
+TRUNCATED = DiffusionSettings(k=8, seeds=5, candidates=120, truncate=True, self_loops=True, degree_power=0.25,
+                              blend=0.5)
+
+
+def test_candidate_diffusion_is_the_stored_graphs_truncated_diffusion_on_the_candidates_own_graph():
+    db = clustered(120, 16, 7)
+    sims_all = db @ db[0]
+    rows = np.argsort(-sims_all, kind="stable")  # a first ranking of every row
+    sims = sims_all[rows]
+    # Every row a candidate: the candidates' own graph is the stored graph.
+    stored = Diffusion(build_graph(db, k=8, gamma=3.0), TRUNCATED).ranked(rows, sims)
+    built = CandidateDiffusion(db, TRUNCATED).ranked(rows, sims)
+    np.testing.assert_array_equal(built[0], stored[0])
+    np.testing.assert_allclose(built[1], stored[1], atol=1e-6)
+    # 30 candidates: the stored diffusion of those 30 rows' own graph, the rest after them unchanged.
+    few = replace(TRUNCATED, candidates=30)
+    got = CandidateDiffusion(db, few).ranked(rows, sims)
+    alone = Diffusion(build_graph(db[rows[:30]], k=8, gamma=3.0), few).ranked(np.arange(30), sims[:30])
+    np.testing.assert_array_equal(got[0][:30], rows[:30][alone[0]])
+    np.testing.assert_allclose(got[1][:30], alone[1], atol=1e-6)
+    np.testing.assert_array_equal(got[0][30:], rows[30:])
+    # Whole-graph settings are diffused over the candidates' graph all the same: there is no other.
+    assert CandidateDiffusion(db, replace(few, truncate=False)).settings.truncate
+
+
+def test_candidate_diffusion_diffuses_a_shorter_first_ranking_whole():
+    db = clustered(40, 8, 8)
+    sims_all = db @ db[0]
+    rows = np.argsort(-sims_all, kind="stable")[:30]  # an ANN that found 30 rows of the 40 asked
+    ranked, _ = CandidateDiffusion(db, replace(TRUNCATED, candidates=40)).ranked(rows, sims_all[rows])
+    alone, _ = Diffusion(build_graph(db[rows], k=8, gamma=3.0), replace(TRUNCATED, candidates=30)).ranked(
+        np.arange(30), sims_all[rows])
+    np.testing.assert_array_equal(ranked, rows[alone])

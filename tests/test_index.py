@@ -906,3 +906,18 @@ def test_a_pickled_graph_file_is_never_loaded(tmp_path):
     with pytest.raises(IndexFormatError, match=r"the diffusion graph is not valid "
                        r"\(Object arrays cannot be loaded when allow_pickle=False\)$"):
         load_index(out)
+
+
+def test_an_index_loads_without_its_rows_for_a_milvus_backend(tmp_path):
+    from retrieval.index import update_meta
+
+    out, feats, ids, thumbs = make(tmp_path, n=6, d=8)
+    (out / "feature_list.npy").unlink()  # the app machine of a Milvus collection does not hold them
+    with pytest.raises(IndexFormatError, match="feature_list.npy is missing"):
+        load_index(out)
+    index = load_index(out, features=False)
+    assert index.features is None and index.dim == 8 and len(index) == 6
+    assert [index.thumbnail(i) for i in ids] == thumbs and index.row_of(ids[3]) == 3
+    meta = update_meta(out, milvus={"collection": "c", "count": 6})
+    assert read_meta(out) == meta and meta["milvus"] == {"collection": "c", "count": 6}
+    assert load_index(out, features=False).meta["milvus"]["collection"] == "c"  # every checksum still holds

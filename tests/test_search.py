@@ -67,8 +67,10 @@ def test_messages_name_what_is_wrong():
         Searcher(random_unit(3, 2, 0), backend="exact").search(np.array([np.nan, 1.0]), 1)
     with pytest.raises(ValueError, match="^cannot search an empty index$"):
         Searcher(np.zeros((0, 4)))
-    with pytest.raises(ValueError, match="^unknown search backend 'faiss'; choose one of kdtree, exact, ann$"):
+    with pytest.raises(ValueError, match="^unknown search backend 'faiss'; choose one of kdtree, exact, ann, milvus$"):
         Searcher(random_unit(3, 2, 0), backend="faiss")
+    with pytest.raises(ValueError, match="^the milvus backend searches a collection: give milvus=MilvusRows"):
+        Searcher(random_unit(3, 2, 0), backend="milvus")
     s = Searcher(random_unit(3, 2, 0), backend="exact")
     with pytest.raises(ValueError, match=r"^k must be a whole number, got 2\.5$"):
         s.check_k(2.5)

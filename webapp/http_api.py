@@ -17,7 +17,8 @@ MAX_FILE_SIZE = f"{MAX_FILE_MB}mb"  # as Gradio's max_file_size takes it
 MAX_FILE_BYTES = MAX_FILE_MB * 1024 * 1024
 
 
-HTTP_STATUS = {"Not a usable image": 415, "Too large": 413, "Busy": 503, "Unknown image": 404}
+HTTP_STATUS = {"Not a usable image": 415, "Too large": 413, "Busy": 503, "Unknown image": 404,
+               "Search unavailable": 503}
 # Plain HTTP callers admitted at once: the rest get 503 without a byte of their body read. Each one
 # admitted holds its upload (at most MAX_FILE_BYTES) and a thread while it waits for the gate; 16
 # bound that to 320 MB, and 16 queries are a few seconds of work (benchmarks.abuse; docs/app.md, "What a stranger can send").

@@ -46,6 +46,11 @@ def not_usable(reason: str) -> QueryError:
     return QueryError("Not a usable image", f"This file cannot be used as a query: {reason}.")
 
 
+def unavailable() -> QueryError:
+    """The search backend does not answer (a Milvus collection out of reach); the app goes on."""
+    return QueryError("Search unavailable", "The search service is not answering; try again in a moment.")
+
+
 def unsearchable(reason: str) -> QueryError:
     """An image that decoded but that the network cannot take (`retrieval.features.ImageError` while embedding)."""
     return QueryError("Not a usable image", f"This image cannot be searched: {reason}.")

@@ -13,10 +13,11 @@ from PIL import Image
 
 from retrieval.engine import SearchEngine
 from retrieval.features import ImageError, crop_box, load_image
+from retrieval.search import SearchUnavailable
 from webapp.context import AppContext
 from webapp.guard import NotUploaded, checked_upload
 from webapp.messages import (NOT_UPLOADED, URL_MESSAGE, QueryError, bad_box, bad_k, empty_crop, no_image, not_usable,
-                             unsearchable)
+                             unavailable, unsearchable)
 from webapp.records import confidence_of
 
 DEFAULT_K = 20
@@ -166,7 +167,8 @@ def run_query(ctx: AppContext, image, k=DEFAULT_K, box: str | None = "", source:
         source: the index id of the image the app put in the editor, when it did (UI state).
 
     Raises:
-        QueryError: no image, an unusable image, a bad K or box, or an empty crop.
+        QueryError: no image, an unusable image, a bad K or box, an empty crop, or a search backend
+            that does not answer (Milvus out of reach).
     """
     engine = ctx.engine
     k = check_k(engine, k)
@@ -181,7 +183,7 @@ def run_query(ctx: AppContext, image, k=DEFAULT_K, box: str | None = "", source:
         if parsed_box is None and isinstance(image, (str, bytes)):
             decoded = decode_query(image, decode=engine.decode)
             # A whole index image: its stored descriptor is the exact one, made from the full-size photo.
-            result = engine.search_id(source, k) if unedited else searched_by(engine, decoded, k)
+            result = answered(engine.search_id, source, k) if unedited else searched_by(engine, decoded, k)
             picture = fit(decoded.image)  # what the page keeps of a whole file, after it was searched whole
         else:
             picture = decode_query(image)
@@ -203,6 +205,16 @@ def fit(picture: Image.Image) -> Image.Image:
 def searched_by(engine: SearchEngine, image, k: int):
     """Returns engine.search(image, k), its refusal of an image said as a QueryError."""
     try:
-        return engine.search(image, k)
+        return answered(engine.search, image, k)
     except ImageError as e:
         raise unsearchable(str(e)) from None
+
+
+def answered(search, *args):
+    """Returns search(*args); a search backend that does not answer (Milvus out of reach) becomes a
+    refusal with one clear message, logged with the backend's reason, and the app goes on."""
+    try:
+        return search(*args)
+    except SearchUnavailable as e:
+        log.warning("search backend unavailable: %s", e)
+        raise unavailable() from None

@@ -34,14 +34,17 @@ def app_env(temp_dir: Path) -> dict:
         TF_CPP_MIN_LOG_LEVEL="2",
         PYTHONUNBUFFERED="1",
     )
-    for name in ("INDEX_REPO", "INDEX_REVISION", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT"):
+    for name in ("INDEX_REPO", "INDEX_REVISION", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "MILVUS_URI",
+                 "MILVUS_TOKEN", "MILVUS_COLLECTION"):
         env.pop(name, None)
     return env
 
 
 @contextmanager
-def running_app(args: list[str], log_path: Path, *, timeout: float = 300.0):
+def running_app(args: list[str], log_path: Path, *, timeout: float = 300.0, env: dict | None = None):
     """Starts `python app.py ARGS --port P`, waits until it answers, yields its URL, then stops it.
+
+    `env`: variables set for the app on top of `app_env`'s.
 
     Raises:
         RuntimeError: if the app exits or does not answer within `timeout` seconds; the
@@ -54,7 +57,7 @@ def running_app(args: list[str], log_path: Path, *, timeout: float = 300.0):
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), *args, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=app_env(temp_dir), stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT, env={**app_env(temp_dir), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
