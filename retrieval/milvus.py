@@ -469,14 +469,14 @@ class MilvusRows(RowSource):
             self.collection, queries.tolist(), limit=limit, output_fields=[VECTOR_FIELD],
             search_params={"metric_type": METRIC, "params": params}, timeout=self.timeout,
             consistency_level=SEARCH_CONSISTENCY))
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        rows = np.full((len(queries), k), -1, dtype=np.int64)
-        for i, (q, found) in enumerate(zip(queries, hits)):
-            cand, vectors = self._remember(found)
-            sims = np.einsum("kd,d->k", vectors, q) if len(cand) else np.zeros(0, np.float32)
-            order = np.lexsort((cand, -sims))[:k]
-            scores[i, : len(order)], rows[i, : len(order)] = sims[order], cand[order]
-        return scores, rows
+        from retrieval.ann import rerank_exact
+
+        # The hits' vectors go into the cache; the ANN's exact re-scoring then reads them from it.
+        found = [self._remember(hit) for hit in hits]
+        candidates = np.full((len(queries), max([k, *map(len, found)])), -1, dtype=np.int64)
+        for i, cand in enumerate(found):
+            candidates[i, : len(cand)] = cand
+        return rerank_exact(self, queries, candidates, k)
 
     def take(self, rows) -> np.ndarray:
         """Returns (len(rows), d) float32 rows: from the candidates' cache, the rest read from Milvus."""
@@ -497,8 +497,8 @@ class MilvusRows(RowSource):
                 raise SearchUnavailable(f"image {self.ids[int(e.args[0])]!r} is no longer in the collection "
                                         f"{self.collection!r}") from None
 
-    def _remember(self, found) -> tuple[np.ndarray, np.ndarray]:
-        """Caches the vectors of Milvus hits or rows; returns their (c,) rows and (c, d) float32 vectors."""
+    def _remember(self, found) -> np.ndarray:
+        """Caches the vectors of Milvus hits or rows; returns their (c,) rows."""
         rows, vectors = [], []
         for hit in found:
             entity = hit.get("entity", hit)
@@ -507,14 +507,13 @@ class MilvusRows(RowSource):
                 continue
             rows.append(row)
             vectors.append(np.asarray(entity[VECTOR_FIELD], dtype=np.float32))
-        vectors = np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
         with self._lock:
             for r, v in zip(rows, vectors):
                 self._cache[r] = v
                 self._cache.move_to_end(r)
             while len(self._cache) > CACHE_ROWS:
                 self._cache.popitem(last=False)
-        return np.asarray(rows, dtype=np.int64), vectors
+        return np.asarray(rows, dtype=np.int64)
 
     def _call(self, fn):
         """Returns fn(); on a failure loads the collection and tries once more (a restarted Milvus

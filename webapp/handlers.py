@@ -17,8 +17,6 @@ from webapp.records import confidence_of, records_of, timings_of
 from webapp.thumbnails import preview_html, result_gallery
 
 
-
-
 def search(ctx: AppContext, image, k=DEFAULT_K, box: str | None = "", source: str | None = None, root: str = ""):
     """Runs one query for the page; returns (gallery, records, timings, searched).
 
